@@ -1,0 +1,25 @@
+"""The stage contract: the only things a stage program and camflow agree on.
+
+Stdlib only, so that both the orchestrator and slim algorithm images import it.
+"""
+
+from __future__ import annotations
+
+ENV_INPUTS = "CAMFLOW_INPUTS"
+ENV_OUTPUT = "CAMFLOW_OUTPUT"
+ENV_PARAMS = "CAMFLOW_PARAMS"
+ENV_RUN_ID = "CAMFLOW_RUN_ID"
+ENV_STAGE = "CAMFLOW_STAGE"
+ENV_ACCELERATOR = "CAMFLOW_ACCELERATOR"
+
+#: Written last under CAMFLOW_OUTPUT: its presence means the stage's outputs are complete.
+MANIFEST_NAME = "_manifest.json"
+
+EXIT_OK = 0
+#: The input is bad: permanent, never retried. The reason is stderr's last line.
+EXIT_BAD_INPUT = 2
+#: What the local runner reports when it had to kill a stage at its timeout
+#: (the same code GNU timeout uses).
+EXIT_TIMED_OUT = 124
+
+ACCELERATORS = ("cpu", "gpu")

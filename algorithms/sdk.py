@@ -1,0 +1,198 @@
+"""Helpers for writing a camflow stage: read the contract, talk to S3, report.
+
+A stage's ``main(ctx)`` returns ``StageReport``; ``run_stage`` writes
+``_manifest.json`` last and maps errors to the contract's exit codes::
+
+    from algorithms.sdk import StageContext, StageReport, run_stage
+
+    def main(ctx: StageContext) -> StageReport:
+        ...
+        return StageReport(outputs={"result": "result.json"}, metrics={"frames": 10})
+
+    if __name__ == "__main__":
+        run_stage(main)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from algorithms import contract
+
+log = logging.getLogger("camflow.stage")
+
+
+class BadInput(Exception):
+    """The input can never be processed: the stage exits 2 and is not retried.
+
+    The message is one sentence that names the problem and what to do about it.
+    """
+
+
+@dataclass(frozen=True)
+class S3Uri:
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, uri: str) -> S3Uri:
+        parsed = urlparse(uri)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise ValueError(f"not an s3:// URI: {uri!r}")
+        return cls(parsed.netloc, parsed.path.lstrip("/"))
+
+    def join(self, *parts: str) -> S3Uri:
+        key = self.key
+        for part in parts:
+            key = f"{key.rstrip('/')}/{part.lstrip('/')}" if key else part
+        return S3Uri(self.bucket, key)
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def s3_client() -> Any:
+    """A boto3 S3 client configured from the standard AWS variables."""
+    import boto3
+    from botocore.config import Config
+
+    # Path-style addressing works with every S3 implementation (moto, MinIO, AWS).
+    return boto3.client(
+        "s3",
+        config=Config(s3={"addressing_style": "path"}, retries={"mode": "standard"}),
+    )
+
+
+@dataclass
+class StageContext:
+    inputs: dict[str, str]
+    output: S3Uri
+    params: dict[str, Any]
+    run_id: str
+    stage: str
+    accelerator: str
+    scratch: Path
+    _s3: Any = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> StageContext:
+        env = os.environ if environ is None else environ
+        missing = [
+            name
+            for name in (contract.ENV_INPUTS, contract.ENV_OUTPUT, contract.ENV_RUN_ID)
+            if not env.get(name)
+        ]
+        if missing:
+            raise RuntimeError(
+                f"not started by camflow: {', '.join(missing)} not set "
+                "(use `camflow algorithms try` or `camflow process` to run a stage)"
+            )
+        scratch = Path(env.get("TMPDIR") or "/tmp") / f"camflow-{env[contract.ENV_RUN_ID]}"
+        scratch.mkdir(parents=True, exist_ok=True)
+        return cls(
+            inputs=json.loads(env[contract.ENV_INPUTS]),
+            output=S3Uri.parse(env[contract.ENV_OUTPUT]),
+            params=json.loads(env.get(contract.ENV_PARAMS) or "{}"),
+            run_id=env[contract.ENV_RUN_ID],
+            stage=env.get(contract.ENV_STAGE, ""),
+            accelerator=env.get(contract.ENV_ACCELERATOR, "cpu"),
+            scratch=scratch,
+        )
+
+    @property
+    def s3(self) -> Any:
+        if self._s3 is None:
+            self._s3 = s3_client()
+        return self._s3
+
+    def input(self, name: str) -> S3Uri:
+        try:
+            return S3Uri.parse(self.inputs[name])
+        except KeyError:
+            raise RuntimeError(
+                f"stage {self.stage!r} needs an input named {name!r}; "
+                f"the pipeline gave {sorted(self.inputs)}"
+            ) from None
+
+    # --- S3 helpers -------------------------------------------------------------------
+
+    def download(self, uri: S3Uri, dest: Path) -> Path:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        self.s3.download_file(uri.bucket, uri.key, str(dest))
+        return dest
+
+    def get_json(self, uri: S3Uri) -> Any:
+        body = self.s3.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read()
+        return json.loads(body)
+
+    def get_bytes(self, uri: S3Uri) -> bytes:
+        return self.s3.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read()
+
+    def put_bytes(self, relative: str, data: bytes, content_type: str) -> S3Uri:
+        target = self.output.join(relative)
+        self.s3.put_object(
+            Bucket=target.bucket, Key=target.key, Body=data, ContentType=content_type
+        )
+        return target
+
+    def put_json(self, relative: str, payload: Any) -> S3Uri:
+        data = json.dumps(payload, separators=(",", ":")).encode()
+        return self.put_bytes(relative, data, "application/json")
+
+    def put_many(self, items: Iterable[tuple[str, bytes, str]], workers: int = 8) -> int:
+        """Uploads many small objects in parallel; one PUT each costs a round trip."""
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            done = list(pool.map(lambda item: self.put_bytes(*item), items))
+        return len(done)
+
+    def get_many(self, uris: Iterable[S3Uri], workers: int = 8) -> list[bytes]:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(self.get_bytes, uris))
+
+
+@dataclass
+class StageReport:
+    outputs: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def run_stage(main: Callable[[StageContext], StageReport]) -> None:
+    """Runs ``main`` under the stage contract and exits with the contract's code."""
+    logging.basicConfig(
+        level=os.environ.get("CAMFLOW_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    started = time.monotonic()
+    try:
+        ctx = StageContext.from_env()
+        report = main(ctx)
+        report.metrics.setdefault("seconds", round(time.monotonic() - started, 3))
+        manifest = {
+            "stage": ctx.stage,
+            "run_id": ctx.run_id,
+            "accelerator": ctx.accelerator,
+            "outputs": report.outputs,
+            "metrics": report.metrics,
+        }
+        ctx.put_json(contract.MANIFEST_NAME, manifest)
+    except BadInput as exc:
+        # The contract: the reason is the last line of stderr, on one line.
+        print(" ".join(str(exc).split()), file=sys.stderr, flush=True)
+        sys.exit(contract.EXIT_BAD_INPUT)
+    except Exception as exc:
+        traceback.print_exc()
+        print(f"{type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    sys.exit(contract.EXIT_OK)

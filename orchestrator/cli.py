@@ -1,0 +1,281 @@
+"""The ``camflow`` command line."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from orchestrator import cli_output
+from orchestrator.domain.catalog import load_catalog
+from orchestrator.errors import CamflowError
+from orchestrator.settings import Settings, load_settings
+
+app = typer.Typer(
+    help="camflow: run video-analytics pipelines on every clip your cameras upload to S3.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+class State:
+    config: Path | None = None
+    log_level: str | None = None
+
+
+def _settings(**overrides: Any) -> Settings:
+    if State.log_level:
+        overrides.setdefault("log_level", State.log_level)
+    return load_settings(State.config, **overrides)
+
+
+def _setup_logging(level: str, quiet: bool = False) -> None:
+    handler: logging.Handler
+    if err.is_terminal:
+        handler = RichHandler(console=err, show_path=False, rich_tracebacks=True)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    else:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("camflow").setLevel("WARNING" if quiet else level.upper())
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    err.print(f"[red]error:[/] {exc}")
+    return typer.Exit(code=1)
+
+
+@app.callback()
+def main(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="YAML config file (default: $CAMFLOW_CONFIG or ./camflow.yaml).",
+            envvar="CAMFLOW_CONFIG",
+        ),
+    ] = None,
+    log_level: Annotated[
+        str | None, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")
+    ] = None,
+) -> None:
+    State.config = config
+    State.log_level = log_level
+
+
+@app.command()
+def serve() -> None:
+    """Watch S3 for new clips and run their pipelines until interrupted (Ctrl-C)."""
+    from orchestrator.service import Service, open_runtime
+
+    try:
+        settings = _settings()
+        _setup_logging(settings.log_level)
+        runtime = open_runtime(settings)
+    except CamflowError as exc:
+        raise _fail(exc) from exc
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    service = Service(runtime)
+    log = logging.getLogger("camflow.service")
+    log.info(
+        "serving: store %s, S3 %s, pipelines %s; stages run as local processes "
+        "(at most %d at once)",
+        settings.store_url,
+        runtime.s3.access.endpoint_url or "AWS",
+        sorted(runtime.catalog.pipelines),
+        settings.local.max_parallel,
+    )
+    if runtime.embedded:
+        log.info(
+            "upload clips to s3://%s/<tenant>/<camera>/... at %s",
+            settings.s3.ingest_bucket,
+            runtime.embedded.endpoint_url,
+        )
+    service.start()
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        log.info("stopping: running stages keep going and are picked up at the next start")
+        service.stop()
+        runtime.close()
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    )
+
+
+@app.command()
+def process(
+    pipeline: Annotated[str, typer.Argument(help="Pipeline name, e.g. faces.")],
+    files: Annotated[
+        list[Path],
+        typer.Argument(help="Video files to process.", exists=True, dir_okay=False, readable=True),
+    ],
+    json_output: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
+    tenant: Annotated[str, typer.Option(help="Tenant the clips are filed under.")] = "local",
+    camera: Annotated[str, typer.Option(help="Camera the clips are filed under.")] = "cli",
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 3600,
+) -> None:
+    """Run PIPELINE once on local FILES through the same engine, and print the results."""
+    from orchestrator.oneshot import process_files
+
+    try:
+        settings = _settings()
+        _setup_logging(settings.log_level, quiet=True)
+        with _progress() as progress:
+            task = progress.add_task(f"{pipeline}: processing", total=len(files))
+            results = process_files(
+                settings,
+                pipeline,
+                files,
+                tenant,
+                camera,
+                timeout,
+                on_progress=lambda done: progress.update(task, completed=done),
+            )
+    except (CamflowError, KeyError, TimeoutError) as exc:
+        raise _fail(exc) from exc
+    if json_output:
+        cli_output.print_json(out, results)
+    else:
+        out.print(cli_output.results_table([(r["clip"], r) for r in results]))
+    if any(r["status"] != "succeeded" for r in results):
+        raise typer.Exit(code=3)
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Where the demo keeps its store, logs and results.")
+    ] = Path("camflow-demo"),
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 900,
+) -> None:
+    """Make real H.264 sample clips, upload them as cameras would, and watch camflow
+    find the faces in them: embedded S3, SQLite and local processes, nothing else."""
+    from orchestrator.demo import run_demo
+
+    try:
+        settings = _settings(home=out_dir.resolve())
+        _setup_logging(settings.log_level, quiet=True)
+        run_demo(settings, out, err, _progress, timeout)
+    except (CamflowError, TimeoutError) as exc:
+        raise _fail(exc) from exc
+
+
+@app.command()
+def runs(
+    status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
+    pipeline: Annotated[str | None, typer.Option(help="Only runs of this pipeline.")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Only clips of this tenant.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
+    json_output: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """List recent runs and their status."""
+    from orchestrator.store import Store
+
+    try:
+        store = Store(_settings().store_url)
+        rows = store.list_runs(status, pipeline, tenant, limit)
+    except CamflowError as exc:
+        raise _fail(exc) from exc
+    if json_output:
+        cli_output.print_json(out, [cli_output.run_json(run, clip) for run, clip in rows])
+    elif rows:
+        out.print(cli_output.runs_table(rows))
+    else:
+        out.print("no runs yet")
+
+
+@app.command()
+def results(
+    clip: Annotated[str, typer.Argument(help="Clip id (c-...), object key or s3://bucket/key.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Show what happened to a clip: each pipeline's result, stages and errors."""
+    from orchestrator.store import Store
+
+    try:
+        store = Store(_settings().store_url)
+        found = store.find_clip(clip)
+        runs_of_clip = store.runs_of_clip(found.id)
+    except CamflowError as exc:
+        raise _fail(exc) from exc
+    payload = [
+        run.result or {**cli_output.run_json(run, found), "note": "not finished yet"}
+        for run in runs_of_clip
+    ]
+    if json_output:
+        cli_output.print_json(out, payload)
+        return
+    out.print(f"clip {found.id}: s3://{found.bucket}/{found.key} ({found.size} bytes)")
+    if not runs_of_clip:
+        out.print("no runs: no pipeline's trigger matches this clip")
+    for run, result in zip(runs_of_clip, payload, strict=True):
+        out.print(cli_output.results_table([(run.pipeline, result)], title=f"run {run.id}"))
+        for stage in result.get("stages", []):
+            out.print(
+                f"  {stage['name']:<10} {stage['status']:<10} attempts={stage['attempts']} "
+                f"{stage['accelerator']} {stage['seconds'] or 0:.2f}s "
+                f"{stage.get('reason') or ''}"
+            )
+
+
+@app.command()
+def pipelines(
+    json_output: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """List the pipelines and algorithms camflow has loaded, checking every file."""
+    try:
+        settings = _settings()
+        catalog = load_catalog(settings.algorithm_dirs, settings.pipeline_dirs)
+    except CamflowError as exc:
+        raise _fail(exc) from exc
+    listing = {
+        name: {
+            "source": p.source,
+            "trigger": p.spec.trigger.model_dump(),
+            "stages": [
+                {
+                    "name": s,
+                    "algorithm": r.algorithm.ref,
+                    "params": r.params,
+                    "accelerator": r.spec.placement.accelerator,
+                }
+                for s, r in p.stages.items()
+            ],
+        }
+        for name, p in sorted(catalog.pipelines.items())
+    }
+    if json_output:
+        cli_output.print_json(out, listing)
+        return
+    for name, info in listing.items():
+        chain = " → ".join(
+            f"{s['name']} ({s['algorithm']}, {s['accelerator']})" for s in info["stages"]
+        )
+        out.print(f"[bold]{name}[/]: {chain}")

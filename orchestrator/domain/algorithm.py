@@ -1,0 +1,71 @@
+"""Algorithm manifests (``algorithms/*/algorithm.yaml``): what a stage program needs."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator
+
+from orchestrator.errors import ParamsError
+
+Accelerator = Literal["cpu", "gpu"]
+NAME_PATTERN = r"^[a-z][a-z0-9-]{0,39}$"
+SEMVER_PATTERN = r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$"
+
+
+class Resources(BaseModel):
+    """Requests (and equal limits) for one accelerator, in Kubernetes quantities."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cpu: str = "500m"
+    memory: str = "512Mi"
+    gpu: NonNegativeInt = 0
+
+
+class AlgorithmManifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN)
+    version: str = Field(pattern=SEMVER_PATTERN)
+    description: str = ""
+    image: str = Field(min_length=1)
+    command: list[str] = Field(min_length=1)
+    accelerators: dict[Accelerator, Resources] = Field(min_length=1)
+    #: Input names the program reads from CAMFLOW_INPUTS; pipelines must provide them.
+    inputs: list[str] = Field(default_factory=list)
+    optional_inputs: list[str] = Field(default_factory=list)
+    params_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+    timeout_seconds: PositiveInt = 600
+    #: Retries after a transient failure (exit code other than 0 and 2).
+    retries: NonNegativeInt = 2
+
+    @field_validator("params_schema")
+    @classmethod
+    def _schema_is_valid(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as exc:
+            raise ValueError(f"not a valid JSON Schema: {exc.message}") from exc
+        return schema
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Returns ``params`` with schema defaults filled in, or raises ParamsError
+        naming the JSON pointer of the first bad field."""
+        merged = dict(params)
+        for key, prop in (self.params_schema.get("properties") or {}).items():
+            if key not in merged and isinstance(prop, dict) and "default" in prop:
+                merged[key] = prop["default"]
+        validator = Draft202012Validator(self.params_schema)
+        errors = sorted(validator.iter_errors(merged), key=lambda e: list(e.absolute_path))
+        if errors:
+            first = errors[0]
+            pointer = "".join(f"/{part}" for part in first.absolute_path)
+            raise ParamsError(pointer, first.message)
+        return merged

@@ -1,0 +1,87 @@
+"""Where things live in S3, and what a clip is. Pure string work."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+# <tenant>/<camera>/<YYYY>/<MM>/<DD>/<HHMMSS>[-<n>].<ext>
+_TIMED_KEY = re.compile(
+    r"^(?P<tenant>[^/]+)/(?P<camera>[^/]+)/(?P<y>\d{4})/(?P<m>\d{2})/(?P<d>\d{2})/"
+    r"(?P<hms>\d{6})(?:-[^/]*)?\.[^/]+$"
+)
+
+
+def _short_hash(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def clip_id(bucket: str, key: str, etag: str) -> str:
+    """A clip is bucket + key + ETag: the same upload seen twice is one clip, new
+    content under the same key is a new clip."""
+    return "c-" + _short_hash(bucket, key, etag.strip('"'))
+
+
+def run_id(clip: str, pipeline: str) -> str:
+    return "r-" + _short_hash(clip, pipeline)
+
+
+def attempt_id(run: str, stage: str, attempt: int) -> str:
+    return f"{run}-{stage}-{attempt}"
+
+
+@dataclass(frozen=True)
+class UploadKey:
+    tenant: str
+    camera: str
+    recorded_at: datetime | None  # from the key's date path, when it follows the layout
+
+
+def parse_upload_key(key: str) -> UploadKey | None:
+    """Tenant and camera of an upload, or None when the key has no camera prefix."""
+    parts = key.split("/")
+    if len(parts) < 3 or not parts[0] or not parts[1]:
+        return None
+    recorded_at = None
+    match = _TIMED_KEY.match(key)
+    if match:
+        try:
+            recorded_at = datetime.strptime(
+                f"{match['y']}{match['m']}{match['d']}{match['hms']}", "%Y%m%d%H%M%S"
+            ).replace(tzinfo=UTC)
+        except ValueError:
+            recorded_at = None
+    return UploadKey(parts[0], parts[1], recorded_at)
+
+
+def upload_key(tenant: str, camera: str, at: datetime, suffix: str = ".mp4", n: int = 0) -> str:
+    stamp = at.astimezone(UTC)
+    tail = f"-{n}" if n else ""
+    return f"{tenant}/{camera}/{stamp:%Y/%m/%d/%H%M%S}{tail}{suffix}"
+
+
+def listing_start_after(checkpoint: str | None, lookback: timedelta) -> str | None:
+    """Where the next listing of a camera prefix starts.
+
+    Listing starts after the last key seen, so a tick costs what is new, not what is
+    old. Clips recorded earlier but uploaded late (a camera back online) would sort
+    before that key; re-listing a short window back in key time catches them, still
+    at a cost bounded by the clips in the window.
+    """
+    if checkpoint is None:
+        return None
+    parsed = parse_upload_key(checkpoint)
+    if parsed is None or parsed.recorded_at is None or not lookback:
+        return checkpoint
+    earlier = parsed.recorded_at - lookback
+    return f"{parsed.tenant}/{parsed.camera}/{earlier:%Y/%m/%d/%H%M%S}"
+
+
+def stage_prefix(tenant: str, camera: str, clip: str, pipeline: str, stage: str) -> str:
+    return f"{tenant}/{camera}/{clip}/{pipeline}/{stage}/"
+
+
+def result_key(tenant: str, camera: str, clip: str, pipeline: str) -> str:
+    return f"{tenant}/{camera}/{clip}/{pipeline}/result.json"

@@ -1,0 +1,104 @@
+"""Pipeline specs (``pipelines/*.yaml``): which clips, which stages, in what order."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
+
+from orchestrator.domain.algorithm import NAME_PATTERN, Accelerator
+
+#: The input reference that means "the uploaded clip itself".
+CLIP_INPUT = "clip"
+
+
+class Trigger(BaseModel):
+    """Which uploads start this pipeline: bucket (default: the ingest bucket), key
+    prefix and suffix (case-insensitive)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bucket: str | None = None
+    prefix: str = ""
+    suffix: str = ".mp4"
+
+    def matches(self, bucket: str, key: str, default_bucket: str) -> bool:
+        return (
+            bucket == (self.bucket or default_bucket)
+            and key.startswith(self.prefix)
+            and key.lower().endswith(self.suffix.lower())
+        )
+
+
+class Placement(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    accelerator: Accelerator = "cpu"
+    #: Run on CPU instead when no GPU has been free for ``fallback_after_seconds``.
+    fallback: Literal["cpu"] | None = None
+    fallback_after_seconds: float = Field(default=300, ge=0)
+
+
+class StageSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN)
+    #: ``name`` or ``name@version``.
+    algorithm: str = Field(min_length=1)
+    #: Input name -> ``clip`` or the name of an earlier stage (its output prefix).
+    inputs: dict[str, str] = Field(default_factory=dict)
+    #: Extra ordering beyond what ``inputs`` implies.
+    needs: list[str] = Field(default_factory=list)
+    params: dict[str, Any] = Field(default_factory=dict)
+    placement: Placement = Field(default_factory=Placement)
+    timeout_seconds: PositiveInt | None = None
+    retries: NonNegativeInt | None = None
+
+    @property
+    def depends_on(self) -> set[str]:
+        refs = {ref for ref in self.inputs.values() if ref != CLIP_INPUT}
+        return refs | set(self.needs)
+
+    @property
+    def algorithm_name(self) -> str:
+        return self.algorithm.split("@", 1)[0]
+
+    @property
+    def algorithm_version(self) -> str | None:
+        return self.algorithm.split("@", 1)[1] if "@" in self.algorithm else None
+
+
+class PipelineSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    trigger: Trigger = Field(default_factory=Trigger)
+    stages: list[StageSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_graph(self) -> PipelineSpec:
+        names = [stage.name for stage in self.stages]
+        seen: set[str] = set()
+        for index, stage in enumerate(self.stages):
+            if stage.name in seen:
+                raise ValueError(f"stages[{index}].name: stage {stage.name!r} is defined twice")
+            for ref in sorted(stage.depends_on):
+                if ref not in names:
+                    raise ValueError(
+                        f"stages[{index}] ({stage.name}): refers to unknown stage {ref!r}; "
+                        f"known: {[CLIP_INPUT, *names]}"
+                    )
+                if ref not in seen:
+                    raise ValueError(
+                        f"stages[{index}] ({stage.name}): needs {ref!r}, which must be listed "
+                        "before it (stages run in dependency order)"
+                    )
+            seen.add(stage.name)
+        return self
+
+    def stage(self, name: str) -> StageSpec:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(name)

@@ -1,0 +1,250 @@
+"""The engine's decisions: a pure function from observed state to actions.
+
+No I/O here. The reconciler observes (store + executor), calls ``decide``, and
+carries out the actions; tests call ``decide`` directly with hand-made state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from algorithms.contract import EXIT_BAD_INPUT
+from orchestrator.domain.catalog import Pipeline
+from orchestrator.executors.base import ExecState, ExecStatus
+from orchestrator.store.models import AttemptState, Run, RunStatus, StageAttempt
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    backoff_seconds: float = 5.0
+    backoff_max_seconds: float = 300.0
+    #: How long past its timeout a stage may run before the engine gives up on the
+    #: executor stopping it and fails the attempt itself.
+    overrun_grace_seconds: float = 60.0
+
+    def backoff(self, failed_attempt: int) -> timedelta:
+        seconds = self.backoff_seconds * 2 ** max(0, failed_attempt - 1)
+        return timedelta(seconds=min(seconds, self.backoff_max_seconds))
+
+
+# --- actions --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StartAttempt:
+    run_id: str
+    stage: str
+    attempt: int
+    accelerator: str
+    #: Where this attempt may go instead when no ``accelerator`` slot is free.
+    fallback: str | None = None
+
+
+@dataclass(frozen=True)
+class Resubmit:
+    """An attempt recorded but never handed over (the orchestrator stopped between)."""
+
+    attempt_id: str
+
+
+@dataclass(frozen=True)
+class ExpireAttempt:
+    attempt_id: str
+    handle: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class CancelAttempts:
+    handles: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FinishRun:
+    run_id: str
+    status: RunStatus
+    error: str | None = None
+
+
+Action = StartAttempt | Resubmit | ExpireAttempt | CancelAttempts | FinishRun
+
+
+# --- observation ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttemptOutcome:
+    """What an executor status means for the attempt's row."""
+
+    state: AttemptState
+    exit_code: int | None
+    reason: str | None
+    permanent: bool
+    timed_out: bool
+
+
+def outcome(status: ExecStatus) -> AttemptOutcome | None:
+    """Maps an executor status onto the stage contract; None while still in flight."""
+    if status.state in (ExecState.QUEUED, ExecState.RUNNING):
+        return None
+    if status.state == ExecState.SUCCEEDED:
+        return AttemptOutcome(AttemptState.SUCCEEDED, 0, None, False, False)
+    if status.state == ExecState.LOST:
+        reason = status.reason or "the executor lost track of it"
+        return AttemptOutcome(AttemptState.FAILED, None, f"lost: {reason}", False, False)
+    permanent = status.exit_code == EXIT_BAD_INPUT and not status.timed_out
+    reason = status.reason or f"exited with code {status.exit_code}"
+    return AttemptOutcome(
+        AttemptState.FAILED, status.exit_code, reason, permanent, status.timed_out
+    )
+
+
+# --- decisions ------------------------------------------------------------------------
+
+
+@dataclass
+class RunDecision:
+    actions: list[Action] = field(default_factory=list)
+    #: Stages ready to start, in pipeline order; admitted later against capacity.
+    starts: list[StartAttempt] = field(default_factory=list)
+
+
+def _latest(attempts: Sequence[StageAttempt]) -> dict[str, StageAttempt]:
+    latest: dict[str, StageAttempt] = {}
+    for attempt in attempts:
+        if attempt.stage not in latest or attempt.attempt > latest[attempt.stage].attempt:
+            latest[attempt.stage] = attempt
+    return latest
+
+
+def _in_flight(attempts: Sequence[StageAttempt]) -> list[StageAttempt]:
+    return [a for a in attempts if a.state in (AttemptState.PENDING, AttemptState.RUNNING)]
+
+
+def _fail(run: Run, attempts: Sequence[StageAttempt], error: str) -> list[Action]:
+    handles = tuple(a.handle for a in _in_flight(attempts) if a.handle)
+    actions: list[Action] = [CancelAttempts(handles)] if handles else []
+    return [*actions, FinishRun(run.id, RunStatus.FAILED, error)]
+
+
+def decide(
+    run: Run,
+    attempts: Sequence[StageAttempt],
+    pipeline: Pipeline | None,
+    now: datetime,
+    policy: RetryPolicy,
+    executor_has_gpus: bool,
+) -> RunDecision:
+    """What to do next for one active run."""
+    decision = RunDecision()
+    if pipeline is None:
+        decision.actions = _fail(
+            run, attempts, f"pipeline {run.pipeline!r} is no longer defined; restore its file"
+        )
+        return decision
+
+    latest = _latest(attempts)
+    done_at: dict[str, datetime] = {}
+    for name, stage in pipeline.stages.items():
+        attempt = latest.get(name)
+        if attempt is None:
+            continue
+        if attempt.state == AttemptState.SUCCEEDED:
+            done_at[name] = attempt.finished_at or now
+        elif attempt.state == AttemptState.FAILED:
+            if attempt.permanent:
+                decision.actions = _fail(
+                    run, attempts, f"stage {name} failed: {attempt.reason} (bad input, not retried)"
+                )
+                return decision
+            if attempt.attempt > stage.retries:
+                tries = "attempt" if attempt.attempt == 1 else "attempts"
+                decision.actions = _fail(
+                    run,
+                    attempts,
+                    f"stage {name} failed after {attempt.attempt} {tries}: {attempt.reason}",
+                )
+                return decision
+
+    if len(done_at) == len(pipeline.stages):
+        decision.actions.append(FinishRun(run.id, RunStatus.SUCCEEDED))
+        return decision
+
+    for name, stage in pipeline.stages.items():
+        attempt = latest.get(name)
+        if attempt is not None and attempt.state == AttemptState.SUCCEEDED:
+            continue
+        if attempt is not None and attempt.state == AttemptState.PENDING:
+            if attempt.handle is None:
+                decision.actions.append(Resubmit(attempt.id))
+            continue
+        if attempt is not None and attempt.state == AttemptState.RUNNING:
+            began = attempt.started_at or attempt.submitted_at or attempt.created_at
+            limit = timedelta(seconds=stage.timeout_seconds + policy.overrun_grace_seconds)
+            if began + limit < now:
+                decision.actions.append(
+                    ExpireAttempt(
+                        attempt.id,
+                        attempt.handle,
+                        f"ran past its {stage.timeout_seconds} s timeout and the executor "
+                        "did not stop it",
+                    )
+                )
+            continue
+        deps = stage.spec.depends_on
+        if not deps.issubset(done_at):
+            continue
+        ready_since = max([run.created_at, *(done_at[d] for d in deps)])
+        number = 1
+        if attempt is not None:  # failed, retries left
+            retry_at = (attempt.finished_at or now) + policy.backoff(attempt.attempt)
+            if now < retry_at:
+                continue
+            number = attempt.attempt + 1
+            ready_since = max(ready_since, attempt.finished_at or now)
+        placement = stage.spec.placement
+        accelerator, fallback = placement.accelerator, None
+        if accelerator == "gpu" and "gpu" not in stage.algorithm.accelerators:
+            accelerator = placement.fallback or "cpu"
+        elif accelerator == "gpu":
+            if placement.fallback and (
+                not executor_has_gpus
+                or now - ready_since >= timedelta(seconds=placement.fallback_after_seconds)
+            ):
+                fallback = placement.fallback
+            if not executor_has_gpus and fallback is None:
+                decision.actions = _fail(
+                    run,
+                    attempts,
+                    f"stage {name} needs a GPU and this executor has none; give it "
+                    "`placement: {fallback: cpu}` or run it on a cluster with GPU nodes",
+                )
+                decision.starts = []
+                return decision
+            if not executor_has_gpus:
+                accelerator, fallback = fallback or "cpu", None
+        decision.starts.append(StartAttempt(run.id, name, number, accelerator, fallback))
+    return decision
+
+
+def admit(
+    starts: Sequence[StartAttempt], free_slots: int, free_gpu_slots: int
+) -> list[StartAttempt]:
+    """Admits starts in order (oldest run first) while slots last; a GPU start with a
+    CPU fallback takes a CPU slot when no GPU slot is free."""
+    admitted = []
+    for start in starts:
+        if free_slots <= 0:
+            break
+        if start.accelerator == "gpu":
+            if free_gpu_slots > 0:
+                free_gpu_slots -= 1
+            elif start.fallback:
+                start = StartAttempt(start.run_id, start.stage, start.attempt, start.fallback)
+            else:
+                continue
+        free_slots -= 1
+        admitted.append(start)
+    return admitted

@@ -1,0 +1,132 @@
+"""Turning a stage attempt into a launch, and a finished run into its result. Pure."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from algorithms import contract
+from orchestrator.domain.catalog import Pipeline
+from orchestrator.domain.layout import attempt_id, stage_prefix
+from orchestrator.domain.pipeline import CLIP_INPUT
+from orchestrator.executors.base import StageLaunch
+from orchestrator.store.models import Clip, Run, RunStatus, StageAttempt, iso
+
+
+def stage_output_uri(results_bucket: str, clip: Clip, pipeline: str, stage: str) -> str:
+    prefix = stage_prefix(clip.tenant, clip.camera, clip.id, pipeline, stage)
+    return f"s3://{results_bucket}/{prefix}"
+
+
+def build_launch(
+    run: Run,
+    clip: Clip,
+    pipeline: Pipeline,
+    stage: str,
+    attempt: int,
+    accelerator: str,
+    results_bucket: str,
+) -> StageLaunch:
+    resolved = pipeline.stages[stage]
+    inputs = {
+        name: (
+            f"s3://{clip.bucket}/{clip.key}"
+            if ref == CLIP_INPUT
+            else stage_output_uri(results_bucket, clip, pipeline.name, ref)
+        )
+        for name, ref in resolved.spec.inputs.items()
+    }
+    resources = resolved.algorithm.accelerators.get(accelerator)  # type: ignore[call-overload]
+    if resources is None:
+        resources = next(iter(resolved.algorithm.accelerators.values()))
+    return StageLaunch(
+        attempt_id=attempt_id(run.id, stage, attempt),
+        run_id=run.id,
+        stage=stage,
+        pipeline=pipeline.name,
+        tenant=clip.tenant,
+        clip_id=clip.id,
+        algorithm=resolved.algorithm.ref,
+        image=resolved.algorithm.image,
+        command=resolved.algorithm.command,
+        env={
+            contract.ENV_INPUTS: json.dumps(inputs),
+            contract.ENV_OUTPUT: stage_output_uri(results_bucket, clip, pipeline.name, stage),
+            contract.ENV_PARAMS: json.dumps(resolved.params),
+            contract.ENV_RUN_ID: run.id,
+            contract.ENV_STAGE: stage,
+            contract.ENV_ACCELERATOR: accelerator,
+        },
+        accelerator=accelerator,  # type: ignore[arg-type]
+        resources=resources,
+        timeout_seconds=resolved.timeout_seconds,
+    )
+
+
+def stage_summaries(attempts: Sequence[StageAttempt]) -> list[dict[str, Any]]:
+    """One entry per stage (its last attempt), in the order stages first started."""
+    by_stage: dict[str, list[StageAttempt]] = {}
+    for attempt in sorted(attempts, key=lambda a: (a.created_at, a.attempt)):
+        by_stage.setdefault(attempt.stage, []).append(attempt)
+    summaries = []
+    for stage, tries in by_stage.items():
+        last = tries[-1]
+        seconds = None
+        if last.started_at and last.finished_at:
+            seconds = round((last.finished_at - last.started_at).total_seconds(), 3)
+        summaries.append(
+            {
+                "name": stage,
+                "algorithm": last.algorithm,
+                "status": str(last.state),
+                "attempts": len(tries),
+                "accelerator": last.accelerator,
+                "executor": last.executor,
+                "exit_code": last.exit_code,
+                "reason": last.reason,
+                "queued_at": iso(tries[0].created_at),
+                "started_at": iso(last.started_at),
+                "finished_at": iso(last.finished_at),
+                "seconds": seconds,
+                "metrics": last.metrics or {},
+            }
+        )
+    return summaries
+
+
+def compose_result(
+    run: Run,
+    clip: Clip,
+    attempts: Sequence[StageAttempt],
+    status: RunStatus,
+    error: str | None,
+    payload: dict[str, Any],
+    finished_at: datetime,
+) -> dict[str, Any]:
+    """result.json: the run's status and timings around what the stages published."""
+    result: dict[str, Any] = {
+        "clip_id": clip.id,
+        "source": {
+            "bucket": clip.bucket,
+            "key": clip.key,
+            "etag": clip.etag,
+            "size": clip.size,
+            "tenant": clip.tenant,
+            "camera": clip.camera,
+            "recorded_at": iso(clip.recorded_at),
+        },
+        "pipeline": run.pipeline,
+        "run_id": run.id,
+        "status": str(status),
+        "error": error,
+        "created_at": iso(run.created_at),
+        "started_at": iso(run.started_at),
+        "finished_at": iso(finished_at),
+        "seconds": round((finished_at - run.created_at).total_seconds(), 3),
+        "stages": stage_summaries(attempts),
+        "frames": [],
+    }
+    result.update({k: v for k, v in payload.items() if k not in result or k == "frames"})
+    return result

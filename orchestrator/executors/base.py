@@ -1,0 +1,81 @@
+"""The executor interface: the same for local processes and Kubernetes Jobs.
+
+Submission is batch-shaped (a list of launches in, a handle per attempt out) so that
+an executor may pack several short stage attempts into one unit of work later (an
+Indexed Job with one index per clip) without the engine changing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+from pydantic import BaseModel, Field
+
+from orchestrator.domain.algorithm import Accelerator, Resources
+
+
+class StageLaunch(BaseModel):
+    """Everything an executor needs to start one stage attempt."""
+
+    attempt_id: str
+    run_id: str
+    stage: str
+    pipeline: str
+    tenant: str
+    clip_id: str
+    algorithm: str  # name@version
+    image: str
+    command: list[str]
+    #: The stage-contract variables (CAMFLOW_*); S3 access is the executor's business.
+    env: dict[str, str]
+    accelerator: Accelerator
+    resources: Resources
+    timeout_seconds: int
+
+
+class ExecState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    #: The executor has no trace of it (a lost process, a deleted Job).
+    LOST = "lost"
+
+
+class ExecStatus(BaseModel):
+    state: ExecState
+    exit_code: int | None = None
+    #: For failures: the stage's last stderr line, or what the executor saw.
+    reason: str | None = None
+    timed_out: bool = False
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class Capacity(BaseModel):
+    """How many attempts the executor runs at once, in all and on GPUs."""
+
+    slots: int = Field(ge=0)
+    gpu_slots: int = Field(default=0, ge=0)
+
+
+class Executor(Protocol):
+    name: str
+
+    def capacity(self) -> Capacity: ...
+
+    def submit(self, launches: Sequence[StageLaunch]) -> dict[str, str]:
+        """Starts the attempts; returns attempt id -> handle. Submitting an attempt that
+        was already submitted (a replay after a crash) must not start it twice."""
+        ...
+
+    def poll(self, handles: Sequence[str]) -> dict[str, ExecStatus]: ...
+
+    def cancel(self, handles: Sequence[str]) -> None: ...
+
+    def log_uri(self, handle: str) -> str: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,175 @@
+"""The local executor: each stage attempt is a process on this machine.
+
+State lives in ``<home>/attempts/<attempt-id>/`` (launch.json, runner.json,
+status.json, stdout.log, stderr.log), not in this object, so an orchestrator that
+restarts finds running and finished attempts where it left them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+
+from orchestrator.errors import ExecutorError
+from orchestrator.executors import local_runner as files
+from orchestrator.executors.base import Capacity, ExecState, ExecStatus, StageLaunch
+
+#: A runner that has not written runner.json this long after launch is presumed dead.
+START_GRACE_SECONDS = 30.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+class LocalExecutor:
+    name = "local"
+
+    def __init__(
+        self,
+        root: Path,
+        max_parallel: int = 2,
+        gpus: int = 0,
+        kill_grace_seconds: float = 5.0,
+        base_env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_parallel = max_parallel
+        self.gpus = gpus
+        self.kill_grace_seconds = kill_grace_seconds
+        #: S3 access and the like, added to every stage's contract variables.
+        self.base_env = dict(base_env or {})
+        self.cwd = cwd
+        self._children: dict[str, subprocess.Popen] = {}
+
+    def capacity(self) -> Capacity:
+        return Capacity(slots=self.max_parallel, gpu_slots=min(self.gpus, self.max_parallel))
+
+    def _command(self, command: list[str]) -> list[str]:
+        # Algorithm manifests say `python`; locally that is this interpreter (the venv).
+        if command and command[0] in ("python", "python3"):
+            return [sys.executable, *command[1:]]
+        return command
+
+    def submit(self, launches: Sequence[StageLaunch]) -> dict[str, str]:
+        handles = {}
+        for launch in launches:
+            directory = self.root / launch.attempt_id
+            if (directory / files.LAUNCH).exists():
+                # Submitted before a crash: adopt it rather than start it twice.
+                handles[launch.attempt_id] = launch.attempt_id
+                continue
+            directory.mkdir(parents=True, exist_ok=True)
+            env = {**os.environ, **self.base_env, **launch.env}
+            if launch.accelerator == "cpu":
+                env["CUDA_VISIBLE_DEVICES"] = ""
+            files.write_json_atomic(
+                directory / files.LAUNCH,
+                {
+                    "command": self._command(launch.command),
+                    "timeout_seconds": launch.timeout_seconds,
+                    "kill_grace_seconds": self.kill_grace_seconds,
+                    "cwd": str(self.cwd) if self.cwd else None,
+                    "stage": launch.stage,
+                    "run_id": launch.run_id,
+                    "algorithm": launch.algorithm,
+                },
+            )
+            try:
+                with (directory / "runner.log").open("ab") as log:
+                    self._children[launch.attempt_id] = subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "orchestrator.executors.local_runner",
+                            str(directory),
+                        ],
+                        env=env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+            except OSError as exc:
+                raise ExecutorError(f"could not start the local runner: {exc}") from exc
+            handles[launch.attempt_id] = launch.attempt_id
+        return handles
+
+    def _reap(self) -> None:
+        for key, child in list(self._children.items()):
+            if child.poll() is not None:
+                del self._children[key]
+
+    def poll(self, handles: Sequence[str]) -> dict[str, ExecStatus]:
+        self._reap()
+        return {handle: self._status(handle) for handle in handles}
+
+    def _status(self, handle: str) -> ExecStatus:
+        directory = self.root / handle
+        status_file = directory / files.STATUS
+        if status_file.exists():
+            status = json.loads(status_file.read_text())
+            code = status["exit_code"]
+            return ExecStatus(
+                state=ExecState.SUCCEEDED if code == 0 else ExecState.FAILED,
+                exit_code=code,
+                reason=status.get("reason"),
+                timed_out=bool(status.get("timed_out")),
+                started_at=_parse_time(status.get("started_at")),
+                finished_at=_parse_time(status.get("finished_at")),
+            )
+        runner_file = directory / files.RUNNER
+        if runner_file.exists():
+            runner = json.loads(runner_file.read_text())
+            if _pid_alive(runner["pid"]):
+                return ExecStatus(
+                    state=ExecState.RUNNING, started_at=_parse_time(runner.get("started_at"))
+                )
+            if status_file.exists():  # finished between the two checks
+                return self._status(handle)
+            return ExecStatus(
+                state=ExecState.LOST,
+                reason="the local runner died without recording an exit status",
+            )
+        launch_file = directory / files.LAUNCH
+        if launch_file.exists():
+            age = datetime.now().timestamp() - launch_file.stat().st_mtime
+            if handle in self._children or age < START_GRACE_SECONDS:
+                return ExecStatus(state=ExecState.QUEUED)
+        return ExecStatus(state=ExecState.LOST, reason="no trace of this attempt on this machine")
+
+    def cancel(self, handles: Sequence[str]) -> None:
+        for handle in handles:
+            runner_file = self.root / handle / files.RUNNER
+            if not runner_file.exists():
+                continue
+            runner = json.loads(runner_file.read_text())
+            # The runner stops the stage's process group and records "cancelled".
+            for pid in (runner["pid"],):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+
+    def log_uri(self, handle: str) -> str:
+        return (self.root / handle).as_uri()
+
+    def close(self) -> None:
+        self._reap()

@@ -1,0 +1,124 @@
+"""Supervises one stage process for the local executor: ``python -m ... ATTEMPT_DIR``.
+
+It runs in its own session so it outlives a restart of the orchestrator, enforces
+the timeout (SIGTERM to the stage's process group, SIGKILL after a grace period) and
+leaves ``status.json`` behind, which is what the executor reads. The stage's
+environment is this process's environment; nothing secret is written to disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+LAUNCH = "launch.json"
+RUNNER = "runner.json"
+STATUS = "status.json"
+STDOUT = "stdout.log"
+STDERR = "stderr.log"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload))
+    os.replace(tmp, path)
+
+
+def last_line(path: Path, limit: int = 8192) -> str | None:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - limit))
+            lines = [ln.strip() for ln in handle.read().decode(errors="replace").splitlines()]
+    except OSError:
+        return None
+    lines = [ln for ln in lines if ln]
+    return lines[-1][:1000] if lines else None
+
+
+def _stop(process: subprocess.Popen, grace: float) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def supervise(directory: Path) -> int:
+    launch = json.loads((directory / LAUNCH).read_text())
+    timeout = float(launch["timeout_seconds"])
+    grace = float(launch.get("kill_grace_seconds", 5))
+    started = _now()
+    with (directory / STDOUT).open("ab") as out, (directory / STDERR).open("ab") as err:
+        process = subprocess.Popen(
+            launch["command"],
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            cwd=launch.get("cwd") or None,
+            start_new_session=True,
+        )
+    write_json_atomic(
+        directory / RUNNER, {"pid": os.getpid(), "child_pid": process.pid, "started_at": started}
+    )
+    cancelled = False
+
+    def _on_term(_signum: int, _frame: object) -> None:
+        nonlocal cancelled
+        cancelled = True
+        _stop(process, grace)
+
+    signal.signal(signal.SIGTERM, _on_term)
+    deadline = time.monotonic() + timeout
+    timed_out = False
+    while True:
+        try:
+            code = process.wait(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
+            break
+        except subprocess.TimeoutExpired:
+            if time.monotonic() >= deadline:
+                timed_out = True
+                _stop(process, grace)
+                code = process.returncode
+                break
+    if code is not None and code < 0:
+        code = 128 - code  # killed by a signal, as a shell reports it
+    reason = None
+    if timed_out:
+        reason = f"timed out after {timeout:g} s and was killed"
+    elif cancelled:
+        reason = "cancelled"
+    elif code != 0:
+        reason = last_line(directory / STDERR) or f"exited with code {code} and printed nothing"
+    write_json_atomic(
+        directory / STATUS,
+        {
+            "exit_code": 124 if timed_out else code,
+            "timed_out": timed_out,
+            "cancelled": cancelled,
+            "reason": reason,
+            "started_at": started,
+            "finished_at": _now(),
+        },
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(supervise(Path(sys.argv[1])))

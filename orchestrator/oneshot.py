@@ -1,0 +1,57 @@
+"""``camflow process``: one pipeline over local files, through the same engine."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from orchestrator.domain.layout import upload_key
+from orchestrator.service import drive, open_runtime
+from orchestrator.settings import Settings
+from orchestrator.watcher import to_clip
+
+
+def _safe_stem(path: Path) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem)[:80] or "clip"
+
+
+def process_files(
+    settings: Settings,
+    pipeline_name: str,
+    files: Sequence[Path],
+    tenant: str,
+    camera: str,
+    timeout: float,
+    on_progress: Callable[[int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Uploads ``files``, runs ``pipeline_name`` on each, returns one result per file
+    (as in result.json) with ``clip`` set to the file's name."""
+    with open_runtime(settings) as runtime:
+        pipeline = runtime.catalog.pipeline(pipeline_name)
+        bucket = pipeline.spec.trigger.bucket or settings.s3.ingest_bucket
+        now = datetime.now(UTC)
+        runs: list[tuple[str, str]] = []
+        for n, path in enumerate(files):
+            suffix = path.suffix.lower() or ".bin"
+            key = upload_key(tenant, camera, now, suffix, n + 1)
+            key = key.removesuffix(suffix) + f"-{_safe_stem(path)}{suffix}"
+            clip = to_clip(bucket, runtime.s3.upload_file(path, bucket, key))
+            if clip is None:  # cannot happen: the key has tenant and camera
+                raise ValueError(f"bad key {key}")
+            runtime.store.record_clips([clip], f"s3://{bucket}/{tenant}/{camera}/", None)
+            runs.append((path.name, runtime.reconciler.plan_run(clip, pipeline.name).id))
+        total = len(runs)
+        drive(
+            runtime,
+            [rid for _, rid in runs],
+            timeout,
+            on_tick=(lambda _r, pending: on_progress(total - pending)) if on_progress else None,
+        )
+        results = []
+        for name, rid in runs:
+            run = runtime.store.get_run(rid)
+            results.append({"clip": name, **(run.result or {"status": str(run.status)})})
+        return results

@@ -1,0 +1,182 @@
+"""Wiring: settings in, a running watcher + engine + executor out."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from orchestrator.domain.catalog import Catalog, load_catalog
+from orchestrator.engine.decide import RetryPolicy
+from orchestrator.engine.reconciler import Reconciler, TickReport
+from orchestrator.executors.base import Executor
+from orchestrator.executors.local import LocalExecutor
+from orchestrator.settings import PROJECT_ROOT, Settings
+from orchestrator.storage import EmbeddedS3, S3Access, S3Gateway
+from orchestrator.store import Store
+from orchestrator.store.models import RunStatus
+from orchestrator.watcher import Watcher, watch_targets
+
+log = logging.getLogger("camflow.service")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    catalog: Catalog
+    store: Store
+    s3: S3Gateway
+    executor: Executor
+    watcher: Watcher
+    reconciler: Reconciler
+    embedded: EmbeddedS3 | None
+
+    def close(self) -> None:
+        self.executor.close()
+        self.store.close()
+        if self.embedded is not None:
+            self.embedded.stop()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def s3_access(settings: Settings) -> tuple[S3Access, EmbeddedS3 | None]:
+    if settings.wants_embedded_s3:
+        embedded = EmbeddedS3().start()
+        return embedded.access(settings.s3.region), embedded
+    secret = settings.s3.secret_access_key
+    return (
+        S3Access(
+            settings.s3_endpoint,
+            settings.s3.region,
+            settings.s3.access_key_id,
+            secret.get_secret_value() if secret else None,
+        ),
+        None,
+    )
+
+
+def trigger_buckets(catalog: Catalog, settings: Settings) -> set[str]:
+    return {p.spec.trigger.bucket or settings.s3.ingest_bucket for p in catalog.pipelines.values()}
+
+
+def open_runtime(settings: Settings, executor: Executor | None = None) -> Runtime:
+    """Loads the catalog, connects S3 (embedded if none is configured) and the store."""
+    catalog = load_catalog(settings.algorithm_dirs, settings.pipeline_dirs)
+    access, embedded = s3_access(settings)
+    try:
+        s3 = S3Gateway(access)
+        buckets = {settings.s3.results_bucket, settings.s3.ingest_bucket}
+        for bucket in sorted(buckets | trigger_buckets(catalog, settings)):
+            s3.ensure_bucket(bucket)
+        store = Store(settings.store_url)
+    except Exception:
+        if embedded:
+            embedded.stop()
+        raise
+    executor = executor or LocalExecutor(
+        settings.home / "attempts",
+        max_parallel=settings.local.max_parallel,
+        gpus=settings.local.gpus,
+        kill_grace_seconds=settings.local.kill_grace_seconds,
+        base_env=access.stage_env(),
+        cwd=PROJECT_ROOT,
+    )
+    triggers = [p.spec.trigger for p in catalog.pipelines.values()]
+    watcher = Watcher(
+        store,
+        s3,
+        watch_targets(triggers, settings.s3.ingest_bucket),
+        triggers,
+        settings.s3.ingest_bucket,
+        lookback=timedelta(seconds=settings.watcher.lookback_seconds),
+        page_size=settings.watcher.page_size,
+    )
+    reconciler = Reconciler(
+        store,
+        catalog,
+        executor,
+        s3,
+        settings.s3.results_bucket,
+        settings.s3.ingest_bucket,
+        RetryPolicy(
+            backoff_seconds=settings.engine.retry_backoff_seconds,
+            backoff_max_seconds=settings.engine.retry_backoff_max_seconds,
+        ),
+    )
+    return Runtime(settings, catalog, store, s3, executor, watcher, reconciler, embedded)
+
+
+def _guarded(name: str, job: Callable[[], object]) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            job()
+        except Exception:
+            # One failed tick (S3 or the database briefly away) must not stop the loop.
+            log.exception("%s tick failed; retrying at the next tick", name)
+
+    return run
+
+
+class Service:
+    """The watcher and the engine as APScheduler interval jobs."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.scheduler = BackgroundScheduler(
+            timezone=UTC, job_defaults={"coalesce": True, "max_instances": 1}
+        )
+
+    def start(self) -> None:
+        now = datetime.now(UTC)
+        settings = self.runtime.settings
+        self.scheduler.add_job(
+            _guarded("watcher", self.runtime.watcher.tick),
+            "interval",
+            seconds=settings.watcher.interval_seconds,
+            next_run_time=now,
+            id="watcher",
+        )
+        self.scheduler.add_job(
+            _guarded("engine", self.runtime.reconciler.tick),
+            "interval",
+            seconds=settings.engine.interval_seconds,
+            next_run_time=now,
+            id="engine",
+        )
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        self.scheduler.shutdown(wait=True)
+
+
+def drive(
+    runtime: Runtime,
+    run_ids: Iterable[str],
+    timeout: float,
+    interval: float = 0.5,
+    on_tick: Callable[[TickReport, int], None] | None = None,
+) -> None:
+    """Ticks the engine in the foreground until the given runs have all finished."""
+    pending = set(run_ids)
+    deadline = time.monotonic() + timeout
+    while pending:
+        report = runtime.reconciler.tick(only=pending)
+        pending = {
+            rid for rid in pending if not RunStatus(runtime.store.get_run(rid).status).terminal
+        }
+        if on_tick:
+            on_tick(report, len(pending))
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(pending)} run(s) still unfinished after {timeout:g} s")
+        time.sleep(interval)

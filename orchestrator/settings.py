@@ -1,0 +1,141 @@
+"""Typed, grouped settings from a YAML file and ``CAMFLOW_*`` environment variables.
+
+Precedence: explicit overrides > environment > config file > defaults. Nested fields
+use a double underscore: ``CAMFLOW_STORE__URL``, ``CAMFLOW_LOCAL__MAX_PARALLEL``.
+The config file is ``--config``, else ``$CAMFLOW_CONFIG``, else ``./camflow.yaml`` if
+present.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Group(BaseModel):
+    # A misspelt key in a config file is an error, not a silently ignored line.
+    model_config = ConfigDict(extra="forbid")
+
+
+class S3Settings(_Group):
+    #: None: use $AWS_ENDPOINT_URL, else AWS itself; with ``embedded`` a local moto server.
+    endpoint_url: str | None = None
+    #: Start an in-process S3 server when no endpoint is configured at all.
+    embedded: bool = True
+    region: str = "us-east-1"
+    ingest_bucket: str = "camflow-ingest"
+    results_bucket: str = "camflow-results"
+    #: Usually left unset: boto3 reads the standard AWS variables and files itself.
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+
+
+class StoreSettings(_Group):
+    #: Any SQLAlchemy URL; default: SQLite file ``<home>/camflow.db``.
+    url: str | None = None
+
+
+class WatcherSettings(_Group):
+    interval_seconds: PositiveFloat = 10
+    #: Re-list this far back (in key time) to catch clips uploaded late.
+    lookback_seconds: float = Field(default=300, ge=0)
+    page_size: PositiveInt = 1000
+
+
+class EngineSettings(_Group):
+    interval_seconds: PositiveFloat = 1
+    retry_backoff_seconds: float = Field(default=5, ge=0)
+    retry_backoff_max_seconds: float = Field(default=300, ge=0)
+
+
+class LocalExecutorSettings(_Group):
+    max_parallel: PositiveInt = 2
+    #: GPUs this machine offers to stages (0: GPU stages fall back to CPU or fail).
+    gpus: int = Field(default=0, ge=0)
+    #: Seconds between SIGTERM and SIGKILL when a stage overruns its timeout.
+    kill_grace_seconds: float = Field(default=5, ge=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CAMFLOW_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".camflow")
+    log_level: str = "INFO"
+    s3: S3Settings = Field(default_factory=S3Settings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    watcher: WatcherSettings = Field(default_factory=WatcherSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    local: LocalExecutorSettings = Field(default_factory=LocalExecutorSettings)
+    algorithm_dirs: list[Path] = Field(default_factory=lambda: [PROJECT_ROOT / "algorithms"])
+    pipeline_dirs: list[Path] = Field(default_factory=lambda: [PROJECT_ROOT / "pipelines"])
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file comes from ``yaml_file`` in model_config, set by load_settings.
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+    @property
+    def store_url(self) -> str:
+        return self.store.url or f"sqlite:///{self.home / 'camflow.db'}"
+
+    @property
+    def s3_endpoint(self) -> str | None:
+        return self.s3.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+
+    @property
+    def wants_embedded_s3(self) -> bool:
+        has_credentials = bool(
+            self.s3.access_key_id
+            or os.environ.get("AWS_ACCESS_KEY_ID")
+            or os.environ.get("AWS_PROFILE")
+        )
+        return self.s3.embedded and self.s3_endpoint is None and not has_credentials
+
+
+def default_config_file() -> Path | None:
+    named = os.environ.get("CAMFLOW_CONFIG")
+    if named:
+        return Path(named)
+    local = Path("camflow.yaml")
+    return local if local.is_file() else None
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from ``config`` (or the default file), the environment and overrides."""
+    from pydantic import ValidationError
+
+    from orchestrator.errors import ConfigError
+
+    path = config or default_config_file()
+    if path is not None and not path.is_file():
+        raise ConfigError(str(path), "", "config file not found")
+
+    class FileSettings(Settings):
+        model_config = SettingsConfigDict(**{**Settings.model_config, "yaml_file": path})
+
+    try:
+        return FileSettings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        raise ConfigError(str(path or "environment"), field, first["msg"]) from exc

@@ -1,0 +1,120 @@
+"""Tables. All progress lives here, so a restarted orchestrator just continues.
+
+Datetimes are timezone-aware UTC throughout.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """Aware UTC, whatever a database driver handed back."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def iso(value: datetime | None) -> str | None:
+    return as_utc(value).isoformat().replace("+00:00", "Z") if value else None
+
+
+class RunStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+class AttemptState(StrEnum):
+    #: Recorded, not yet handed to an executor (or the hand-over was interrupted).
+    PENDING = "pending"
+    #: Handed to an executor: queued or running there.
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class Clip(SQLModel, table=True):
+    __tablename__ = "clips"
+    __table_args__ = (UniqueConstraint("bucket", "key", "etag", name="uq_clip_identity"),)
+
+    id: str = Field(primary_key=True, max_length=32)
+    bucket: str = Field(max_length=255)
+    key: str = Field(max_length=1024)
+    etag: str = Field(max_length=128)
+    size: int
+    tenant: str = Field(index=True, max_length=255)
+    camera: str = Field(index=True, max_length=255)
+    recorded_at: datetime | None = None
+    last_modified: datetime | None = None
+    discovered_at: datetime = Field(default_factory=utcnow)
+    #: Runs have been created for every pipeline whose trigger matches.
+    planned: bool = Field(default=False, index=True)
+
+
+class Run(SQLModel, table=True):
+    __tablename__ = "runs"
+    __table_args__ = (UniqueConstraint("clip_id", "pipeline", name="uq_run_clip_pipeline"),)
+
+    id: str = Field(primary_key=True, max_length=32)
+    clip_id: str = Field(foreign_key="clips.id", index=True, max_length=32)
+    pipeline: str = Field(max_length=64)
+    status: RunStatus = Field(default=RunStatus.PENDING, index=True, max_length=16)
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result_uri: str | None = Field(default=None, max_length=2048)
+    result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+
+
+class StageAttempt(SQLModel, table=True):
+    __tablename__ = "stage_attempts"
+    __table_args__ = (
+        UniqueConstraint("run_id", "stage", "attempt", name="uq_attempt_run_stage_number"),
+    )
+
+    id: str = Field(primary_key=True, max_length=128)
+    run_id: str = Field(foreign_key="runs.id", index=True, max_length=32)
+    stage: str = Field(max_length=64)
+    attempt: int
+    algorithm: str = Field(max_length=128)  # name@version
+    accelerator: str = Field(max_length=8)
+    executor: str = Field(max_length=64)
+    state: AttemptState = Field(default=AttemptState.PENDING, index=True, max_length=16)
+    handle: str | None = Field(default=None, max_length=512)
+    exit_code: int | None = None
+    reason: str | None = Field(default=None, sa_column=Column(Text))
+    #: Failed in a way that retrying cannot fix (exit 2: bad input).
+    permanent: bool = False
+    timed_out: bool = False
+    log_uri: str | None = Field(default=None, max_length=2048)
+    metrics: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    outputs: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    created_at: datetime = Field(default_factory=utcnow)
+    submitted_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class Checkpoint(SQLModel, table=True):
+    """The last key seen under one listing prefix (``s3://bucket/tenant/camera/``)."""
+
+    __tablename__ = "checkpoints"
+
+    id: str = Field(primary_key=True, max_length=1300)
+    last_key: str = Field(max_length=1024)
+    updated_at: datetime = Field(default_factory=utcnow)

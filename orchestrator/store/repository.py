@@ -1,0 +1,275 @@
+"""The Store: every read and write of camflow's state, in short transactions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import event, func, or_, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, SQLModel, col, create_engine, select
+
+from orchestrator.errors import NotFound
+from orchestrator.store.models import (
+    AttemptState,
+    Checkpoint,
+    Clip,
+    Run,
+    RunStatus,
+    StageAttempt,
+    utcnow,
+)
+
+ACTIVE = (RunStatus.PENDING, RunStatus.RUNNING)
+
+
+@dataclass(frozen=True)
+class RunWithAttempts:
+    run: Run
+    clip: Clip
+    attempts: tuple[StageAttempt, ...]
+
+
+def _make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=True
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+            cursor = connection.cursor()
+            # WAL lets the watcher write while the engine and the CLI read.
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        if url.startswith("sqlite:///"):
+            from pathlib import Path
+
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.url = url
+        self.engine = _make_engine(url)
+        SQLModel.metadata.create_all(self.engine)
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- watcher ----------------------------------------------------------------------
+
+    def checkpoint(self, checkpoint_id: str) -> str | None:
+        with self.session() as session:
+            row = session.get(Checkpoint, checkpoint_id)
+            return row.last_key if row else None
+
+    def record_clips(
+        self, clips: Sequence[Clip], checkpoint_id: str, last_key: str | None
+    ) -> list[Clip]:
+        """Adds the clips not seen before and moves the checkpoint, in one transaction:
+        a crash leaves either both or neither, so no clip is skipped or doubled."""
+        with self.session() as session:
+            ids = [clip.id for clip in clips]
+            known = set(
+                session.exec(select(Clip.id).where(col(Clip.id).in_(ids))).all() if ids else []
+            )
+            new = [clip for clip in clips if clip.id not in known]
+            session.add_all(new)
+            if last_key is not None:
+                row = session.get(Checkpoint, checkpoint_id)
+                if row is None:
+                    session.add(Checkpoint(id=checkpoint_id, last_key=last_key))
+                elif last_key > row.last_key:
+                    row.last_key, row.updated_at = last_key, utcnow()
+                    session.add(row)
+            session.commit()
+            return new
+
+    # --- planning ---------------------------------------------------------------------
+
+    def unplanned_clips(self, limit: int = 500) -> list[Clip]:
+        with self.session() as session:
+            query = (
+                select(Clip)
+                .where(col(Clip.planned).is_(False))
+                .order_by(col(Clip.discovered_at))
+                .limit(limit)
+            )
+            return list(session.exec(query).all())
+
+    def plan(self, clip_id: str, runs: Iterable[Run]) -> list[Run]:
+        """Creates the clip's runs (unless they exist) and marks it planned, atomically."""
+        with self.session() as session:
+            existing = set(session.exec(select(Run.pipeline).where(Run.clip_id == clip_id)).all())
+            created = [run for run in runs if run.pipeline not in existing]
+            session.add_all(created)
+            session.exec(update(Clip).where(col(Clip.id) == clip_id).values(planned=True))
+            session.commit()
+            return created
+
+    # --- engine -----------------------------------------------------------------------
+
+    def active_runs(self, limit: int = 10_000) -> list[RunWithAttempts]:
+        with self.session() as session:
+            rows = session.exec(
+                select(Run, Clip)
+                .join(Clip, col(Clip.id) == col(Run.clip_id))
+                .where(col(Run.status).in_(ACTIVE))
+                .order_by(col(Run.created_at), col(Run.id))
+                .limit(limit)
+            ).all()
+            run_ids = [run.id for run, _ in rows]
+            attempts: dict[str, list[StageAttempt]] = {rid: [] for rid in run_ids}
+            if run_ids:
+                for attempt in session.exec(
+                    select(StageAttempt)
+                    .where(col(StageAttempt.run_id).in_(run_ids))
+                    .order_by(col(StageAttempt.stage), col(StageAttempt.attempt))
+                ).all():
+                    attempts[attempt.run_id].append(attempt)
+            return [RunWithAttempts(run, clip, tuple(attempts[run.id])) for run, clip in rows]
+
+    def count_attempts(self, executor: str, accelerator: str | None = None) -> int:
+        """Attempts handed to ``executor`` and not finished: its slots in use."""
+        with self.session() as session:
+            query = select(func.count()).where(
+                col(StageAttempt.executor) == executor,
+                col(StageAttempt.state).in_((AttemptState.PENDING, AttemptState.RUNNING)),
+            )
+            if accelerator:
+                query = query.where(col(StageAttempt.accelerator) == accelerator)
+            return int(session.exec(query).one())
+
+    def add_attempt(self, attempt: StageAttempt) -> StageAttempt:
+        """Inserts the attempt; if a crash-interrupted tick inserted it already, returns
+        that one (the unique key is run, stage, attempt number)."""
+        with self.session() as session:
+            session.add(attempt)
+            try:
+                session.commit()
+                return attempt
+            except IntegrityError:
+                session.rollback()
+                existing = session.get(StageAttempt, attempt.id)
+                if existing is None:
+                    raise
+                return existing
+
+    def update_attempt(self, attempt_id: str, **values: Any) -> None:
+        with self.session() as session:
+            session.exec(
+                update(StageAttempt).where(col(StageAttempt.id) == attempt_id).values(**values)
+            )
+            session.commit()
+
+    def mark_run_started(self, run_id: str, at: datetime) -> None:
+        with self.session() as session:
+            session.exec(
+                update(Run)
+                .where(col(Run.id) == run_id, col(Run.status) == RunStatus.PENDING)
+                .values(status=RunStatus.RUNNING, started_at=at)
+            )
+            session.commit()
+
+    def finish_run(
+        self,
+        run_id: str,
+        status: RunStatus,
+        error: str | None,
+        result: dict[str, Any] | None,
+        result_uri: str | None,
+        at: datetime,
+    ) -> bool:
+        """Moves an active run to its terminal status exactly once; False if it was
+        already finished (a replayed tick after a crash)."""
+        with self.session() as session:
+            changed = session.exec(
+                update(Run)
+                .where(col(Run.id) == run_id, col(Run.status).in_(ACTIVE))
+                .values(
+                    status=status,
+                    error=error,
+                    result=result,
+                    result_uri=result_uri,
+                    finished_at=at,
+                )
+            )
+            session.commit()
+            return bool(changed.rowcount)
+
+    # --- inspection -------------------------------------------------------------------
+
+    def list_runs(
+        self,
+        status: str | None = None,
+        pipeline: str | None = None,
+        tenant: str | None = None,
+        limit: int = 50,
+    ) -> list[tuple[Run, Clip]]:
+        with self.session() as session:
+            query = select(Run, Clip).join(Clip, col(Clip.id) == col(Run.clip_id))
+            if status:
+                query = query.where(col(Run.status) == status)
+            if pipeline:
+                query = query.where(col(Run.pipeline) == pipeline)
+            if tenant:
+                query = query.where(col(Clip.tenant) == tenant)
+            query = query.order_by(col(Run.created_at).desc(), col(Run.id)).limit(limit)
+            return list(session.exec(query).all())
+
+    def find_clip(self, ref: str) -> Clip:
+        """A clip by id, by key, or by ``s3://bucket/key``; the newest if a key repeats."""
+        with self.session() as session:
+            clip = session.get(Clip, ref)
+            if clip:
+                return clip
+            bucket, key = None, ref
+            if ref.startswith("s3://"):
+                bucket, _, key = ref.removeprefix("s3://").partition("/")
+            query = select(Clip).where(or_(col(Clip.key) == key, col(Clip.key).endswith(key)))
+            if bucket:
+                query = query.where(col(Clip.bucket) == bucket)
+            found = session.exec(query.order_by(col(Clip.discovered_at).desc())).first()
+            if found is None:
+                raise NotFound(
+                    f"no clip {ref!r}: give a clip id (c-...), a key or s3://bucket/key; "
+                    "`camflow runs` lists them"
+                )
+            return found
+
+    def runs_of_clip(self, clip_id: str) -> list[Run]:
+        with self.session() as session:
+            return list(
+                session.exec(
+                    select(Run).where(Run.clip_id == clip_id).order_by(col(Run.pipeline))
+                ).all()
+            )
+
+    def attempts_of_run(self, run_id: str) -> list[StageAttempt]:
+        with self.session() as session:
+            return list(
+                session.exec(
+                    select(StageAttempt)
+                    .where(StageAttempt.run_id == run_id)
+                    .order_by(col(StageAttempt.created_at), col(StageAttempt.attempt))
+                ).all()
+            )
+
+    def get_run(self, run_id: str) -> Run:
+        with self.session() as session:
+            run = session.get(Run, run_id)
+            if run is None:
+                raise NotFound(f"no run {run_id!r}")
+            return run
