@@ -114,6 +114,9 @@ class Catalog:
             raise KeyError(f"unknown pipeline {name!r}; known: {sorted(self.pipelines)}") from None
 
     def resolve(self, spec: PipelineSpec, source: str) -> Pipeline:
+        problem = spec.graph_problem()
+        if problem:
+            raise ConfigError(source, *problem)
         stages: dict[str, ResolvedStage] = {}
         for index, stage in enumerate(spec.stages):
             where = f"stages[{index}]"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 
 from orchestrator.domain.algorithm import NAME_PATTERN, Accelerator
 
@@ -76,26 +76,28 @@ class PipelineSpec(BaseModel):
     trigger: Trigger = Field(default_factory=Trigger)
     stages: list[StageSpec] = Field(min_length=1)
 
-    @model_validator(mode="after")
-    def _check_graph(self) -> PipelineSpec:
+    def graph_problem(self) -> tuple[str, str] | None:
+        """The first (field, problem) in how stages refer to each other, if any."""
         names = [stage.name for stage in self.stages]
         seen: set[str] = set()
         for index, stage in enumerate(self.stages):
             if stage.name in seen:
-                raise ValueError(f"stages[{index}].name: stage {stage.name!r} is defined twice")
+                return f"stages[{index}].name", f"stage {stage.name!r} is defined twice"
             for ref in sorted(stage.depends_on):
                 if ref not in names:
-                    raise ValueError(
-                        f"stages[{index}] ({stage.name}): refers to unknown stage {ref!r}; "
-                        f"known: {[CLIP_INPUT, *names]}"
+                    return (
+                        f"stages[{index}].inputs",
+                        f"stage {stage.name!r} refers to unknown stage {ref!r}; "
+                        f"known: {[CLIP_INPUT, *names]}",
                     )
                 if ref not in seen:
-                    raise ValueError(
-                        f"stages[{index}] ({stage.name}): needs {ref!r}, which must be listed "
-                        "before it (stages run in dependency order)"
+                    return (
+                        f"stages[{index}].inputs",
+                        f"stage {stage.name!r} needs {ref!r}, which must be listed before it "
+                        "(stages run in dependency order)",
                     )
             seen.add(stage.name)
-        return self
+        return None
 
     def stage(self, name: str) -> StageSpec:
         for stage in self.stages:

@@ -1,0 +1,128 @@
+from pathlib import Path
+
+import pytest
+
+from orchestrator.domain.catalog import load_catalog
+from orchestrator.errors import ConfigError
+from orchestrator.settings import PROJECT_ROOT
+
+ALGORITHMS = PROJECT_ROOT / "algorithms"
+
+
+def test_built_in_pipelines_and_algorithms_load() -> None:
+    catalog = load_catalog([ALGORITHMS], [PROJECT_ROOT / "pipelines"])
+    faces = catalog.pipeline("faces")
+    assert list(faces.stages) == ["decode", "faces", "publish"]
+    # Defaults from each algorithm's parameter schema are filled in.
+    assert faces.stages["faces"].params == {"threshold": 0.5, "nms_iou": 0.3, "max_side": 640}
+    assert faces.stages["faces"].algorithm.accelerators["gpu"].gpu == 1
+
+
+def _pipeline(tmp_path: Path, text: str) -> Path:
+    folder = tmp_path / "pipelines"
+    folder.mkdir(exist_ok=True)
+    (folder / "p.yaml").write_text(text)
+    return folder
+
+
+BASE = """
+name: p
+stages:
+  - name: decode
+    algorithm: decode
+    inputs: {video: clip}
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "problem"),
+    [
+        (BASE.replace("name: p", "name: p\ncolour: red"), "colour", "not a known field"),
+        (
+            BASE + "    params: {fps: -1}\n",
+            "stages[0].params.fps",
+            "less than or equal to the minimum of 0",
+        ),
+        (BASE + "    params: {fpz: 1}\n", "stages[0].params", "'fpz' was unexpected"),
+        (
+            BASE.replace("algorithm: decode", "algorithm: decoder"),
+            "stages[0].algorithm",
+            "unknown algorithm 'decoder'",
+        ),
+        (
+            BASE.replace("algorithm: decode", "algorithm: decode@9.9.9"),
+            "stages[0].algorithm",
+            "has no version '9.9.9'",
+        ),
+        (
+            BASE.replace("{video: clip}", "{video: later}"),
+            "stages[0].inputs",
+            "unknown stage 'later'",
+        ),
+        (
+            BASE.replace("{video: clip}", "{movie: clip}"),
+            "stages[0].inputs",
+            "needs inputs ['video']",
+        ),
+        (
+            BASE + "    placement: {accelerator: gpu}\n",
+            "stages[0].placement.accelerator",
+            "supports only ['cpu']",
+        ),
+        (BASE.replace("name: decode", "name: Decode!"), "stages[0].name", "should match pattern"),
+    ],
+)
+def test_a_bad_pipeline_is_refused_naming_file_field_and_problem(
+    tmp_path: Path, text: str, field: str, problem: str
+) -> None:
+    folder = _pipeline(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_catalog([ALGORITHMS], [folder])
+    error = caught.value
+    assert error.source == str(folder / "p.yaml")
+    assert error.field.startswith(field), error
+    assert problem in error.problem, error
+    assert str(folder / "p.yaml") in str(error)
+
+
+def test_stages_must_come_after_what_they_need(tmp_path: Path) -> None:
+    folder = _pipeline(
+        tmp_path,
+        """
+name: p
+stages:
+  - {name: publish, algorithm: publish, inputs: {video: decode}}
+  - {name: decode, algorithm: decode, inputs: {video: clip}}
+""",
+    )
+    with pytest.raises(ConfigError, match="must be listed before it"):
+        load_catalog([ALGORITHMS], [folder])
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    folder = _pipeline(tmp_path, "name: p\nstages: [\n")
+    with pytest.raises(ConfigError, match="line .*not valid YAML"):
+        load_catalog([ALGORITHMS], [folder])
+
+
+def test_a_bad_algorithm_manifest_is_refused(tmp_path: Path) -> None:
+    algo = tmp_path / "algos" / "x"
+    algo.mkdir(parents=True)
+    (algo / "algorithm.yaml").write_text(
+        "name: x\nversion: one\nimage: i\ncommand: [run]\naccelerators: {cpu: {}}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_catalog([tmp_path / "algos"], [])
+    assert caught.value.field == "version"
+    assert str(algo / "algorithm.yaml") in str(caught.value)
+
+
+def test_a_bad_params_schema_is_refused(tmp_path: Path) -> None:
+    algo = tmp_path / "algos" / "x"
+    algo.mkdir(parents=True)
+    (algo / "algorithm.yaml").write_text(
+        "name: x\nversion: 1.0.0\nimage: i\ncommand: [run]\naccelerators: {cpu: {}}\n"
+        "params_schema: {type: objekt}\n"
+    )
+    with pytest.raises(ConfigError, match="not a valid JSON Schema"):
+        load_catalog([tmp_path / "algos"], [])
