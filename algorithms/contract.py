@@ -11,6 +11,9 @@ ENV_PARAMS = "CAMFLOW_PARAMS"
 ENV_RUN_ID = "CAMFLOW_RUN_ID"
 ENV_STAGE = "CAMFLOW_STAGE"
 ENV_ACCELERATOR = "CAMFLOW_ACCELERATOR"
+#: JSON: the clip being processed (id, bucket, key, etag, size, tenant, camera). Reading
+#: the clip must match its ETag: a newer upload under the same key is another clip.
+ENV_CLIP = "CAMFLOW_CLIP"
 
 #: Written last under CAMFLOW_OUTPUT: its presence means the stage's outputs are complete.
 MANIFEST_NAME = "_manifest.json"

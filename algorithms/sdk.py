@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -83,6 +84,7 @@ class StageContext:
     stage: str
     accelerator: str
     scratch: Path
+    clip: dict[str, Any] = field(default_factory=dict)
     _s3: Any = field(default=None, repr=False)
 
     @classmethod
@@ -108,6 +110,7 @@ class StageContext:
             stage=env.get(contract.ENV_STAGE, ""),
             accelerator=env.get(contract.ENV_ACCELERATOR, "cpu"),
             scratch=scratch,
+            clip=json.loads(env.get(contract.ENV_CLIP) or "{}"),
         )
 
     @property
@@ -128,8 +131,32 @@ class StageContext:
     # --- S3 helpers -------------------------------------------------------------------
 
     def download(self, uri: S3Uri, dest: Path) -> Path:
+        """Downloads ``uri``; the clip itself only if it still has the clip's ETag."""
+        from botocore.exceptions import ClientError
+
         dest.parent.mkdir(parents=True, exist_ok=True)
-        self.s3.download_file(uri.bucket, uri.key, str(dest))
+        request = {"Bucket": uri.bucket, "Key": uri.key}
+        is_clip = (uri.bucket, uri.key) == (self.clip.get("bucket"), self.clip.get("key"))
+        if is_clip and self.clip.get("etag"):
+            # Conditional on the ETag in the same request, so no re-upload can slip in.
+            request["IfMatch"] = f'"{self.clip["etag"]}"'
+        try:
+            body = self.s3.get_object(**request)["Body"]
+            with dest.open("wb") as handle:
+                shutil.copyfileobj(body, handle, length=1 << 20)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code"))
+            if code in ("412", "PreconditionFailed"):
+                raise BadInput(
+                    f"the clip at {uri} was replaced by a newer upload under the same key; "
+                    "the newer upload is processed as a clip of its own"
+                ) from exc
+            if code in ("404", "NoSuchKey"):
+                raise BadInput(
+                    f"the clip at {uri} no longer exists (deleted after upload); "
+                    "upload it again to process it"
+                ) from exc
+            raise
         return dest
 
     def get_json(self, uri: S3Uri) -> Any:

@@ -101,7 +101,7 @@ stages:
 
 def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
     folder = _pipeline(tmp_path, "name: p\nstages: [\n")
-    with pytest.raises(ConfigError, match="line .*not valid YAML"):
+    with pytest.raises(ConfigError, match=r"line .*not valid YAML"):
         load_catalog([ALGORITHMS], [folder])
 
 

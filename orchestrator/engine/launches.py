@@ -58,6 +58,17 @@ def build_launch(
             contract.ENV_RUN_ID: run.id,
             contract.ENV_STAGE: stage,
             contract.ENV_ACCELERATOR: accelerator,
+            contract.ENV_CLIP: json.dumps(
+                {
+                    "id": clip.id,
+                    "bucket": clip.bucket,
+                    "key": clip.key,
+                    "etag": clip.etag,
+                    "size": clip.size,
+                    "tenant": clip.tenant,
+                    "camera": clip.camera,
+                }
+            ),
         },
         accelerator=accelerator,  # type: ignore[arg-type]
         resources=resources,
