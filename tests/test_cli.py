@@ -1,0 +1,98 @@
+"""The camflow command as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from tests.conftest import SampleClips
+
+COMMANDS = ["serve", "demo", "process", "runs", "results", "pipelines"]
+
+
+@pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS)])
+def test_every_command_has_help(command: list[str]) -> None:
+    result = CliRunner().invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_pipelines_lists_what_is_loaded() -> None:
+    result = CliRunner().invoke(app, ["pipelines", "--json"])
+    assert result.exit_code == 0, result.output
+    listing = json.loads(result.output)
+    assert [s["name"] for s in listing["faces"]["stages"]] == ["decode", "faces", "publish"]
+
+
+def test_a_misspelt_setting_is_a_clear_error(tmp_path: Path) -> None:
+    config = tmp_path / "camflow.yaml"
+    config.write_text("local:\n  max_paralel: 4\n")
+    result = CliRunner().invoke(app, ["--config", str(config), "pipelines"])
+    assert result.exit_code == 1
+    assert "local.max_paralel" in result.output and "not permitted" in result.output
+
+
+def _camflow(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Runs the installed command with no S3 configured: the embedded default."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CAMFLOW_"))}
+    env["CAMFLOW_HOME"] = str(home)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=home.parent,
+    )
+
+
+@pytest.mark.slow
+def test_process_prints_one_json_result_per_file(tmp_path: Path, clips: SampleClips) -> None:
+    home = tmp_path / "home"
+    files = [clips.face, clips.no_face, clips.not_video]
+    done = _camflow(home, "process", "faces", *map(str, files), "--json")
+    assert done.returncode == 3, done.stderr  # 3: some clip failed
+    results = json.loads(done.stdout)
+    assert [r["clip"] for r in results] == ["face.mp4", "noface.mp4", "notes.mp4"]
+    face, quiet, broken = results
+    assert face["status"] == "succeeded" and face["error"] is None
+    assert len(face["frames"]) == 15
+    found = [d for f in face["frames"] for d in f["detections"]]
+    assert len(found) >= 12
+    assert all(d["label"] == "face" and 0 < d["score"] <= 1 and len(d["box"]) == 4
+               for d in found)
+    assert all(isinstance(f["t"], float | int) for f in face["frames"])
+    assert quiet["status"] == "succeeded" and all(not f["detections"] for f in quiet["frames"])
+    assert broken["status"] == "failed" and "not a readable video" in broken["error"]
+    assert "embedded S3" in done.stderr or "processing" in done.stderr
+
+    # The same store answers `runs` and `results` afterwards.
+    runs = json.loads(_camflow(home, "runs", "--json").stdout)
+    assert sorted(r["status"] for r in runs) == ["failed", "succeeded", "succeeded"]
+    shown = _camflow(home, "results", runs[0]["clip_id"], "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)[0]["clip_id"] == runs[0]["clip_id"]
+
+
+@pytest.mark.slow
+def test_demo_shows_real_detections(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    done = _camflow(tmp_path / "home", "demo", "--out", str(out), timeout=600)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    rows = {line.split()[1]: line for line in lines if line.startswith("│")}
+    for camera in ("lobby", "office"):  # the photographs with a face
+        cells = [c.strip() for c in rows[camera].split("│")]
+        assert cells[2] == "succeeded" and int(cells[4]) >= 15, rows[camera]
+    for camera in ("kitchen", "garden"):
+        cells = [c.strip() for c in rows[camera].split("│")]
+        assert cells[2] == "succeeded" and int(cells[4]) == 0, rows[camera]
+    assert "failed" in rows["entrance"]
+    assert len(list((out / "results").rglob("result.json"))) == 5
