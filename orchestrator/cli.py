@@ -89,7 +89,9 @@ def serve() -> None:
     except CamflowError as exc:
         raise _fail(exc) from exc
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Explicit handlers: a shell may start us with SIGINT ignored (a background job).
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     service = Service(runtime)
     log = logging.getLogger("camflow.service")
     log.info(
@@ -108,12 +110,12 @@ def serve() -> None:
         )
     service.start()
     try:
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
+        stop.wait()
     finally:
-        log.info("stopping: running stages keep going and are picked up at the next start")
+        if runtime.embedded:
+            log.info("stopping: the embedded S3 and what it held go away with this process")
+        else:
+            log.info("stopping: running stages keep going and are picked up at the next start")
         service.stop()
         runtime.close()
 

@@ -66,8 +66,7 @@ def test_process_prints_one_json_result_per_file(tmp_path: Path, clips: SampleCl
     assert len(face["frames"]) == 15
     found = [d for f in face["frames"] for d in f["detections"]]
     assert len(found) >= 12
-    assert all(d["label"] == "face" and 0 < d["score"] <= 1 and len(d["box"]) == 4
-               for d in found)
+    assert all(d["label"] == "face" and 0 < d["score"] <= 1 and len(d["box"]) == 4 for d in found)
     assert all(isinstance(f["t"], float | int) for f in face["frames"])
     assert quiet["status"] == "succeeded" and all(not f["detections"] for f in quiet["frames"])
     assert broken["status"] == "failed" and "not a readable video" in broken["error"]
