@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,15 +29,19 @@ out = Console()
 err = Console(stderr=True)
 
 
-class State:
+@dataclass(frozen=True)
+class Options:
+    """What the global options said, handed to each command through typer's context."""
+
     config: Path | None = None
     log_level: str | None = None
 
 
-def _settings(**overrides: Any) -> Settings:
-    if State.log_level:
-        overrides.setdefault("log_level", State.log_level)
-    return load_settings(State.config, **overrides)
+def _settings(ctx: typer.Context, **overrides: Any) -> Settings:
+    options: Options = ctx.obj or Options()
+    if options.log_level:
+        overrides.setdefault("log_level", options.log_level)
+    return load_settings(options.config, **overrides)
 
 
 def _setup_logging(level: str, quiet: bool = False) -> None:
@@ -60,6 +65,7 @@ def _fail(exc: Exception) -> typer.Exit:
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -73,17 +79,16 @@ def main(
         str | None, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")
     ] = None,
 ) -> None:
-    State.config = config
-    State.log_level = log_level
+    ctx.obj = Options(config, log_level)
 
 
 @app.command()
-def serve() -> None:
+def serve(ctx: typer.Context) -> None:
     """Watch S3 for new clips and run their pipelines until interrupted (Ctrl-C)."""
     from orchestrator.service import Service, open_runtime
 
     try:
-        settings = _settings()
+        settings = _settings(ctx)
         _setup_logging(settings.log_level)
         runtime = open_runtime(settings)
     except CamflowError as exc:
@@ -133,6 +138,7 @@ def _progress() -> Progress:
 
 @app.command()
 def process(
+    ctx: typer.Context,
     pipeline: Annotated[str, typer.Argument(help="Pipeline name, e.g. faces.")],
     files: Annotated[
         list[Path],
@@ -147,7 +153,7 @@ def process(
     from orchestrator.oneshot import process_files
 
     try:
-        settings = _settings()
+        settings = _settings(ctx)
         _setup_logging(settings.log_level, quiet=True)
         with _progress() as progress:
             task = progress.add_task(f"{pipeline}: processing", total=len(files))
@@ -172,6 +178,7 @@ def process(
 
 @app.command()
 def demo(
+    ctx: typer.Context,
     out_dir: Annotated[
         Path, typer.Option("--out", help="Where the demo keeps its store, logs and results.")
     ] = Path("camflow-demo"),
@@ -182,7 +189,7 @@ def demo(
     from orchestrator.demo import run_demo
 
     try:
-        settings = _settings(home=out_dir.resolve())
+        settings = _settings(ctx, home=out_dir.resolve())
         _setup_logging(settings.log_level, quiet=True)
         run_demo(settings, out, err, _progress, timeout)
     except (CamflowError, TimeoutError) as exc:
@@ -191,6 +198,7 @@ def demo(
 
 @app.command()
 def runs(
+    ctx: typer.Context,
     status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
     pipeline: Annotated[str | None, typer.Option(help="Only runs of this pipeline.")] = None,
     tenant: Annotated[str | None, typer.Option(help="Only clips of this tenant.")] = None,
@@ -201,7 +209,7 @@ def runs(
     from orchestrator.store import Store
 
     try:
-        store = Store(_settings().store_url)
+        store = Store(_settings(ctx).store_url)
         rows = store.list_runs(status, pipeline, tenant, limit)
     except CamflowError as exc:
         raise _fail(exc) from exc
@@ -215,6 +223,7 @@ def runs(
 
 @app.command()
 def results(
+    ctx: typer.Context,
     clip: Annotated[str, typer.Argument(help="Clip id (c-...), object key or s3://bucket/key.")],
     json_output: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
@@ -222,7 +231,7 @@ def results(
     from orchestrator.store import Store
 
     try:
-        store = Store(_settings().store_url)
+        store = Store(_settings(ctx).store_url)
         found = store.find_clip(clip)
         runs_of_clip = store.runs_of_clip(found.id)
     except CamflowError as exc:
@@ -249,11 +258,12 @@ def results(
 
 @app.command()
 def pipelines(
+    ctx: typer.Context,
     json_output: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """List the pipelines and algorithms camflow has loaded, checking every file."""
     try:
-        settings = _settings()
+        settings = _settings(ctx)
         catalog = load_catalog(settings.algorithm_dirs, settings.pipeline_dirs)
     except CamflowError as exc:
         raise _fail(exc) from exc

@@ -143,7 +143,7 @@ def test_all_stages_done_finishes_the_run(faces: Pipeline) -> None:
 def test_an_attempt_recorded_but_never_submitted_is_resubmitted(faces: Pipeline) -> None:
     pending = [attempt("decode", 1, AttemptState.PENDING, handle=None)]
     d = decide(run(), pending, faces, T0, POLICY, False)
-    assert d.actions == [Resubmit("r-1-decode-1")] and d.starts == []
+    assert d.actions == [Resubmit("r-1", "r-1-decode-1")] and d.starts == []
 
 
 def test_an_attempt_running_far_past_its_timeout_is_expired(faces: Pipeline) -> None:

@@ -46,6 +46,7 @@ class StartAttempt:
 class Resubmit:
     """An attempt recorded but never handed over (the orchestrator stopped between)."""
 
+    run_id: str
     attempt_id: str
 
 
@@ -178,7 +179,7 @@ def decide(
             continue
         if attempt is not None and attempt.state == AttemptState.PENDING:
             if attempt.handle is None:
-                decision.actions.append(Resubmit(attempt.id))
+                decision.actions.append(Resubmit(run.id, attempt.id))
             continue
         if attempt is not None and attempt.state == AttemptState.RUNNING:
             began = attempt.started_at or attempt.submitted_at or attempt.created_at

@@ -201,9 +201,7 @@ class Reconciler:
 
     def _apply(self, action: Action, by_id: dict[str, RunWithAttempts], report: TickReport) -> None:
         if isinstance(action, Resubmit):
-            view = next(
-                v for v in by_id.values() if any(a.id == action.attempt_id for a in v.attempts)
-            )
+            view = by_id[action.run_id]
             attempt = next(a for a in view.attempts if a.id == action.attempt_id)
             self._submit(view, attempt)
         elif isinstance(action, CancelAttempts):

@@ -79,7 +79,10 @@ class LocalExecutor:
                 handles[launch.attempt_id] = launch.attempt_id
                 continue
             directory.mkdir(parents=True, exist_ok=True)
-            env = {**os.environ, **self.base_env, **launch.env}
+            # The orchestrator's own settings (a database URL with its password, say)
+            # are none of a stage's business.
+            inherited = {k: v for k, v in os.environ.items() if not k.startswith("CAMFLOW_")}
+            env = {**inherited, **self.base_env, **launch.env}
             if launch.accelerator == "cpu":
                 env["CUDA_VISIBLE_DEVICES"] = ""
             files.write_json_atomic(
@@ -164,9 +167,8 @@ class LocalExecutor:
                 continue
             runner = json.loads(runner_file.read_text())
             # The runner stops the stage's process group and records "cancelled".
-            for pid in (runner["pid"],):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(runner["pid"], signal.SIGTERM)
 
     def log_uri(self, handle: str) -> str:
         return (self.root / handle).as_uri()
