@@ -147,6 +147,14 @@ def process(
     json_output: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
     tenant: Annotated[str, typer.Option(help="Tenant the clips are filed under.")] = "local",
     camera: Annotated[str, typer.Option(help="Camera the clips are filed under.")] = "cli",
+    out_dir: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Where each clip's result.json and artifacts (videos, "
+            "thumbnails) are saved, in a folder per clip.",
+        ),
+    ] = Path("camflow-output"),
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 3600,
 ) -> None:
     """Run PIPELINE once on local FILES through the same engine, and print the results."""
@@ -165,6 +173,7 @@ def process(
                 camera,
                 timeout,
                 on_progress=lambda done: progress.update(task, completed=done),
+                out_dir=out_dir.resolve(),
             )
     except (CamflowError, KeyError, TimeoutError) as exc:
         raise _fail(exc) from exc
@@ -172,6 +181,7 @@ def process(
         cli_output.print_json(out, results)
     else:
         out.print(cli_output.results_table([(r["clip"], r) for r in results]))
+    err.print(f"results and artifacts saved under {out_dir}/<clip-id>/")
     if any(r["status"] != "succeeded" for r in results):
         raise typer.Exit(code=3)
 

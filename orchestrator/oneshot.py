@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -11,11 +12,28 @@ from typing import Any
 from orchestrator.domain.layout import upload_key
 from orchestrator.service import drive, open_runtime
 from orchestrator.settings import Settings
+from orchestrator.storage import S3Gateway
 from orchestrator.watcher import to_clip
 
 
 def _safe_stem(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem)[:80] or "clip"
+
+
+def save_outputs(s3: S3Gateway, result: dict[str, Any], folder: Path) -> Path:
+    """Writes result.json and downloads every artifact the result names into ``folder``:
+    the embedded S3 forgets them when camflow exits."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "result.json").write_text(json.dumps(result, indent=2))
+    artifacts = result.get("artifacts") or {}
+    uris = [item["uri"] for item in artifacts.get("thumbnails", [])]
+    if artifacts.get("anonymized_video"):
+        uris.append(artifacts["anonymized_video"])
+    for uri in uris:
+        bucket, key = uri.removeprefix("s3://").split("/", 1)
+        relative = key.rsplit("/", 2)[-2:] if "/thumbnails/" in key else key.rsplit("/", 1)[-1:]
+        s3.download_file(bucket, key, folder.joinpath(*relative))
+    return folder
 
 
 def process_files(
@@ -26,9 +44,11 @@ def process_files(
     camera: str,
     timeout: float,
     on_progress: Callable[[int], None] | None = None,
+    out_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Uploads ``files``, runs ``pipeline_name`` on each, returns one result per file
-    (as in result.json) with ``clip`` set to the file's name."""
+    (as in result.json) with ``clip`` set to the file's name. With ``out_dir``, each
+    result and its artifacts are saved under ``out_dir/<clip-id>/`` (``saved_to``)."""
     with open_runtime(settings) as runtime:
         pipeline = runtime.catalog.pipeline(pipeline_name)
         bucket = pipeline.spec.trigger.bucket or settings.s3.ingest_bucket
@@ -53,5 +73,9 @@ def process_files(
         results = []
         for name, rid in runs:
             run = runtime.store.get_run(rid)
-            results.append({"clip": name, **(run.result or {"status": str(run.status)})})
+            result = {"clip": name, **(run.result or {"status": str(run.status)})}
+            if out_dir is not None and run.result:
+                folder = save_outputs(runtime.s3, run.result, out_dir / run.result["clip_id"])
+                result["saved_to"] = str(folder)
+            results.append(result)
         return results

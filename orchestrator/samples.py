@@ -121,3 +121,43 @@ def make_clip(
     shot = pan_zoom(photo, count, width, height)
     write_h264(path, [render(photo, shot, i) for i in range(count)], fps)
     return shot
+
+
+def make_static_clip(
+    path: Path,
+    photo_name: str,
+    seconds: float = 3.0,
+    fps: float = 15.0,
+    width: int = 640,
+    height: int = 480,
+) -> None:
+    """A fixed camera on a still scene: nothing moves."""
+    frame = cv2.resize(load_photo(photo_name), (width, height), interpolation=cv2.INTER_AREA)
+    write_h264(path, [frame] * max(1, round(seconds * fps)), fps)
+
+
+def make_moving_object_clip(
+    path: Path,
+    background: str = "brick",
+    subject: str = "astronaut",
+    seconds: float = 4.0,
+    moving: tuple[float, float] = (1.5, 3.0),
+    fps: float = 15.0,
+    width: int = 640,
+    height: int = 480,
+) -> None:
+    """A fixed camera on a still scene that a subject (a crop of ``subject``) crosses
+    between ``moving[0]`` and ``moving[1]`` seconds; before and after, it is out of view."""
+    scene = cv2.resize(load_photo(background), (width, height), interpolation=cv2.INTER_AREA)
+    patch = cv2.resize(load_photo(subject)[40:300, 140:320], (140, 200))
+    frames = []
+    for i in range(max(1, round(seconds * fps))):
+        t = i / fps
+        frame = scene.copy()
+        if moving[0] <= t < moving[1]:
+            progress = (t - moving[0]) / (moving[1] - moving[0])
+            x = int(progress * (width - patch.shape[1]))
+            y = (height - patch.shape[0]) // 2
+            frame[y : y + patch.shape[0], x : x + patch.shape[1]] = patch
+        frames.append(frame)
+    write_h264(path, frames, fps)

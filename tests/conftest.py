@@ -153,3 +153,15 @@ def settings(tmp_path: Path, s3_server: EmbeddedS3) -> Settings:
         engine={"retry_backoff_seconds": 0.2, "retry_backoff_max_seconds": 1},
         watcher={"lookback_seconds": 300},
     )
+
+
+@pytest.fixture(scope="session")
+def motion_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A subject crossing a still scene between 1.5 s and 3.0 s, and a still scene."""
+    from orchestrator.samples import make_moving_object_clip, make_static_clip
+
+    folder = tmp_path_factory.mktemp("motion")
+    moving, still = folder / "moving.mp4", folder / "still.mp4"
+    make_moving_object_clip(moving, seconds=4.0, moving=(1.5, 3.0))
+    make_static_clip(still, "coffee", seconds=3.0)
+    return {"moving": moving, "still": still}

@@ -1,6 +1,9 @@
 """faces: finds faces in sampled frames with the pretrained CenterFace model.
 
-Inputs:  ``frames`` — a decode stage's output (``index.json`` + JPEG frames).
+Inputs:  ``frames`` — a decode stage's output (``index.json`` + JPEG frames);
+         ``gate`` (optional) — a motion stage's output: the model then looks only at
+         frames with motion (and at least every ``refresh_seconds``); other frames reuse
+         the last detections, as nothing in view has moved.
 Outputs: ``detections.json``: for every sampled frame its time ``t`` and detections
 (``label`` "face", ``score``, ``box`` [x, y, w, h] in pixels of the original frame).
 Runs on onnxruntime's CUDA provider when placed on a GPU, its CPU provider otherwise.
@@ -9,12 +12,33 @@ Runs on onnxruntime's CUDA provider when placed on a GPU, its CPU provider other
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import cv2
 import numpy as np
 
 from algorithms.faces.centerface import CenterFace
+from algorithms.motion.detector import Segment, gate
 from algorithms.sdk import BadInput, StageContext, StageReport, run_stage
+
+
+def frames_to_analyse(ctx: StageContext, entries: list[dict[str, Any]]) -> list[bool]:
+    """Which sampled frames the model looks at: all, or with a gate those with motion,
+    the first frame, and one at least every ``refresh_seconds``."""
+    if "gate" not in ctx.inputs:
+        return [True] * len(entries)
+    motion = ctx.get_json(ctx.input("gate").join("motion.json"))
+    spans = [Segment(**s) for s in motion["segments"]]
+    padding = float(ctx.params.get("gate_padding_seconds", 0.5))
+    refresh = float(ctx.params.get("refresh_seconds", 2.0))
+    moving = gate((e["t"] for e in entries), spans, padding)
+    look, last_t = [], None
+    for entry, flag in zip(entries, moving, strict=True):
+        due = last_t is None or entry["t"] - last_t >= refresh
+        look.append(flag or due)
+        if flag or due:
+            last_t = entry["t"]
+    return look
 
 
 def main(ctx: StageContext) -> StageReport:
@@ -27,26 +51,33 @@ def main(ctx: StageContext) -> StageReport:
     video = index["video"]
     scale_to = (video["width"] / index["frame_width"], video["height"] / index["frame_height"])
     entries = index["frames"]
-    blobs = ctx.get_many(frames_prefix.join(entry["file"]) for entry in entries)
+    look = frames_to_analyse(ctx, entries)
+    wanted = [entry for entry, yes in zip(entries, look, strict=True) if yes]
+    blobs = dict(
+        zip(
+            (e["file"] for e in wanted),
+            ctx.get_many(frames_prefix.join(entry["file"]) for entry in wanted),
+            strict=True,
+        )
+    )
 
     detector = CenterFace(accelerator=ctx.accelerator)
     started = time.monotonic()
-    results, total = [], 0
-    for entry, blob in zip(entries, blobs, strict=True):
-        image = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
-        if image is None:
-            raise BadInput(f"frame {entry['file']} of {frames_prefix} is not a readable JPEG")
-        found = detector.detect(image, threshold, iou, max_side, scale_to)
-        total += len(found)
-        results.append(
-            {
-                "t": entry["t"],
-                "i": entry["i"],
-                "detections": [
-                    {"label": "face", "score": d.score, "box": list(d.box)} for d in found
-                ],
-            }
-        )
+    results: list[dict[str, Any]] = []
+    last: list[dict[str, Any]] = []
+    for entry in entries:
+        frame: dict[str, Any] = {"t": entry["t"], "i": entry["i"]}
+        if entry["file"] in blobs:
+            image = cv2.imdecode(np.frombuffer(blobs[entry["file"]], np.uint8), cv2.IMREAD_COLOR)
+            if image is None:
+                raise BadInput(f"frame {entry['file']} of {frames_prefix} is not a readable JPEG")
+            found = detector.detect(image, threshold, iou, max_side, scale_to)
+            last = [{"label": "face", "score": d.score, "box": list(d.box)} for d in found]
+        else:
+            frame["reused"] = True
+        frame["detections"] = last
+        results.append(frame)
+    total = sum(len(r["detections"]) for r in results)
     seconds = time.monotonic() - started
     ctx.put_json(
         "detections.json",
@@ -58,8 +89,9 @@ def main(ctx: StageContext) -> StageReport:
             "frames": len(results),
             "faces": total,
             "frames_with_faces": sum(1 for r in results if r["detections"]),
+            "frames_analysed": len(wanted),
             "inference_seconds": round(seconds, 3),
-            "fps": round(len(results) / seconds, 2) if seconds > 0 else None,
+            "fps": round(len(wanted) / seconds, 2) if seconds > 0 else None,
             "provider": detector.provider,
         },
     )
