@@ -39,7 +39,7 @@ def test_boxes_move_linearly_between_samples_and_unmatched_ones_are_held() -> No
 
 
 def _sharpness(image: np.ndarray, box: tuple[float, ...]) -> float:
-    x, y, w, h = (int(round(v)) for v in box)
+    x, y, w, h = (round(v) for v in box)
     region = cv2.cvtColor(image[max(0, y) : y + h, max(0, x) : x + w], cv2.COLOR_BGR2GRAY)
     return float(cv2.Laplacian(region, cv2.CV_64F).var())
 

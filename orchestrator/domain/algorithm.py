@@ -23,6 +23,8 @@ class Resources(BaseModel):
     cpu: str = "500m"
     memory: str = "512Mi"
     gpu: NonNegativeInt = 0
+    #: An image built for this accelerator (e.g. with CUDA), instead of the default one.
+    image: str | None = None
 
 
 class AlgorithmManifest(BaseModel):

@@ -49,7 +49,7 @@ def build_launch(
         tenant=clip.tenant,
         clip_id=clip.id,
         algorithm=resolved.algorithm.ref,
-        image=resolved.algorithm.image,
+        image=resources.image or resolved.algorithm.image,
         command=resolved.algorithm.command,
         env={
             contract.ENV_INPUTS: json.dumps(inputs),
