@@ -15,7 +15,6 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from orchestrator import cli_output
-from orchestrator.domain.catalog import load_catalog
 from orchestrator.errors import CamflowError
 from orchestrator.settings import Settings, load_settings
 
@@ -37,7 +36,8 @@ class Options:
     log_level: str | None = None
 
 
-def _settings(ctx: typer.Context, **overrides: Any) -> Settings:
+def settings_from(ctx: typer.Context, **overrides: Any) -> Settings:
+    """Settings as the global options (``--config``, ``--log-level``) say."""
     options: Options = ctx.obj or Options()
     if options.log_level:
         overrides.setdefault("log_level", options.log_level)
@@ -56,6 +56,11 @@ def _setup_logging(level: str, quiet: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     logging.getLogger("camflow").setLevel("WARNING" if quiet else level.upper())
+
+
+def quiet_logging(level: str) -> None:
+    """For commands that show progress: only warnings and errors get through."""
+    _setup_logging(level, quiet=True)
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -88,7 +93,7 @@ def serve(ctx: typer.Context) -> None:
     from orchestrator.service import Service, open_runtime
 
     try:
-        settings = _settings(ctx)
+        settings = settings_from(ctx)
         _setup_logging(settings.log_level)
         runtime = open_runtime(settings)
     except CamflowError as exc:
@@ -161,7 +166,7 @@ def process(
     from orchestrator.oneshot import process_files
 
     try:
-        settings = _settings(ctx)
+        settings = settings_from(ctx)
         _setup_logging(settings.log_level, quiet=True)
         with _progress() as progress:
             task = progress.add_task(f"{pipeline}: processing", total=len(files))
@@ -199,7 +204,7 @@ def demo(
     from orchestrator.demo import run_demo
 
     try:
-        settings = _settings(ctx, home=out_dir.resolve())
+        settings = settings_from(ctx, home=out_dir.resolve())
         _setup_logging(settings.log_level, quiet=True)
         run_demo(settings, out, err, _progress, timeout)
     except (CamflowError, TimeoutError) as exc:
@@ -219,7 +224,7 @@ def runs(
     from orchestrator.store import Store
 
     try:
-        store = Store(_settings(ctx).store_url)
+        store = Store(settings_from(ctx).store_url)
         rows = store.list_runs(status, pipeline, tenant, limit)
     except CamflowError as exc:
         raise _fail(exc) from exc
@@ -241,7 +246,7 @@ def results(
     from orchestrator.store import Store
 
     try:
-        store = Store(_settings(ctx).store_url)
+        store = Store(settings_from(ctx).store_url)
         found = store.find_clip(clip)
         runs_of_clip = store.runs_of_clip(found.id)
     except CamflowError as exc:
@@ -272,9 +277,14 @@ def pipelines(
     json_output: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """List the pipelines and algorithms camflow has loaded, checking every file."""
+    from orchestrator.service import open_catalogs
+    from orchestrator.store import Store
+
     try:
-        settings = _settings(ctx)
-        catalog = load_catalog(settings.algorithm_dirs, settings.pipeline_dirs)
+        settings = settings_from(ctx)
+        store = Store(settings.store_url)
+        catalog = open_catalogs(store, settings).current()
+        store.close()
     except CamflowError as exc:
         raise _fail(exc) from exc
     listing = {
@@ -301,3 +311,12 @@ def pipelines(
             f"{s['name']} ({s['algorithm']}, {s['accelerator']})" for s in info["stages"]
         )
         out.print(f"[bold]{name}[/]: {chain}")
+
+
+def _register_groups() -> None:
+    from orchestrator import cli_algorithms
+
+    app.add_typer(cli_algorithms.app, name="algorithms")
+
+
+_register_groups()

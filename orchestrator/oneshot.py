@@ -9,10 +9,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from orchestrator.domain.catalog import Pipeline
 from orchestrator.domain.layout import upload_key
-from orchestrator.service import drive, open_runtime
+from orchestrator.service import Runtime, drive, open_runtime
 from orchestrator.settings import Settings
 from orchestrator.storage import S3Gateway
+from orchestrator.store import Run
 from orchestrator.watcher import to_clip
 
 
@@ -36,6 +38,38 @@ def save_outputs(s3: S3Gateway, result: dict[str, Any], folder: Path) -> Path:
     return folder
 
 
+def run_files(
+    runtime: Runtime,
+    pipeline: Pipeline,
+    files: Sequence[Path],
+    tenant: str,
+    camera: str,
+    timeout: float,
+    on_progress: Callable[[int], None] | None = None,
+) -> list[tuple[str, Run]]:
+    """Uploads ``files`` and drives ``pipeline`` on each until done: (file name, run)."""
+    bucket = pipeline.spec.trigger.bucket or runtime.settings.s3.ingest_bucket
+    now = datetime.now(UTC)
+    runs: list[tuple[str, str]] = []
+    for n, path in enumerate(files):
+        suffix = path.suffix.lower() or ".bin"
+        key = upload_key(tenant, camera, now, suffix, n + 1)
+        key = key.removesuffix(suffix) + f"-{_safe_stem(path)}{suffix}"
+        clip = to_clip(bucket, runtime.s3.upload_file(path, bucket, key))
+        if clip is None:  # cannot happen: the key has tenant and camera
+            raise ValueError(f"bad key {key}")
+        runtime.store.record_clips([clip], f"s3://{bucket}/{tenant}/{camera}/", None)
+        runs.append((path.name, runtime.reconciler.plan_run(clip, pipeline).id))
+    total = len(runs)
+    drive(
+        runtime,
+        [rid for _, rid in runs],
+        timeout,
+        on_tick=(lambda _r, pending: on_progress(total - pending)) if on_progress else None,
+    )
+    return [(name, runtime.store.get_run(rid)) for name, rid in runs]
+
+
 def process_files(
     settings: Settings,
     pipeline_name: str,
@@ -51,28 +85,8 @@ def process_files(
     result and its artifacts are saved under ``out_dir/<clip-id>/`` (``saved_to``)."""
     with open_runtime(settings) as runtime:
         pipeline = runtime.catalog.pipeline(pipeline_name)
-        bucket = pipeline.spec.trigger.bucket or settings.s3.ingest_bucket
-        now = datetime.now(UTC)
-        runs: list[tuple[str, str]] = []
-        for n, path in enumerate(files):
-            suffix = path.suffix.lower() or ".bin"
-            key = upload_key(tenant, camera, now, suffix, n + 1)
-            key = key.removesuffix(suffix) + f"-{_safe_stem(path)}{suffix}"
-            clip = to_clip(bucket, runtime.s3.upload_file(path, bucket, key))
-            if clip is None:  # cannot happen: the key has tenant and camera
-                raise ValueError(f"bad key {key}")
-            runtime.store.record_clips([clip], f"s3://{bucket}/{tenant}/{camera}/", None)
-            runs.append((path.name, runtime.reconciler.plan_run(clip, pipeline.name).id))
-        total = len(runs)
-        drive(
-            runtime,
-            [rid for _, rid in runs],
-            timeout,
-            on_tick=(lambda _r, pending: on_progress(total - pending)) if on_progress else None,
-        )
         results = []
-        for name, rid in runs:
-            run = runtime.store.get_run(rid)
+        for name, run in run_files(runtime, pipeline, files, tenant, camera, timeout, on_progress):
             result = {"clip": name, **(run.result or {"status": str(run.status)})}
             if out_dir is not None and run.result:
                 folder = save_outputs(runtime.s3, run.result, out_dir / run.result["clip_id"])

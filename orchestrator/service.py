@@ -10,11 +10,12 @@ from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from orchestrator.domain.catalog import Catalog, load_catalog
+from orchestrator.domain.catalog import Catalog, load_pipeline_specs
 from orchestrator.engine.decide import RetryPolicy
 from orchestrator.engine.reconciler import Reconciler, TickReport
 from orchestrator.executors.base import Executor
 from orchestrator.executors.local import LocalExecutor
+from orchestrator.registry import CatalogCache, Registry
 from orchestrator.settings import PROJECT_ROOT, Settings
 from orchestrator.storage import EmbeddedS3, S3Access, S3Gateway
 from orchestrator.store import Store
@@ -27,13 +28,21 @@ log = logging.getLogger("camflow.service")
 @dataclass
 class Runtime:
     settings: Settings
-    catalog: Catalog
+    catalogs: CatalogCache
     store: Store
     s3: S3Gateway
     executor: Executor
     watcher: Watcher
     reconciler: Reconciler
     embedded: EmbeddedS3 | None
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.catalogs.current()
+
+    @property
+    def registry(self) -> Registry:
+        return self.catalogs.registry
 
     def close(self) -> None:
         self.executor.close()
@@ -68,17 +77,34 @@ def trigger_buckets(catalog: Catalog, settings: Settings) -> set[str]:
     return {p.spec.trigger.bucket or settings.s3.ingest_bucket for p in catalog.pipelines.values()}
 
 
+def open_catalogs(store: Store, settings: Settings) -> CatalogCache:
+    """Registers the configured algorithm folders, then loads the pipelines against the
+    registry (so channels and algorithms registered elsewhere resolve)."""
+    registry = Registry(store)
+    registry.sync(settings.algorithm_dirs)
+    catalogs = CatalogCache(registry, load_pipeline_specs(settings.pipeline_dirs))
+    catalogs.current()  # a bad pipeline file stops us here, with its name
+    return catalogs
+
+
 def open_runtime(settings: Settings, executor: Executor | None = None) -> Runtime:
-    """Loads the catalog, connects S3 (embedded if none is configured) and the store."""
-    catalog = load_catalog(settings.algorithm_dirs, settings.pipeline_dirs)
+    """Opens the store, registers the configured algorithm folders, loads the pipelines
+    against the registry, and connects S3 (embedded if none is configured)."""
+    store = Store(settings.store_url)
+    try:
+        catalogs = open_catalogs(store, settings)
+        catalog = catalogs.current()
+    except Exception:
+        store.close()
+        raise
     access, embedded = s3_access(settings)
     try:
         s3 = S3Gateway(access)
         buckets = {settings.s3.results_bucket, settings.s3.ingest_bucket}
         for bucket in sorted(buckets | trigger_buckets(catalog, settings)):
             s3.ensure_bucket(bucket)
-        store = Store(settings.store_url)
     except Exception:
+        store.close()
         if embedded:
             embedded.stop()
         raise
@@ -102,7 +128,7 @@ def open_runtime(settings: Settings, executor: Executor | None = None) -> Runtim
     )
     reconciler = Reconciler(
         store,
-        catalog,
+        catalogs.current,
         executor,
         s3,
         settings.s3.results_bucket,
@@ -112,7 +138,7 @@ def open_runtime(settings: Settings, executor: Executor | None = None) -> Runtim
             backoff_max_seconds=settings.engine.retry_backoff_max_seconds,
         ),
     )
-    return Runtime(settings, catalog, store, s3, executor, watcher, reconciler, embedded)
+    return Runtime(settings, catalogs, store, s3, executor, watcher, reconciler, embedded)
 
 
 def _guarded(name: str, job: Callable[[], object]) -> Callable[[], None]:

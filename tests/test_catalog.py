@@ -12,9 +12,15 @@ ALGORITHMS = PROJECT_ROOT / "algorithms"
 def test_built_in_pipelines_and_algorithms_load() -> None:
     catalog = load_catalog([ALGORITHMS], [PROJECT_ROOT / "pipelines"])
     faces = catalog.pipeline("faces")
-    assert list(faces.stages) == ["decode", "faces", "publish"]
+    assert list(faces.stages) == ["decode", "faces", "thumbnails", "publish"]
     # Defaults from each algorithm's parameter schema are filled in.
-    assert faces.stages["faces"].params == {"threshold": 0.5, "nms_iou": 0.3, "max_side": 640}
+    assert faces.stages["faces"].params == {
+        "threshold": 0.5,
+        "nms_iou": 0.3,
+        "max_side": 640,
+        "gate_padding_seconds": 0.5,
+        "refresh_seconds": 2.0,
+    }
     assert faces.stages["faces"].algorithm.accelerators["gpu"].gpu == 1
 
 

@@ -28,7 +28,12 @@ def test_pipelines_lists_what_is_loaded() -> None:
     result = CliRunner().invoke(app, ["pipelines", "--json"])
     assert result.exit_code == 0, result.output
     listing = json.loads(result.output)
-    assert [s["name"] for s in listing["faces"]["stages"]] == ["decode", "faces", "publish"]
+    assert [s["name"] for s in listing["faces"]["stages"]] == [
+        "decode",
+        "faces",
+        "thumbnails",
+        "publish",
+    ]
 
 
 def test_a_misspelt_setting_is_a_clear_error(tmp_path: Path) -> None:
@@ -68,6 +73,10 @@ def test_process_prints_one_json_result_per_file(tmp_path: Path, clips: SampleCl
     assert len(found) >= 12
     assert all(d["label"] == "face" and 0 < d["score"] <= 1 and len(d["box"]) == 4 for d in found)
     assert all(isinstance(f["t"], float | int) for f in face["frames"])
+    saved = Path(face["saved_to"])
+    assert json.loads((saved / "result.json").read_text())["clip_id"] == face["clip_id"]
+    thumbnails = sorted((saved / "thumbnails").glob("*.jpg"))
+    assert len(thumbnails) == len(face["artifacts"]["thumbnails"]) == 6
     assert quiet["status"] == "succeeded" and all(not f["detections"] for f in quiet["frames"])
     assert broken["status"] == "failed" and "not a readable video" in broken["error"]
     assert "embedded S3" in done.stderr or "processing" in done.stderr

@@ -134,7 +134,7 @@ def test_a_failed_run_cancels_what_is_still_in_flight(faces: Pipeline) -> None:
 def test_all_stages_done_finishes_the_run(faces: Pipeline) -> None:
     attempts = [
         attempt(s, 1, AttemptState.SUCCEEDED, at=i)
-        for i, s in enumerate(["decode", "faces", "publish"])
+        for i, s in enumerate(["decode", "faces", "thumbnails", "publish"])
     ]
     d = decide(run(), attempts, faces, T0 + timedelta(seconds=10), POLICY, False)
     assert d.actions == [FinishRun("r-1", RunStatus.SUCCEEDED)]

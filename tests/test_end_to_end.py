@@ -71,7 +71,12 @@ def test_a_batch_with_good_and_bad_clips(settings: Settings, clips: SampleClips)
                     hits += 1
                 assert len(faces) <= 1, frame  # one person, one box
             assert hits >= 0.8 * len(frames), (name, hits)
-            assert [s["name"] for s in result["stages"]] == ["decode", "faces", "publish"]
+            assert [s["name"] for s in result["stages"]] == [
+                "decode",
+                "faces",
+                "thumbnails",
+                "publish",
+            ]
             assert all(s["seconds"] and s["seconds"] > 0 for s in result["stages"])
 
         quiet = _result(runtime, keys["noface"])
@@ -185,7 +190,7 @@ def test_a_restarted_engine_completes_the_run_exactly_once(
     run = second.store.get_run(run_id)
     assert run.status == RunStatus.SUCCEEDED, run.error
     attempts = second.store.attempts_of_run(run_id)
-    assert sorted(a.stage for a in attempts) == ["decode", "faces", "publish"]
+    assert sorted(a.stage for a in attempts) == ["decode", "faces", "publish", "thumbnails"]
     assert all(a.attempt == 1 and a.state == AttemptState.SUCCEEDED for a in attempts)
     # Each stage's program ran once: one runner directory per attempt, each finished.
     runners = sorted(p.name for p in (settings.home / "attempts").iterdir())

@@ -63,6 +63,10 @@ class ResolvedStage:
     spec: StageSpec
     algorithm: AlgorithmManifest
     params: dict[str, Any]
+    #: The registered image digest, when the author gave one: what actually runs.
+    image_digest: str | None = None
+    #: The folder the algorithm was registered from (local runs start there).
+    source: Path | None = None
 
     @property
     def timeout_seconds(self) -> int:
@@ -83,26 +87,66 @@ class Pipeline:
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def pins(self) -> dict[str, str]:
+        """stage -> the exact algorithm version it resolved to."""
+        return {name: stage.algorithm.ref for name, stage in self.stages.items()}
+
+
+CHANNELS = ("stable", "dev")
+
 
 @dataclass
 class Catalog:
+    """Algorithm versions (with their channel) and the pipelines resolved against them.
+
+    A stage names ``name@1.2.0`` (exactly that), ``name@stable`` (the newest promoted
+    version), ``name@dev`` (the newest version) or ``name`` (stable if any, else dev).
+    """
+
     algorithms: dict[str, dict[str, AlgorithmManifest]] = field(default_factory=dict)
     pipelines: dict[str, Pipeline] = field(default_factory=dict)
+    channels: dict[str, str] = field(default_factory=dict)  # ref -> channel
+    image_digests: dict[str, str] = field(default_factory=dict)  # ref -> sha256:...
+    sources: dict[str, Path] = field(default_factory=dict)  # ref -> folder
+    specs: dict[str, tuple[PipelineSpec, str]] = field(default_factory=dict)
+    _pinned: dict[tuple[str, tuple[tuple[str, str], ...]], Pipeline] = field(
+        default_factory=dict, repr=False
+    )
 
-    def add_algorithm(self, manifest: AlgorithmManifest, source: str) -> None:
+    def add_algorithm(
+        self,
+        manifest: AlgorithmManifest,
+        source: str,
+        channel: str = "dev",
+        image_digest: str | None = None,
+        folder: Path | None = None,
+    ) -> None:
         versions = self.algorithms.setdefault(manifest.name, {})
         if manifest.version in versions and versions[manifest.version] != manifest:
             raise ConfigError(
                 source, "version", f"{manifest.ref} is already defined with other content"
             )
         versions[manifest.version] = manifest
+        self.channels[manifest.ref] = channel
+        if image_digest:
+            self.image_digests[manifest.ref] = image_digest
+        if folder is not None:
+            self.sources[manifest.ref] = folder
 
     def algorithm(self, name: str, version: str | None = None) -> AlgorithmManifest:
         versions = self.algorithms.get(name)
         if not versions:
             raise KeyError(f"unknown algorithm {name!r}; known: {sorted(self.algorithms)}")
-        if version is None:
-            return versions[max(versions, key=_version_key)]
+        if version in (None, "stable", "dev"):
+            stable = [v for v in versions if self.channels.get(f"{name}@{v}") == "stable"]
+            if version == "stable" and not stable:
+                raise KeyError(
+                    f"no version of {name!r} is on the stable channel yet; promote one: "
+                    f"camflow algorithms promote {name} VERSION"
+                )
+            pool = stable if version == "stable" or (version is None and stable) else versions
+            return versions[max(pool, key=_version_key)]
         if version not in versions:
             raise KeyError(f"algorithm {name!r} has no version {version!r}; has {sorted(versions)}")
         return versions[version]
@@ -113,51 +157,92 @@ class Catalog:
         except KeyError:
             raise KeyError(f"unknown pipeline {name!r}; known: {sorted(self.pipelines)}") from None
 
-    def resolve(self, spec: PipelineSpec, source: str) -> Pipeline:
+    def pipeline_for_run(self, name: str, pins: dict[str, str] | None) -> Pipeline | None:
+        """The pipeline with the algorithm versions a run was created with, even if a
+        channel has moved on since; None if the pipeline is no longer defined."""
+        current = self.pipelines.get(name)
+        if current is None or not pins or pins == current.pins:
+            return current
+        key = (name, tuple(sorted(pins.items())))
+        if key not in self._pinned:
+            spec, source = self.specs[name]
+            self._pinned[key] = self.resolve(spec, source, pins)
+        return self._pinned[key]
+
+    def add_pipeline(self, spec: PipelineSpec, source: str) -> Pipeline:
+        if spec.name in self.pipelines:
+            raise ConfigError(
+                source,
+                "name",
+                f"pipeline {spec.name!r} is also defined in {self.pipelines[spec.name].source}",
+            )
+        pipeline = self.resolve(spec, source)
+        self.specs[spec.name] = (spec, source)
+        self.pipelines[spec.name] = pipeline
+        return pipeline
+
+    def resolve(
+        self, spec: PipelineSpec, source: str, pins: dict[str, str] | None = None
+    ) -> Pipeline:
         problem = spec.graph_problem()
         if problem:
             raise ConfigError(source, *problem)
         stages: dict[str, ResolvedStage] = {}
         for index, stage in enumerate(spec.stages):
             where = f"stages[{index}]"
+            name, version = stage.algorithm_name, stage.algorithm_version
+            if pins and stage.name in pins:
+                name, _, version = pins[stage.name].partition("@")
             try:
-                algorithm = self.algorithm(stage.algorithm_name, stage.algorithm_version)
+                algorithm = self.algorithm(name, version)
             except KeyError as exc:
                 raise ConfigError(source, f"{where}.algorithm", exc.args[0]) from None
-            missing = [name for name in algorithm.inputs if name not in stage.inputs]
-            unknown = [
-                name
-                for name in stage.inputs
-                if name not in algorithm.inputs and name not in algorithm.optional_inputs
-            ]
-            if missing:
-                raise ConfigError(
-                    source, f"{where}.inputs", f"{algorithm.ref} needs inputs {missing}"
-                )
-            if unknown:
-                raise ConfigError(
-                    source,
-                    f"{where}.inputs",
-                    f"{algorithm.ref} has no inputs {unknown}; it reads "
-                    f"{algorithm.inputs + algorithm.optional_inputs}",
-                )
-            wanted = stage.placement.accelerator
-            if wanted not in algorithm.accelerators and not (
-                stage.placement.fallback and stage.placement.fallback in algorithm.accelerators
-            ):
-                raise ConfigError(
-                    source,
-                    f"{where}.placement.accelerator",
-                    f"{algorithm.ref} supports only {sorted(algorithm.accelerators)}",
-                )
+            self._check_stage(algorithm, stage, source, where)
             try:
                 params = algorithm.validate_params(stage.params)
             except ParamsError as exc:
                 raise ConfigError(
-                    source, f"{where}.params{exc.pointer.replace('/', '.')}", exc.problem
+                    source,
+                    f"{where}.params{exc.pointer.replace('/', '.')}",
+                    f"{exc.problem} (at JSON pointer {exc.pointer or '/'} of the params)",
                 ) from None
-            stages[stage.name] = ResolvedStage(stage, algorithm, params)
+            stages[stage.name] = ResolvedStage(
+                stage,
+                algorithm,
+                params,
+                self.image_digests.get(algorithm.ref),
+                self.sources.get(algorithm.ref),
+            )
         return Pipeline(spec, stages, source)
+
+    @staticmethod
+    def _check_stage(
+        algorithm: AlgorithmManifest, stage: StageSpec, source: str, where: str
+    ) -> None:
+        missing = [name for name in algorithm.inputs if name not in stage.inputs]
+        unknown = [
+            name
+            for name in stage.inputs
+            if name not in algorithm.inputs and name not in algorithm.optional_inputs
+        ]
+        if missing:
+            raise ConfigError(source, f"{where}.inputs", f"{algorithm.ref} needs inputs {missing}")
+        if unknown:
+            raise ConfigError(
+                source,
+                f"{where}.inputs",
+                f"{algorithm.ref} has no inputs {unknown}; it reads "
+                f"{algorithm.inputs + algorithm.optional_inputs}",
+            )
+        wanted = stage.placement.accelerator
+        if wanted not in algorithm.accelerators and not (
+            stage.placement.fallback and stage.placement.fallback in algorithm.accelerators
+        ):
+            raise ConfigError(
+                source,
+                f"{where}.placement.accelerator",
+                f"{algorithm.ref} supports only {sorted(algorithm.accelerators)}",
+            )
 
 
 def _version_key(version: str) -> tuple[int, ...]:
@@ -165,21 +250,24 @@ def _version_key(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in core.split("."))
 
 
+def algorithm_files(directories: Iterable[Path]) -> list[Path]:
+    return [p for d in directories for p in sorted(Path(d).glob("*/algorithm.yaml"))]
+
+
+def load_pipeline_specs(directories: Iterable[Path]) -> list[tuple[PipelineSpec, str]]:
+    return [
+        (parse_model(PipelineSpec, _read_yaml(path), str(path)), str(path))
+        for directory in directories
+        for path in sorted(Path(directory).glob("*.y*ml"))
+    ]
+
+
 def load_catalog(algorithm_dirs: Iterable[Path], pipeline_dirs: Iterable[Path]) -> Catalog:
-    """Algorithms from ``<dir>/*/algorithm.yaml``, pipelines from ``<dir>/*.yaml``."""
+    """Algorithms from ``<dir>/*/algorithm.yaml`` (all taken as on ``dev``), pipelines
+    from ``<dir>/*.yaml``. With a store, the registry builds the catalog instead."""
     catalog = Catalog()
-    for directory in algorithm_dirs:
-        for path in sorted(Path(directory).glob("*/algorithm.yaml")):
-            catalog.add_algorithm(load_algorithm(path), str(path))
-    for directory in pipeline_dirs:
-        for path in sorted(Path(directory).glob("*.y*ml")):
-            spec = parse_model(PipelineSpec, _read_yaml(path), str(path))
-            if spec.name in catalog.pipelines:
-                raise ConfigError(
-                    str(path),
-                    "name",
-                    f"pipeline {spec.name!r} is also defined in "
-                    f"{catalog.pipelines[spec.name].source}",
-                )
-            catalog.pipelines[spec.name] = catalog.resolve(spec, str(path))
+    for path in algorithm_files(algorithm_dirs):
+        catalog.add_algorithm(load_algorithm(path), str(path), folder=path.parent)
+    for spec, source in load_pipeline_specs(pipeline_dirs):
+        catalog.add_pipeline(spec, source)
     return catalog

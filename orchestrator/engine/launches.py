@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from algorithms import contract
-from orchestrator.domain.catalog import Pipeline
+from orchestrator.domain.algorithm import Resources
+from orchestrator.domain.catalog import Pipeline, ResolvedStage
 from orchestrator.domain.layout import attempt_id, stage_prefix
 from orchestrator.domain.pipeline import CLIP_INPUT
 from orchestrator.executors.base import StageLaunch
@@ -18,6 +20,29 @@ from orchestrator.store.models import Clip, Run, RunStatus, StageAttempt, iso
 def stage_output_uri(results_bucket: str, clip: Clip, pipeline: str, stage: str) -> str:
     prefix = stage_prefix(clip.tenant, clip.camera, clip.id, pipeline, stage)
     return f"s3://{results_bucket}/{prefix}"
+
+
+def code_root(source: Path | None, command: list[str]) -> str | None:
+    """Where a local run of ``command`` must start to import the algorithm's code.
+
+    ``python -m pkg.mod`` registered from ``<root>/pkg/mod`` starts in ``<root>``; any
+    other command starts in the algorithm's own folder.
+    """
+    if source is None:
+        return None
+    if len(command) >= 3 and command[1] == "-m":
+        parts = command[2].split(".")
+        if list(source.parts[-len(parts) :]) == parts:
+            return str(Path(*source.parts[: -len(parts)]))
+    return str(source)
+
+
+def image_reference(resolved: ResolvedStage, resources: Resources) -> str:
+    """The image to run: pinned to its registered digest when the author gave one."""
+    if resources.image:
+        return resources.image
+    image = resolved.algorithm.image
+    return f"{image}@{resolved.image_digest}" if resolved.image_digest else image
 
 
 def build_launch(
@@ -49,7 +74,8 @@ def build_launch(
         tenant=clip.tenant,
         clip_id=clip.id,
         algorithm=resolved.algorithm.ref,
-        image=resources.image or resolved.algorithm.image,
+        image=image_reference(resolved, resources),
+        workdir=code_root(resolved.source, resolved.algorithm.command),
         command=resolved.algorithm.command,
         env={
             contract.ENV_INPUTS: json.dumps(inputs),
@@ -91,6 +117,7 @@ def stage_summaries(attempts: Sequence[StageAttempt]) -> list[dict[str, Any]]:
             {
                 "name": stage,
                 "algorithm": last.algorithm,
+                "image": last.image,
                 "status": str(last.state),
                 "attempts": len(tries),
                 "accelerator": last.accelerator,

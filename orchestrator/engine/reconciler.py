@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from algorithms.contract import MANIFEST_NAME
-from orchestrator.domain.catalog import Catalog
+from orchestrator.domain.catalog import Catalog, Pipeline
 from orchestrator.domain.layout import attempt_id, result_key, run_id, stage_prefix
 from orchestrator.engine.decide import (
     Action,
@@ -55,7 +55,7 @@ class Reconciler:
     def __init__(
         self,
         store: Store,
-        catalog: Catalog,
+        catalog: Catalog | Callable[[], Catalog],
         executor: Executor,
         s3: S3Gateway,
         results_bucket: str,
@@ -64,7 +64,11 @@ class Reconciler:
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.store = store
-        self.catalog = catalog
+        #: A fixed catalog, or where to get the current one (the registry can change).
+        self._catalog_source = catalog if callable(catalog) else (lambda: catalog)
+        self.catalog = self._catalog_source()
+        #: Pipelines that exist only for this process (``camflow algorithms try``).
+        self.extra_pipelines: dict[str, Pipeline] = {}
         self.executor = executor
         self.s3 = s3
         self.results_bucket = results_bucket
@@ -83,7 +87,8 @@ class Reconciler:
                 if p.spec.trigger.matches(clip.bucket, clip.key, self.default_bucket)
             ]
             runs = [
-                Run(id=run_id(clip.id, p.name), clip_id=clip.id, pipeline=p.name) for p in pipelines
+                Run(id=run_id(clip.id, p.name), clip_id=clip.id, pipeline=p.name, algorithms=p.pins)
+                for p in pipelines
             ]
             for run in self.store.plan(clip.id, runs):
                 planned += 1
@@ -94,11 +99,22 @@ class Reconciler:
                 log.info("clip %s: no pipeline's trigger matches it", _clip_name(clip))
         return planned
 
-    def plan_run(self, clip: Clip, pipeline: str) -> Run:
+    def plan_run(self, clip: Clip, pipeline: Pipeline) -> Run:
         """Creates one run of ``pipeline`` for ``clip`` (the one-shot ``process`` path)."""
-        run = Run(id=run_id(clip.id, pipeline), clip_id=clip.id, pipeline=pipeline)
+        run = Run(
+            id=run_id(clip.id, pipeline.name),
+            clip_id=clip.id,
+            pipeline=pipeline.name,
+            algorithms=pipeline.pins,
+        )
         self.store.plan(clip.id, [run])
         return run
+
+    def pipeline_of(self, run: Run) -> Pipeline | None:
+        """The pipeline as this run was created: with the algorithm versions it pinned."""
+        if run.pipeline in self.extra_pipelines:
+            return self.extra_pipelines[run.pipeline]
+        return self.catalog.pipeline_for_run(run.pipeline, run.algorithms)
 
     # --- observe ------------------------------------------------------------------------
 
@@ -170,6 +186,7 @@ class Reconciler:
         """One round of observe, decide, act; ``only`` limits it to those runs (the
         one-shot ``process`` path, which must not drive anyone else's runs)."""
         report = TickReport()
+        self.catalog = self._catalog_source()
         if only is None:
             report.planned = self.plan_new_clips()
         views = self.store.active_runs()
@@ -182,7 +199,7 @@ class Reconciler:
         starts: list[StartAttempt] = []
         by_id = {view.run.id: view for view in views}
         for view in views:
-            pipeline = self.catalog.pipelines.get(view.run.pipeline)
+            pipeline = self.pipeline_of(view.run)
             decision = decide(
                 view.run, view.attempts, pipeline, now, self.policy, capacity.gpu_slots > 0
             )
@@ -226,9 +243,7 @@ class Reconciler:
                 run_id=view.run.id,
                 stage=start.stage,
                 attempt=start.attempt,
-                algorithm=self.catalog.pipelines[view.run.pipeline]
-                .stages[start.stage]
-                .algorithm.ref,
+                algorithm=self._pipeline(view).stages[start.stage].algorithm.ref,
                 accelerator=start.accelerator,
                 executor=self.executor.name,
             )
@@ -236,7 +251,7 @@ class Reconciler:
         self._submit(view, attempt)
 
     def _submit(self, view: RunWithAttempts, attempt: StageAttempt) -> None:
-        pipeline = self.catalog.pipelines[view.run.pipeline]
+        pipeline = self._pipeline(view)
         launch = build_launch(
             view.run,
             view.clip,
@@ -258,6 +273,7 @@ class Reconciler:
             state=AttemptState.RUNNING,
             handle=handle,
             submitted_at=now,
+            image=launch.image,
             log_uri=self.executor.log_uri(handle),
         )
         self.store.mark_run_started(view.run.id, now)
@@ -270,6 +286,12 @@ class Reconciler:
             attempt.accelerator,
             self.executor.name,
         )
+
+    def _pipeline(self, view: RunWithAttempts) -> Pipeline:
+        pipeline = self.pipeline_of(view.run)
+        if pipeline is None:  # decide() fails such runs before anything is started
+            raise KeyError(f"pipeline {view.run.pipeline!r} is no longer defined")
+        return pipeline
 
     def _payload(self, view: RunWithAttempts, attempts: list[StageAttempt]) -> dict[str, Any]:
         """What the stages published: each succeeded stage listing a ``result`` output."""

@@ -34,6 +34,8 @@ class StageLaunch(BaseModel):
     accelerator: Accelerator
     resources: Resources
     timeout_seconds: int
+    #: Where the algorithm's code lives on this machine (local runs start there).
+    workdir: str | None = None
 
 
 class ExecState(StrEnum):

@@ -83,6 +83,11 @@ class LocalExecutor:
             # are none of a stage's business.
             inherited = {k: v for k, v in os.environ.items() if not k.startswith("CAMFLOW_")}
             env = {**inherited, **self.base_env, **launch.env}
+            if launch.workdir:
+                # A registered algorithm's own modules import from its folder's parent.
+                env["PYTHONPATH"] = os.pathsep.join(
+                    p for p in (launch.workdir, env.get("PYTHONPATH")) if p
+                )
             if launch.accelerator == "cpu":
                 env["CUDA_VISIBLE_DEVICES"] = ""
             files.write_json_atomic(
@@ -91,7 +96,7 @@ class LocalExecutor:
                     "command": self._command(launch.command),
                     "timeout_seconds": launch.timeout_seconds,
                     "kill_grace_seconds": self.kill_grace_seconds,
-                    "cwd": str(self.cwd) if self.cwd else None,
+                    "cwd": launch.workdir or (str(self.cwd) if self.cwd else None),
                     "stage": launch.stage,
                     "run_id": launch.run_id,
                     "algorithm": launch.algorithm,

@@ -1,4 +1,4 @@
-from orchestrator.store.models import Checkpoint, Clip, Run, StageAttempt
+from orchestrator.store.models import AlgorithmVersion, Checkpoint, Clip, Run, StageAttempt
 from orchestrator.store.repository import Store
 
-__all__ = ["Checkpoint", "Clip", "Run", "StageAttempt", "Store"]
+__all__ = ["AlgorithmVersion", "Checkpoint", "Clip", "Run", "StageAttempt", "Store"]

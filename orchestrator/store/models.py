@@ -79,6 +79,8 @@ class Run(SQLModel, table=True):
     finished_at: datetime | None = None
     result_uri: str | None = Field(default=None, max_length=2048)
     result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    #: stage -> name@version this run uses, fixed when it was created.
+    algorithms: dict[str, str] | None = Field(default=None, sa_column=Column(JSON))
 
 
 class StageAttempt(SQLModel, table=True):
@@ -92,6 +94,7 @@ class StageAttempt(SQLModel, table=True):
     stage: str = Field(max_length=64)
     attempt: int
     algorithm: str = Field(max_length=128)  # name@version
+    image: str | None = Field(default=None, max_length=512)  # exactly what ran
     accelerator: str = Field(max_length=8)
     executor: str = Field(max_length=64)
     state: AttemptState = Field(default=AttemptState.PENDING, index=True, max_length=16)
@@ -118,3 +121,27 @@ class Checkpoint(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=1300)
     last_key: str = Field(max_length=1024)
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Channel(StrEnum):
+    DEV = "dev"
+    STABLE = "stable"
+
+
+class AlgorithmVersion(SQLModel, table=True):
+    """An immutable registered version of an algorithm, and the channel it is on."""
+
+    __tablename__ = "algorithm_versions"
+
+    id: str = Field(primary_key=True, max_length=128)  # name@version
+    name: str = Field(index=True, max_length=64)
+    version: str = Field(max_length=64)
+    channel: Channel = Field(default=Channel.DEV, max_length=16)
+    manifest: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    #: sha256 of the manifest and image digest: the same version may never change.
+    content_digest: str = Field(max_length=80)
+    image_digest: str | None = Field(default=None, max_length=80)
+    #: The folder it was registered from, where local runs find its code.
+    source: str | None = Field(default=None, max_length=2048)
+    registered_at: datetime = Field(default_factory=utcnow)
+    promoted_at: datetime | None = None

@@ -14,7 +14,9 @@ from sqlmodel import Session, SQLModel, col, create_engine, select
 
 from orchestrator.errors import NotFound
 from orchestrator.store.models import (
+    AlgorithmVersion,
     AttemptState,
+    Channel,
     Checkpoint,
     Clip,
     Run,
@@ -273,3 +275,52 @@ class Store:
             if run is None:
                 raise NotFound(f"no run {run_id!r}")
             return run
+
+    # --- algorithm registry -------------------------------------------------------------
+
+    def algorithm_versions(self, name: str | None = None) -> list[AlgorithmVersion]:
+        with self.session() as session:
+            query = select(AlgorithmVersion)
+            if name:
+                query = query.where(col(AlgorithmVersion.name) == name)
+            return list(session.exec(query.order_by(col(AlgorithmVersion.id))).all())
+
+    def get_algorithm_version(self, ref: str) -> AlgorithmVersion | None:
+        with self.session() as session:
+            return session.get(AlgorithmVersion, ref)
+
+    def add_algorithm_version(self, row: AlgorithmVersion) -> AlgorithmVersion:
+        """Inserts ``row``; if that version exists already, returns the stored one."""
+        with self.session() as session:
+            session.add(row)
+            try:
+                session.commit()
+                return row
+            except IntegrityError:
+                session.rollback()
+                existing = session.get(AlgorithmVersion, row.id)
+                if existing is None:
+                    raise
+                return existing
+
+    def set_channel(self, ref: str, channel: Channel, at: datetime) -> AlgorithmVersion | None:
+        with self.session() as session:
+            row = session.get(AlgorithmVersion, ref)
+            if row is None:
+                return None
+            row.channel, row.promoted_at = channel, at
+            session.add(row)
+            session.commit()
+            return row
+
+    def registry_stamp(self) -> tuple[int, datetime | None, datetime | None]:
+        """Changes whenever a version is registered or promoted: cheap to poll."""
+        with self.session() as session:
+            count, registered, promoted = session.exec(
+                select(
+                    func.count(),
+                    func.max(AlgorithmVersion.registered_at),
+                    func.max(AlgorithmVersion.promoted_at),
+                )
+            ).one()
+            return int(count), registered, promoted

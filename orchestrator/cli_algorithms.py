@@ -1,0 +1,247 @@
+"""``camflow algorithms ...``: the algorithm author's commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator import cli_output
+from orchestrator.errors import CamflowError
+from orchestrator.registry import Registry
+from orchestrator.settings import Settings
+from orchestrator.store import AlgorithmVersion, Store
+from orchestrator.store.models import iso
+
+app = typer.Typer(help="Package, try, register and promote algorithms.", no_args_is_help=True)
+out = Console()
+err = Console(stderr=True)
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    from orchestrator.cli import settings_from
+
+    return settings_from(ctx)
+
+
+def _registry(ctx: typer.Context) -> Registry:
+    settings = _settings(ctx)
+    registry = Registry(Store(settings.store_url))
+    registry.sync(settings.algorithm_dirs)
+    return registry
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    err.print(f"[red]error:[/] {exc}")
+    return typer.Exit(code=1)
+
+
+def version_json(row: AlgorithmVersion) -> dict[str, Any]:
+    manifest = row.manifest
+    return {
+        "name": row.name,
+        "version": row.version,
+        "channel": str(row.channel),
+        "image": manifest["image"],
+        "image_digest": row.image_digest,
+        "content_digest": row.content_digest,
+        "accelerators": manifest["accelerators"],
+        "inputs": manifest["inputs"],
+        "optional_inputs": manifest.get("optional_inputs", []),
+        "params_schema": manifest["params_schema"],
+        "timeout_seconds": manifest["timeout_seconds"],
+        "retries": manifest["retries"],
+        "source": row.source,
+        "registered_at": iso(row.registered_at),
+        "promoted_at": iso(row.promoted_at),
+    }
+
+
+@app.command()
+def register(
+    ctx: typer.Context,
+    path: Annotated[
+        Path, typer.Argument(help="An algorithm folder or its algorithm.yaml.", exists=True)
+    ],
+    image_digest: Annotated[
+        str | None,
+        typer.Option(help="sha256:… of the pushed image; runs then use exactly that image."),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Validate an algorithm and record it as an immutable version on the dev channel."""
+    try:
+        row, created = _registry(ctx).register(path, image_digest)
+    except CamflowError as exc:
+        raise _fail(exc) from exc
+    if json_output:
+        cli_output.print_json(out, {**version_json(row), "created": created})
+        return
+    what = "registered" if created else "already registered, unchanged:"
+    out.print(f"{what} {row.id} on channel {row.channel}")
+    if created:
+        out.print(f"promote it with: camflow algorithms promote {row.name} {row.version}")
+
+
+@app.command()
+def promote(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Algorithm name.")],
+    version: Annotated[str, typer.Argument(help="The version to move to stable.")],
+) -> None:
+    """Move a registered version to the stable channel (what `name@stable` and a bare
+    `name` in pipelines resolve to). Runs already started keep their versions."""
+    try:
+        row = _registry(ctx).promote(name, version)
+    except CamflowError as exc:
+        raise _fail(exc) from exc
+    out.print(f"{row.id} is now on stable")
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    json_output: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """List registered algorithm versions and their channels."""
+    try:
+        rows = _registry(ctx).store.algorithm_versions()
+    except CamflowError as exc:
+        raise _fail(exc) from exc
+    if json_output:
+        cli_output.print_json(out, [version_json(r) for r in rows])
+        return
+    table = Table()
+    for column in ("algorithm", "version", "channel", "accelerators", "image"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row.name,
+            row.version,
+            str(row.channel),
+            ", ".join(row.manifest["accelerators"]),
+            row.manifest["image"] + (f"@{row.image_digest[:19]}…" if row.image_digest else ""),
+        )
+    out.print(table)
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Algorithm name.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Show an algorithm's versions: channel, accelerators, resources, parameters."""
+    try:
+        rows = _registry(ctx).store.algorithm_versions(name)
+    except CamflowError as exc:
+        raise _fail(exc) from exc
+    if not rows:
+        raise _fail(
+            CamflowError(
+                f"no algorithm {name!r} is registered; `camflow algorithms list` shows what is"
+            )
+        )
+    payload = [version_json(r) for r in rows]
+    if json_output:
+        cli_output.print_json(out, payload)
+        return
+    for item in payload:
+        out.print(f"[bold]{item['name']}@{item['version']}[/] ({item['channel']})")
+        out.print(
+            yaml.safe_dump(
+                {
+                    k: item[k]
+                    for k in (
+                        "image",
+                        "image_digest",
+                        "accelerators",
+                        "inputs",
+                        "optional_inputs",
+                        "params_schema",
+                        "timeout_seconds",
+                        "retries",
+                        "source",
+                    )
+                },
+                sort_keys=False,
+            )
+        )
+
+
+@app.command()
+def new(
+    name: Annotated[str, typer.Argument(help="The new algorithm's name, e.g. brightness.")],
+    directory: Annotated[Path, typer.Option("--dir", help="Your algorithms workspace.")] = Path(
+        "."
+    ),
+) -> None:
+    """Scaffold a working algorithm: manifest, entry point, Dockerfile and a test."""
+    from orchestrator.scaffold import scaffold
+
+    try:
+        folder = scaffold(name, directory)
+    except CamflowError as exc:
+        raise _fail(exc) from exc
+    out.print(f"created {folder}/ (algorithm.yaml, __main__.py, Dockerfile, test)")
+    out.print(f"next: camflow algorithms try {folder} CLIP.mp4")
+
+
+def _param(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise typer.BadParameter(f"{text!r}: write --param key=value")
+    return key, yaml.safe_load(value)
+
+
+@app.command("try")
+def try_(
+    ctx: typer.Context,
+    algorithm: Annotated[str, typer.Argument(help="NAME[@VERSION|@stable|@dev] or a folder.")],
+    clip: Annotated[Path, typer.Argument(help="A video file.", exists=True, dir_okay=False)],
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", "-p", help="key=value (repeatable); values are read as YAML."),
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where its outputs are saved.")] = Path(
+        "camflow-try"
+    ),
+    json_output: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 900,
+) -> None:
+    """Run one algorithm on one clip locally (decoding first when it needs frames) and
+    show what it wrote, its metrics and its log."""
+    from orchestrator.cli import quiet_logging
+    from orchestrator.trial import try_algorithm
+
+    params = dict(_param(p) for p in param or [])
+    try:
+        settings = _settings(ctx)
+        quiet_logging(settings.log_level)
+        with err.status(f"trying {algorithm} on {clip.name}..."):
+            report = try_algorithm(settings, algorithm, clip, params, timeout, out_dir.resolve())
+    except (CamflowError, TimeoutError) as exc:
+        raise _fail(exc) from exc
+    if json_output:
+        cli_output.print_json(out, report)
+    else:
+        colour = "green" if report["status"] == "succeeded" else "red"
+        out.print(
+            f"{report['algorithm']}: [{colour}]{report['status']}[/] "
+            f"after {report['attempts']} attempt(s)"
+        )
+        if report["error"]:
+            out.print(f"[red]{report['error']}[/]")
+        out.print("wrote:")
+        for item in report["outputs"]:
+            out.print(f"  {item['path']}  ({item['bytes']} bytes)")
+        out.print(f"metrics: {report['metrics']}")
+        out.print(f"saved to: {report['saved_to']}")
+        out.print("log (stderr):")
+        out.print(report["log"] or "  (empty)", markup=False, highlight=False)
+    if report["status"] != "succeeded":
+        raise typer.Exit(code=3)

@@ -1,0 +1,137 @@
+"""The algorithm registry: immutable versions, dev and stable channels."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from pathlib import Path
+
+from orchestrator.domain.algorithm import AlgorithmManifest
+from orchestrator.domain.catalog import (
+    Catalog,
+    algorithm_files,
+    load_algorithm,
+)
+from orchestrator.domain.pipeline import PipelineSpec
+from orchestrator.errors import CamflowError, NotFound
+from orchestrator.store import AlgorithmVersion, Store
+from orchestrator.store.models import Channel, utcnow
+
+log = logging.getLogger("camflow.registry")
+DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+class RegistryError(CamflowError):
+    """A registration or promotion was refused."""
+
+
+def content_digest(manifest: AlgorithmManifest, image_digest: str | None) -> str:
+    canonical = json.dumps(
+        {"manifest": manifest.model_dump(mode="json"), "image_digest": image_digest},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Registry:
+    def __init__(self, store: Store, clock: Callable[[], datetime] = utcnow) -> None:
+        self.store = store
+        self.clock = clock
+
+    def register(
+        self, path: Path, image_digest: str | None = None
+    ) -> tuple[AlgorithmVersion, bool]:
+        """Validates ``path`` (a folder or its algorithm.yaml) and records the version on
+        ``dev``. Returns the row and whether it is new. Registering the same content
+        again is a no-op; the same version with other content is refused."""
+        file = path / "algorithm.yaml" if path.is_dir() else path
+        manifest = load_algorithm(file)
+        if image_digest is not None and not DIGEST.match(image_digest):
+            raise RegistryError(
+                f"image digest {image_digest!r} is not of the form sha256:<64 hex digits>; "
+                f"take it from `docker buildx imagetools inspect {manifest.image}`"
+            )
+        digest = content_digest(manifest, image_digest)
+        existing = self.store.get_algorithm_version(manifest.ref)
+        row = existing or self.store.add_algorithm_version(
+            AlgorithmVersion(
+                id=manifest.ref,
+                name=manifest.name,
+                version=manifest.version,
+                manifest=manifest.model_dump(mode="json"),
+                content_digest=digest,
+                image_digest=image_digest,
+                source=str(file.parent.resolve()),
+                registered_at=self.clock(),
+            )
+        )
+        if row.content_digest != digest:
+            raise RegistryError(
+                f"{manifest.ref} is already registered with different content: versions "
+                f"are immutable; give {file} a new version (registered "
+                f"{row.content_digest[:15]}…, this file {digest[:15]}…)"
+            )
+        return row, existing is None
+
+    def sync(self, directories: Iterable[Path]) -> list[str]:
+        """Registers every algorithm folder under ``directories`` not registered yet."""
+        added = []
+        for file in algorithm_files(directories):
+            # Also refuses a folder whose content changed under the same version.
+            row, created = self.register(file)
+            if created:
+                added.append(row.id)
+        if added:
+            log.info("registered %s from %s", ", ".join(added), ", ".join(map(str, directories)))
+        return added
+
+    def promote(self, name: str, version: str) -> AlgorithmVersion:
+        row = self.store.set_channel(f"{name}@{version}", Channel.STABLE, self.clock())
+        if row is None:
+            known = [r.version for r in self.store.algorithm_versions(name)]
+            raise NotFound(
+                f"{name}@{version} is not registered"
+                + (
+                    f"; {name} has {known}"
+                    if known
+                    else "; register it first: camflow algorithms register PATH"
+                )
+            )
+        log.info("promoted %s to stable", row.id)
+        return row
+
+    def catalog(self, specs: Iterable[tuple[PipelineSpec, str]]) -> Catalog:
+        catalog = Catalog()
+        for row in self.store.algorithm_versions():
+            catalog.add_algorithm(
+                AlgorithmManifest.model_validate(row.manifest),
+                f"registry:{row.id}",
+                channel=row.channel,
+                image_digest=row.image_digest,
+                folder=Path(row.source) if row.source else None,
+            )
+        for spec, source in specs:
+            catalog.add_pipeline(spec, source)
+        return catalog
+
+
+class CatalogCache:
+    """The current catalog, rebuilt only when the registry changed."""
+
+    def __init__(self, registry: Registry, specs: list[tuple[PipelineSpec, str]]) -> None:
+        self.registry = registry
+        self.specs = specs
+        self._stamp: object = None
+        self._catalog: Catalog | None = None
+
+    def current(self) -> Catalog:
+        stamp = self.registry.store.registry_stamp()
+        if self._catalog is None or stamp != self._stamp:
+            self._catalog = self.registry.catalog(self.specs)
+            self._stamp = stamp
+        return self._catalog

@@ -1,0 +1,109 @@
+"""``camflow algorithms try``: one algorithm on one clip, locally, with everything shown."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from algorithms.contract import MANIFEST_NAME
+from orchestrator.domain.algorithm import AlgorithmManifest
+from orchestrator.domain.catalog import load_algorithm
+from orchestrator.domain.layout import stage_prefix
+from orchestrator.domain.pipeline import CLIP_INPUT, PipelineSpec, StageSpec
+from orchestrator.errors import ConfigError
+from orchestrator.executors.local_runner import STDERR
+from orchestrator.oneshot import run_files
+from orchestrator.service import Runtime, open_runtime
+from orchestrator.settings import Settings
+
+#: Inputs ``try`` knows how to provide, and from what.
+CLIP_INPUTS = {"video", "clip"}
+FRAME_INPUTS = {"frames"}
+
+
+def _algorithm(runtime: Runtime, ref: str) -> tuple[AlgorithmManifest, Path | None]:
+    """A folder (not registered yet: the author's inner loop) or ``name[@version]``."""
+    path = Path(ref)
+    file = path / "algorithm.yaml" if path.is_dir() else path
+    if file.name == "algorithm.yaml" and file.is_file():
+        return load_algorithm(file), file.parent.resolve()
+    name, _, version = ref.partition("@")
+    try:
+        manifest = runtime.catalog.algorithm(name, version or None)
+    except KeyError as exc:
+        raise ConfigError(ref, "", exc.args[0]) from None
+    return manifest, runtime.catalog.sources.get(manifest.ref)
+
+
+def trial_spec(manifest: AlgorithmManifest, params: dict[str, Any]) -> PipelineSpec:
+    """decode first when the algorithm reads frames, then the algorithm itself."""
+    inputs: dict[str, str] = {}
+    stages = []
+    for name in manifest.inputs:
+        if name in CLIP_INPUTS:
+            inputs[name] = CLIP_INPUT
+        elif name in FRAME_INPUTS:
+            inputs[name] = "decode"
+        else:
+            raise ConfigError(
+                f"{manifest.ref}",
+                "inputs",
+                f"try can give an algorithm the clip ({sorted(CLIP_INPUTS)}) or its frames "
+                f"({sorted(FRAME_INPUTS)}), not {name!r}: try it inside a pipeline with "
+                "`camflow process`",
+            )
+    if "decode" in inputs.values():
+        stages.append(StageSpec(name="decode", algorithm="decode", inputs={"video": CLIP_INPUT}))
+    stages.append(StageSpec(name="trial", algorithm=manifest.ref, inputs=inputs, params=params))
+    return PipelineSpec(name=f"try-{manifest.name}"[:40], stages=stages)
+
+
+def try_algorithm(
+    settings: Settings,
+    ref: str,
+    clip: Path,
+    params: dict[str, Any],
+    timeout: float,
+    out_dir: Path,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    with open_runtime(settings) as runtime:
+        manifest, source = _algorithm(runtime, ref)
+        catalog = runtime.catalog
+        # A folder being tried may not be registered, or differ from what is: the trial
+        # uses the folder as it is now, for this process only.
+        catalog.algorithms.setdefault(manifest.name, {})[manifest.version] = manifest
+        if source is not None:
+            catalog.sources[manifest.ref] = source
+        pipeline = catalog.resolve(trial_spec(manifest, params), f"try {ref}")
+        runtime.reconciler.extra_pipelines[pipeline.name] = pipeline
+        [(_name, run)] = run_files(runtime, pipeline, [clip], "try", "local", timeout, on_progress)
+        found = runtime.store.find_clip(run.clip_id)
+        attempts = runtime.store.attempts_of_run(run.id)
+        trial = [a for a in attempts if a.stage == "trial"]
+        prefix = stage_prefix(found.tenant, found.camera, found.id, pipeline.name, "trial")
+        bucket = settings.s3.results_bucket
+        outputs, manifest_json = [], None
+        listing = runtime.s3.client.list_objects_v2(Bucket=bucket, Prefix=prefix)
+        target = out_dir / manifest.name
+        for item in listing.get("Contents", []):
+            relative = item["Key"].removeprefix(prefix)
+            outputs.append({"path": relative, "bytes": item["Size"]})
+            runtime.s3.download_file(bucket, item["Key"], target / relative)
+            if relative == MANIFEST_NAME:
+                manifest_json = runtime.s3.get_json(bucket, item["Key"])
+        log = ""
+        if trial and trial[-1].log_uri:
+            stderr = Path(trial[-1].log_uri.removeprefix("file://")) / STDERR
+            log = stderr.read_text(errors="replace") if stderr.exists() else ""
+        return {
+            "algorithm": manifest.ref,
+            "status": str(run.status),
+            "error": run.error,
+            "attempts": len(trial),
+            "outputs": outputs,
+            "metrics": (manifest_json or {}).get("metrics", {}),
+            "log": log[-4000:],
+            "saved_to": str(target),
+        }

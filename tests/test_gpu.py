@@ -1,0 +1,42 @@
+"""The faces model on the GPU: same detections as on the CPU. Skips without CUDA."""
+
+from __future__ import annotations
+
+import time
+
+import onnxruntime
+import pytest
+
+from algorithms.faces.centerface import CenterFace, providers_for
+from orchestrator.samples import load_photo
+from tests.helpers import iou
+
+HAS_CUDA = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+@pytest.mark.skipif(
+    not HAS_CUDA,
+    reason="no CUDA execution provider in this onnxruntime (no GPU, or the CPU-only "
+    "package): run on a GPU machine with onnxruntime-gpu to test the GPU path",
+)
+@pytest.mark.parametrize("photo", ["astronaut", "camera"])
+def test_gpu_and_cpu_find_the_same_faces(photo: str) -> None:
+    image = load_photo(photo)
+    cpu, gpu = CenterFace(accelerator="cpu"), CenterFace(accelerator="gpu")
+    assert gpu.provider == "CUDAExecutionProvider"
+    on_cpu, on_gpu = cpu.detect(image), gpu.detect(image)
+    assert len(on_cpu) == len(on_gpu) >= 1
+    for a, b in zip(on_cpu, on_gpu, strict=True):
+        assert iou(a.box, b.box) > 0.98 and abs(a.score - b.score) < 0.01
+    for name, detector in (("cpu", cpu), ("gpu", gpu)):
+        detector.detect(image)  # warm up
+        start = time.perf_counter()
+        for _ in range(50):
+            detector.detect(image)
+        print(f"{photo} {name}: {50 / (time.perf_counter() - start):.1f} frames/s")
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this machine has CUDA: the refusal cannot happen")
+def test_a_gpu_placement_without_cuda_says_what_is_missing() -> None:
+    with pytest.raises(RuntimeError, match=r"no CUDA provider .* install onnxruntime-gpu"):
+        providers_for("gpu")
