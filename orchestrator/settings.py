@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, SecretStr
 from pydantic_settings import (
@@ -67,6 +67,47 @@ class LocalExecutorSettings(_Group):
     kill_grace_seconds: float = Field(default=5, ge=0)
 
 
+class GpuNodes(_Group):
+    """How a cluster's GPU nodes are found and what they are tainted with."""
+
+    node_selector: dict[str, str] = Field(
+        default_factory=lambda: {"nvidia.com/gpu.present": "true"}
+    )
+    taint_key: str = "nvidia.com/gpu"
+    taint_effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] = "NoSchedule"
+    resource: str = "nvidia.com/gpu"
+    #: GPU Jobs this cluster runs at once.
+    slots: int = Field(default=1, ge=0)
+
+
+class ClusterSettings(_Group):
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,39}$")
+    #: dev clusters run algorithm versions on the dev channel; prod runs stable ones.
+    environment: Literal["dev", "prod"]
+    kubeconfig: Path | None = None
+    context: str | None = None
+    in_cluster: bool = False
+    namespace: str = "camflow-jobs"
+    #: Stage Jobs this cluster runs at once.
+    budget: PositiveInt = 10
+    gpu: GpuNodes | None = None
+    #: The S3 endpoint as pods see it (unset: AWS).
+    s3_endpoint: str | None = None
+    #: Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (unset: the service
+    #: account's cloud identity, e.g. IRSA).
+    s3_secret: str | None = "camflow-s3"
+    s3_region: str = "us-east-1"
+    service_account: str = "camflow-stage"
+    priority_class: str = "camflow-stage"
+    ttl_seconds_after_finished: int = Field(default=3600, ge=0)
+    scratch_size: str = "10Gi"
+    request_timeout_seconds: PositiveFloat = 10
+
+
+class KubernetesSettings(_Group):
+    clusters: list[ClusterSettings] = Field(default_factory=list)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CAMFLOW_", env_nested_delimiter="__", extra="forbid"
@@ -79,6 +120,9 @@ class Settings(BaseSettings):
     watcher: WatcherSettings = Field(default_factory=WatcherSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     local: LocalExecutorSettings = Field(default_factory=LocalExecutorSettings)
+    #: Where stages run: local processes, or Jobs on the configured clusters.
+    executor: Literal["local", "kubernetes"] = "local"
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
     algorithm_dirs: list[Path] = Field(default_factory=lambda: [PROJECT_ROOT / "algorithms"])
     pipeline_dirs: list[Path] = Field(default_factory=lambda: [PROJECT_ROOT / "pipelines"])
 

@@ -84,6 +84,8 @@ class AttemptOutcome:
     reason: str | None
     permanent: bool
     timed_out: bool
+    exhausted: bool = False
+    tries: int | None = None
 
 
 def outcome(status: ExecStatus) -> AttemptOutcome | None:
@@ -91,14 +93,20 @@ def outcome(status: ExecStatus) -> AttemptOutcome | None:
     if status.state in (ExecState.QUEUED, ExecState.RUNNING):
         return None
     if status.state == ExecState.SUCCEEDED:
-        return AttemptOutcome(AttemptState.SUCCEEDED, 0, None, False, False)
+        return AttemptOutcome(AttemptState.SUCCEEDED, 0, None, False, False, tries=status.tries)
     if status.state == ExecState.LOST:
         reason = status.reason or "the executor lost track of it"
         return AttemptOutcome(AttemptState.FAILED, None, f"lost: {reason}", False, False)
     permanent = status.exit_code == EXIT_BAD_INPUT and not status.timed_out
     reason = status.reason or f"exited with code {status.exit_code}"
     return AttemptOutcome(
-        AttemptState.FAILED, status.exit_code, reason, permanent, status.timed_out
+        AttemptState.FAILED,
+        status.exit_code,
+        reason,
+        permanent,
+        status.timed_out,
+        status.exhausted,
+        status.tries,
     )
 
 
@@ -160,12 +168,11 @@ def decide(
                     run, attempts, f"stage {name} failed: {attempt.reason} (bad input, not retried)"
                 )
                 return decision
-            if attempt.attempt > stage.retries:
-                tries = "attempt" if attempt.attempt == 1 else "attempts"
+            if attempt.exhausted or attempt.attempt > stage.retries:
+                count = attempt.tries if attempt.exhausted and attempt.tries else attempt.attempt
+                tries = "attempt" if count == 1 else "attempts"
                 decision.actions = _fail(
-                    run,
-                    attempts,
-                    f"stage {name} failed after {attempt.attempt} {tries}: {attempt.reason}",
+                    run, attempts, f"stage {name} failed after {count} {tries}: {attempt.reason}"
                 )
                 return decision
 

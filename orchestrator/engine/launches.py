@@ -53,6 +53,8 @@ def build_launch(
     attempt: int,
     accelerator: str,
     results_bucket: str,
+    channel: str = "dev",
+    fallback: str | None = None,
 ) -> StageLaunch:
     resolved = pipeline.stages[stage]
     inputs = {
@@ -99,6 +101,9 @@ def build_launch(
         accelerator=accelerator,  # type: ignore[arg-type]
         resources=resources,
         timeout_seconds=resolved.timeout_seconds,
+        retries=resolved.retries,
+        channel=channel,
+        fallback=fallback,  # type: ignore[arg-type]
     )
 
 
@@ -119,9 +124,10 @@ def stage_summaries(attempts: Sequence[StageAttempt]) -> list[dict[str, Any]]:
                 "algorithm": last.algorithm,
                 "image": last.image,
                 "status": str(last.state),
-                "attempts": len(tries),
+                "attempts": sum(t.tries or 1 for t in tries),
                 "accelerator": last.accelerator,
                 "executor": last.executor,
+                "placement": last.placement,
                 "exit_code": last.exit_code,
                 "reason": last.reason,
                 "queued_at": iso(tries[0].created_at),

@@ -149,6 +149,8 @@ class Reconciler:
                 "reason": result.reason,
                 "permanent": result.permanent,
                 "timed_out": result.timed_out,
+                "exhausted": result.exhausted,
+                "tries": result.tries,
                 "finished_at": status.finished_at or self.clock(),
                 "started_at": attempt.started_at or status.started_at,
             }
@@ -248,9 +250,14 @@ class Reconciler:
                 executor=self.executor.name,
             )
         )
-        self._submit(view, attempt)
+        if not self._submit(view, attempt, start.fallback):
+            # No executor took it (no cluster with room, say): withdraw it, so that the
+            # next tick decides afresh, e.g. to fall back to CPU after the wait.
+            self.store.delete_attempt(attempt.id)
 
-    def _submit(self, view: RunWithAttempts, attempt: StageAttempt) -> None:
+    def _submit(
+        self, view: RunWithAttempts, attempt: StageAttempt, fallback: str | None = None
+    ) -> bool:
         pipeline = self._pipeline(view)
         launch = build_launch(
             view.run,
@@ -260,21 +267,24 @@ class Reconciler:
             attempt.attempt,
             attempt.accelerator,
             self.results_bucket,
+            channel=self.catalog.channels.get(pipeline.stages[attempt.stage].algorithm.ref, "dev"),
+            fallback=fallback,
         )
         try:
-            handle = self.executor.submit([launch])[launch.attempt_id]
+            submission = self.executor.submit([launch])[launch.attempt_id]
         except CamflowError as exc:
-            # Left pending: the next tick resubmits it.
             log.warning("clip %s: could not submit %s: %s", _clip_name(view.clip), attempt.id, exc)
-            return
+            return False
         now = self.clock()
         self.store.update_attempt(
             attempt.id,
             state=AttemptState.RUNNING,
-            handle=handle,
+            handle=submission.handle,
+            accelerator=submission.accelerator,
+            placement=submission.placement,
             submitted_at=now,
             image=launch.image,
-            log_uri=self.executor.log_uri(handle),
+            log_uri=self.executor.log_uri(submission.handle),
         )
         self.store.mark_run_started(view.run.id, now)
         log.info(
@@ -283,9 +293,10 @@ class Reconciler:
             view.run.id,
             attempt.stage,
             attempt.attempt,
-            attempt.accelerator,
-            self.executor.name,
+            submission.accelerator,
+            submission.placement,
         )
+        return True
 
     def _pipeline(self, view: RunWithAttempts) -> Pipeline:
         pipeline = self.pipeline_of(view.run)

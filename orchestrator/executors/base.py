@@ -36,6 +36,20 @@ class StageLaunch(BaseModel):
     timeout_seconds: int
     #: Where the algorithm's code lives on this machine (local runs start there).
     workdir: str | None = None
+    #: Retries an executor that retries by itself (a Job's backoffLimit) may make.
+    retries: int = 0
+    #: The algorithm version's channel: dev versions run on dev clusters, stable on prod.
+    channel: str = "dev"
+    #: Where a GPU attempt may run instead if the executor has no GPU for it.
+    fallback: Accelerator | None = None
+
+
+class Submission(BaseModel):
+    """Where an attempt went: its handle, and the accelerator and place it got."""
+
+    handle: str
+    accelerator: Accelerator
+    placement: str
 
 
 class ExecState(StrEnum):
@@ -53,6 +67,10 @@ class ExecStatus(BaseModel):
     #: For failures: the stage's last stderr line, or what the executor saw.
     reason: str | None = None
     timed_out: bool = False
+    #: The executor retried by itself and has used up the retries (a Job's backoffLimit).
+    exhausted: bool = False
+    #: How many times the executor ran it (pods of a Job); None: once.
+    tries: int | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
 
@@ -69,7 +87,7 @@ class Executor(Protocol):
 
     def capacity(self) -> Capacity: ...
 
-    def submit(self, launches: Sequence[StageLaunch]) -> dict[str, str]:
+    def submit(self, launches: Sequence[StageLaunch]) -> dict[str, Submission]:
         """Starts the attempts; returns attempt id -> handle. Submitting an attempt that
         was already submitted (a replay after a crash) must not start it twice."""
         ...

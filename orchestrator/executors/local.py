@@ -19,7 +19,13 @@ from pathlib import Path
 
 from orchestrator.errors import ExecutorError
 from orchestrator.executors import local_runner as files
-from orchestrator.executors.base import Capacity, ExecState, ExecStatus, StageLaunch
+from orchestrator.executors.base import (
+    Capacity,
+    ExecState,
+    ExecStatus,
+    StageLaunch,
+    Submission,
+)
 
 #: A runner that has not written runner.json this long after launch is presumed dead.
 START_GRACE_SECONDS = 30.0
@@ -70,13 +76,13 @@ class LocalExecutor:
             return [sys.executable, *command[1:]]
         return command
 
-    def submit(self, launches: Sequence[StageLaunch]) -> dict[str, str]:
+    def submit(self, launches: Sequence[StageLaunch]) -> dict[str, Submission]:
         handles = {}
         for launch in launches:
             directory = self.root / launch.attempt_id
             if (directory / files.LAUNCH).exists():
                 # Submitted before a crash: adopt it rather than start it twice.
-                handles[launch.attempt_id] = launch.attempt_id
+                handles[launch.attempt_id] = self._submission(launch)
                 continue
             directory.mkdir(parents=True, exist_ok=True)
             # The orchestrator's own settings (a database URL with its password, say)
@@ -119,8 +125,13 @@ class LocalExecutor:
                     )
             except OSError as exc:
                 raise ExecutorError(f"could not start the local runner: {exc}") from exc
-            handles[launch.attempt_id] = launch.attempt_id
+            handles[launch.attempt_id] = self._submission(launch)
         return handles
+
+    def _submission(self, launch: StageLaunch) -> Submission:
+        return Submission(
+            handle=launch.attempt_id, accelerator=launch.accelerator, placement="local"
+        )
 
     def _reap(self) -> None:
         for key, child in list(self._children.items()):

@@ -104,6 +104,12 @@ class StageAttempt(SQLModel, table=True):
     #: Failed in a way that retrying cannot fix (exit 2: bad input).
     permanent: bool = False
     timed_out: bool = False
+    #: The executor retried it by itself and used up the retries (a Job's backoffLimit).
+    exhausted: bool = False
+    #: Runs the executor made of it (pods of a Job); None when it ran once.
+    tries: int | None = None
+    #: Where it ran: "local", or the cluster's name.
+    placement: str | None = Field(default=None, max_length=64)
     log_uri: str | None = Field(default=None, max_length=2048)
     metrics: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     outputs: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))

@@ -176,6 +176,14 @@ class Store:
             )
             session.commit()
 
+    def delete_attempt(self, attempt_id: str) -> None:
+        """Withdraws an attempt no executor took, so the engine may decide afresh."""
+        with self.session() as session:
+            row = session.get(StageAttempt, attempt_id)
+            if row is not None and row.state == AttemptState.PENDING:
+                session.delete(row)
+                session.commit()
+
     def mark_run_started(self, run_id: str, at: datetime) -> None:
         with self.session() as session:
             session.exec(

@@ -1,0 +1,1 @@
+"""Running stages as Kubernetes Jobs. Only ``api`` imports the kubernetes client."""
