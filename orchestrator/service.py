@@ -108,6 +108,10 @@ def open_runtime(settings: Settings, executor: Executor | None = None) -> Runtim
         if embedded:
             embedded.stop()
         raise
+    if executor is None and settings.executor == "kubernetes":
+        from orchestrator.kube.executor import KubernetesExecutor
+
+        executor = KubernetesExecutor(settings.kubernetes.clusters)
     executor = executor or LocalExecutor(
         settings.home / "attempts",
         max_parallel=settings.local.max_parallel,

@@ -31,7 +31,10 @@ def main(ctx: StageContext) -> StageReport:
         raise BadInput("this input can never be processed: replace it")
     if mode == "hang":
         time.sleep(3600)
-    ctx.put_json("result.json", {"probe": {"mode": mode, "executions": executions}})
+    ctx.put_json(
+        "result.json",
+        {"probe": {"mode": mode, "executions": executions, "accelerator": ctx.accelerator}},
+    )
     return StageReport(outputs={"result": "result.json"}, metrics={"executions": executions})
 
 

@@ -1,0 +1,191 @@
+"""The official Kubernetes client, behind one retry helper. The only module that
+imports ``kubernetes``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from orchestrator.errors import ExecutorError
+from orchestrator.settings import ClusterSettings
+
+log = logging.getLogger("camflow.kube")
+T = TypeVar("T")
+
+
+class KubeApiError(ExecutorError):
+    """The API server refused a request (a 4xx other than 409 on create)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ClusterUnreachable(ExecutorError):
+    """The API server did not answer usefully after the retries."""
+
+
+def retry_delay(headers: Any, attempt: int, base: float = 0.5, cap: float = 10.0) -> float:
+    """Retry-After when the server sent one (seconds), else exponential backoff."""
+    value = (headers or {}).get("Retry-After") if headers is not None else None
+    if value is not None:
+        try:
+            return min(cap, max(0.0, float(value)))
+        except ValueError:
+            pass
+    return min(cap, base * 2 ** (attempt - 1))
+
+
+class ClusterApi:
+    def __init__(
+        self,
+        cluster: ClusterSettings,
+        attempts: int = 5,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        from kubernetes import client, config
+
+        configuration = client.Configuration()
+        if cluster.in_cluster:
+            config.load_incluster_config(client_configuration=configuration)
+        else:
+            config.load_kube_config(
+                config_file=str(cluster.kubeconfig) if cluster.kubeconfig else None,
+                context=cluster.context,
+                client_configuration=configuration,
+            )
+        configuration.retries = False  # ours below, which know 409 and Retry-After
+        self.cluster = cluster
+        self.attempts = attempts
+        self.sleep = sleep
+        self.timeout = (3.0, cluster.request_timeout_seconds)
+        self._client = client.ApiClient(configuration)
+        self.batch = client.BatchV1Api(self._client)
+        self.core = client.CoreV1Api(self._client)
+        self.version = client.VersionApi(self._client)
+
+    def call(
+        self, what: str, fn: Callable[[], T], creating: bool = False, attempts: int | None = None
+    ) -> T | None:
+        """Calls ``fn`` with retries on 5xx, 429 and connection errors, honouring
+        Retry-After. A 409 while creating means the object exists (an earlier try, or
+        an earlier life of camflow, made it): returns None."""
+        import urllib3
+        from kubernetes.client.exceptions import ApiException
+
+        last: Exception | None = None
+        attempts = attempts or self.attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                return fn()
+            except ApiException as exc:
+                if exc.status == 409 and creating:
+                    return None
+                if exc.status and (exc.status == 429 or exc.status >= 500):
+                    last, delay = exc, retry_delay(exc.headers, attempt)
+                else:
+                    raise KubeApiError(
+                        f"cluster {self.cluster.name}: {what} refused: {exc.status} "
+                        f"{exc.reason}: {_message(exc.body)}",
+                        exc.status,
+                    ) from exc
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                last, delay = exc, retry_delay(None, attempt)
+            if attempt < attempts:
+                log.debug(
+                    "cluster %s: %s failed (%s); retrying in %.1f s",
+                    self.cluster.name,
+                    what,
+                    last,
+                    delay,
+                )
+                self.sleep(delay)
+        raise ClusterUnreachable(
+            f"cluster {self.cluster.name}: {what} failed {attempts} times: {last}"
+        ) from last
+
+    def _json(self, response: Any) -> dict[str, Any]:
+        return json.loads(response.data)
+
+    def ping(self) -> dict[str, Any]:
+        return self.call(
+            "version",
+            lambda: self._json(
+                self.version.get_code(_preload_content=False, _request_timeout=self.timeout)
+            ),
+        )  # type: ignore[return-value]
+
+    def create_job(self, body: dict[str, Any]) -> bool:
+        """True if created now, False if it existed already."""
+        created = self.call(
+            f"create job {body['metadata']['name']}",
+            lambda: self.batch.create_namespaced_job(
+                self.cluster.namespace, body, _request_timeout=self.timeout, _preload_content=False
+            ),
+            creating=True,
+        )
+        return created is not None
+
+    def list_jobs(self, selector: str, attempts: int | None = None) -> list[dict[str, Any]]:
+        listing = self.call(
+            "list jobs",
+            lambda: self._json(
+                self.batch.list_namespaced_job(
+                    self.cluster.namespace,
+                    label_selector=selector,
+                    _request_timeout=self.timeout,
+                    _preload_content=False,
+                )
+            ),
+            attempts=attempts,
+        )
+        return (listing or {}).get("items") or []
+
+    def pods_of(self, job_name: str) -> list[dict[str, Any]]:
+        listing = self.call(
+            f"list pods of {job_name}",
+            lambda: self._json(
+                self.core.list_namespaced_pod(
+                    self.cluster.namespace,
+                    label_selector=f"job-name={job_name}",
+                    _request_timeout=self.timeout,
+                    _preload_content=False,
+                )
+            ),
+        )
+        return (listing or {}).get("items") or []
+
+    def delete_job(self, name: str) -> None:
+        try:
+            self.call(
+                f"delete job {name}",
+                lambda: self.batch.delete_namespaced_job(
+                    name,
+                    self.cluster.namespace,
+                    propagation_policy="Background",
+                    _request_timeout=self.timeout,
+                    _preload_content=False,
+                ),
+            )
+        except KubeApiError as exc:
+            if exc.status != 404:
+                raise
+
+    def nodes(self) -> list[dict[str, Any]]:
+        listing = self.call(
+            "list nodes",
+            lambda: self._json(
+                self.core.list_node(_request_timeout=self.timeout, _preload_content=False)
+            ),
+        )
+        return (listing or {}).get("items") or []
+
+
+def _message(body: Any) -> str:
+    try:
+        return str(json.loads(body).get("message"))
+    except (TypeError, ValueError, AttributeError):
+        return str(body)[:200]
