@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from orchestrator import cli_output
 from orchestrator.errors import CamflowError
@@ -311,6 +312,73 @@ def pipelines(
             f"{s['name']} ({s['algorithm']}, {s['accelerator']})" for s in info["stages"]
         )
         out.print(f"[bold]{name}[/]: {chain}")
+
+
+@app.command()
+def health(
+    ctx: typer.Context,
+    max_age: Annotated[
+        float, typer.Option(help="Healthy if the engine finished a tick this recently (s).")
+    ] = 120,
+) -> None:
+    """Exit 0 if `camflow serve` is alive (its engine ticked recently), else 1. For
+    liveness and readiness probes."""
+    from orchestrator.service import heartbeat_age
+
+    settings = settings_from(ctx)
+    age = heartbeat_age(settings.home)
+    if age is None or age > max_age:
+        seen = "never" if age is None else f"{age:.0f} s ago"
+        err.print(f"unhealthy: the engine last finished a tick {seen} (limit {max_age:g} s)")
+        raise typer.Exit(code=1)
+    out.print(f"healthy: the engine finished a tick {age:.1f} s ago")
+
+
+@app.command()
+def clusters(
+    ctx: typer.Context,
+    json_output: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Show each configured cluster: reachable or not, GPU nodes, Jobs running and queued."""
+    from orchestrator.kube.executor import KubernetesExecutor
+
+    try:
+        settings = settings_from(ctx)
+        executor = KubernetesExecutor(settings.kubernetes.clusters)
+        rows = executor.describe()
+        executor.close()
+    except CamflowError as exc:
+        raise _fail(exc) from exc
+    if json_output:
+        cli_output.print_json(out, rows)
+        return
+    table = Table()
+    for column in (
+        "cluster",
+        "env",
+        "namespace",
+        "reachable",
+        "gpu nodes",
+        "running",
+        "queued",
+        "budget",
+    ):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["name"],
+            row["environment"],
+            row["namespace"],
+            "yes" if row["reachable"] else "[red]no[/]",
+            str(row.get("gpu_nodes", "-")),
+            str(row.get("running", "-")),
+            str(row.get("queued", "-")),
+            str(row["budget"]),
+        )
+    out.print(table)
+    for row in rows:
+        if row["error"]:
+            err.print(f"[red]{row['name']}:[/] {row['error']}")
 
 
 def _register_groups() -> None:

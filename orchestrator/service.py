@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -176,7 +177,7 @@ class Service:
             id="watcher",
         )
         self.scheduler.add_job(
-            _guarded("engine", self.runtime.reconciler.tick),
+            _guarded("engine", self._engine_tick),
             "interval",
             seconds=settings.engine.interval_seconds,
             next_run_time=now,
@@ -184,8 +185,30 @@ class Service:
         )
         self.scheduler.start()
 
+    def _engine_tick(self) -> None:
+        self.runtime.reconciler.tick()
+        write_heartbeat(self.runtime.settings.home)
+
     def stop(self) -> None:
         self.scheduler.shutdown(wait=True)
+
+
+HEARTBEAT = "heartbeat"
+
+
+def write_heartbeat(home: Path) -> None:
+    """Each finished engine tick says so: what `camflow health` (the probes) reads."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / HEARTBEAT).write_text(datetime.now(UTC).isoformat())
+
+
+def heartbeat_age(home: Path) -> float | None:
+    """Seconds since the engine last finished a tick; None if it never did."""
+    try:
+        beat = datetime.fromisoformat((home / HEARTBEAT).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return (datetime.now(UTC) - beat).total_seconds()
 
 
 def drive(

@@ -68,8 +68,8 @@ class KubernetesExecutor:
     ) -> None:
         if not clusters:
             raise ExecutorError(
-                "executor is kubernetes but no clusters are configured: add "
-                "kubernetes.clusters to the config file"
+                "no Kubernetes clusters are configured: add kubernetes.clusters (name, "
+                "environment, kubeconfig and context or in_cluster, namespace) to the config file"
             )
         self.clusters = list(clusters)
         self.apis = {c.name: api_factory(c) for c in clusters}
