@@ -14,10 +14,26 @@ from typer.testing import CliRunner
 from orchestrator.cli import app
 from tests.conftest import SampleClips
 
-COMMANDS = ["serve", "demo", "process", "runs", "results", "pipelines"]
+COMMANDS = [
+    "serve",
+    "demo",
+    "process",
+    "runs",
+    "results",
+    "pipelines",
+    "clusters",
+    "health",
+    "algorithms",
+    "algorithms register",
+    "algorithms promote",
+    "algorithms list",
+    "algorithms show",
+    "algorithms new",
+    "algorithms try",
+]
 
 
-@pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS)])
+@pytest.mark.parametrize("command", [[], *(c.split() for c in COMMANDS)])
 def test_every_command_has_help(command: list[str]) -> None:
     result = CliRunner().invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output

@@ -308,3 +308,49 @@ def test_a_cluster_that_goes_away_and_comes_back_loses_nothing(
         assert all(a.attempt == 1 for a in attempts)
         assert sorted(dev.runner.runs.values()) == [1, 1, 1, 1]  # each stage ran once
         assert done.result["summary"]["labels"]["face"] >= 12  # type: ignore[index]
+
+
+def test_clusters_command_shows_reachability_gpu_nodes_and_jobs(
+    settings: Settings, clusters: dict[str, Cluster], tmp_path: Path
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    config = tmp_path / "camflow.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "kubernetes": {
+                    "clusters": [
+                        {
+                            **c.settings.model_dump(mode="json"),
+                            "kubeconfig": str(c.settings.kubeconfig),
+                        }
+                        for c in clusters.values()
+                    ]
+                }
+            }
+        )
+    )
+    clusters["dev"].emulator.stop()
+    shown = CliRunner().invoke(app, ["--config", str(config), "clusters", "--json"])
+    assert shown.exit_code == 0, shown.output
+    rows = {row["name"]: row for row in json.loads(shown.stdout)}
+    assert rows["dev"]["reachable"] is False and "failed" in rows["dev"]["error"]
+    assert rows["prod"]["reachable"] is True and rows["prod"]["gpu_nodes"] == 1
+    assert rows["prod"]["running"] == rows["prod"]["queued"] == 0
+
+
+def test_health_follows_the_engine_heartbeat(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+    from orchestrator.service import write_heartbeat
+
+    env = {"CAMFLOW_HOME": str(tmp_path)}
+    assert CliRunner().invoke(app, ["health"], env=env).exit_code == 1
+    write_heartbeat(tmp_path)
+    assert CliRunner().invoke(app, ["health"], env=env).exit_code == 0
