@@ -17,6 +17,18 @@ from orchestrator.executors.base import StageLaunch
 from orchestrator.store.models import Clip, Run, RunStatus, StageAttempt, iso
 
 
+def clip_identity(clip: Clip) -> dict[str, Any]:
+    """What a clip is (bucket, key, ETag) and whose (tenant, camera)."""
+    return {
+        "bucket": clip.bucket,
+        "key": clip.key,
+        "etag": clip.etag,
+        "size": clip.size,
+        "tenant": clip.tenant,
+        "camera": clip.camera,
+    }
+
+
 def stage_output_uri(results_bucket: str, clip: Clip, pipeline: str, stage: str) -> str:
     prefix = stage_prefix(clip.tenant, clip.camera, clip.id, pipeline, stage)
     return f"s3://{results_bucket}/{prefix}"
@@ -86,17 +98,7 @@ def build_launch(
             contract.ENV_RUN_ID: run.id,
             contract.ENV_STAGE: stage,
             contract.ENV_ACCELERATOR: accelerator,
-            contract.ENV_CLIP: json.dumps(
-                {
-                    "id": clip.id,
-                    "bucket": clip.bucket,
-                    "key": clip.key,
-                    "etag": clip.etag,
-                    "size": clip.size,
-                    "tenant": clip.tenant,
-                    "camera": clip.camera,
-                }
-            ),
+            contract.ENV_CLIP: json.dumps({"id": clip.id, **clip_identity(clip)}),
         },
         accelerator=accelerator,  # type: ignore[arg-type]
         resources=resources,
@@ -152,15 +154,7 @@ def compose_result(
     """result.json: the run's status and timings around what the stages published."""
     result: dict[str, Any] = {
         "clip_id": clip.id,
-        "source": {
-            "bucket": clip.bucket,
-            "key": clip.key,
-            "etag": clip.etag,
-            "size": clip.size,
-            "tenant": clip.tenant,
-            "camera": clip.camera,
-            "recorded_at": iso(clip.recorded_at),
-        },
+        "source": {**clip_identity(clip), "recorded_at": iso(clip.recorded_at)},
         "pipeline": run.pipeline,
         "run_id": run.id,
         "status": str(status),

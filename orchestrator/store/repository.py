@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event, func, or_, update
 from sqlalchemy.engine import Engine
@@ -26,6 +26,7 @@ from orchestrator.store.models import (
 )
 
 ACTIVE = (RunStatus.PENDING, RunStatus.RUNNING)
+Row = TypeVar("Row", StageAttempt, AlgorithmVersion)
 
 
 @dataclass(frozen=True)
@@ -154,20 +155,24 @@ class Store:
                 query = query.where(col(StageAttempt.accelerator) == accelerator)
             return int(session.exec(query).one())
 
-    def add_attempt(self, attempt: StageAttempt) -> StageAttempt:
-        """Inserts the attempt; if a crash-interrupted tick inserted it already, returns
-        that one (the unique key is run, stage, attempt number)."""
+    def _insert_or_get(self, row: Row) -> Row:
+        """Inserts ``row``; if one with its key exists already, returns that one."""
         with self.session() as session:
-            session.add(attempt)
+            session.add(row)
             try:
                 session.commit()
-                return attempt
+                return row
             except IntegrityError:
                 session.rollback()
-                existing = session.get(StageAttempt, attempt.id)
+                existing = session.get(type(row), row.id)  # type: ignore[attr-defined]
                 if existing is None:
                     raise
                 return existing
+
+    def add_attempt(self, attempt: StageAttempt) -> StageAttempt:
+        """Inserts the attempt, or returns the one a crash-interrupted tick inserted (the
+        unique key is run, stage, attempt number)."""
+        return self._insert_or_get(attempt)
 
     def update_attempt(self, attempt_id: str, **values: Any) -> None:
         with self.session() as session:
@@ -299,17 +304,7 @@ class Store:
 
     def add_algorithm_version(self, row: AlgorithmVersion) -> AlgorithmVersion:
         """Inserts ``row``; if that version exists already, returns the stored one."""
-        with self.session() as session:
-            session.add(row)
-            try:
-                session.commit()
-                return row
-            except IntegrityError:
-                session.rollback()
-                existing = session.get(AlgorithmVersion, row.id)
-                if existing is None:
-                    raise
-                return existing
+        return self._insert_or_get(row)
 
     def set_channel(self, ref: str, channel: Channel, at: datetime) -> AlgorithmVersion | None:
         with self.session() as session:
