@@ -354,3 +354,30 @@ def test_health_follows_the_engine_heartbeat(tmp_path: Path) -> None:
     assert CliRunner().invoke(app, ["health"], env=env).exit_code == 1
     write_heartbeat(tmp_path)
     assert CliRunner().invoke(app, ["health"], env=env).exit_code == 0
+
+
+def test_cancelled_jobs_are_deleted_even_if_their_cluster_was_away(
+    settings: Settings, clusters: dict[str, Cluster]
+) -> None:
+    from orchestrator.kube.executor import KubernetesExecutor
+
+    dev = clusters["dev"]
+    kube = _kube_settings(settings, [dev], probe=True)
+    with open_runtime(kube) as runtime:
+        key = upload_key("hang", "cam", datetime.now(UTC))
+        runtime.s3.client.put_object(Bucket=settings.s3.ingest_bucket, Key=key, Body=b"x")
+        runtime.watcher.tick()
+        runtime.reconciler.plan_new_clips()
+        runtime.reconciler.tick()
+        [attempt] = runtime.store.attempts_of_run(
+            runtime.store.runs_of_clip(runtime.store.find_clip(key).id)[0].id
+        )
+        assert attempt.handle and len(dev.jobs()) == 1
+        executor = runtime.executor
+        assert isinstance(executor, KubernetesExecutor)
+        dev.emulator.stop()
+        executor.cancel([attempt.handle])  # the cluster is away: remembered
+        assert executor.pending_deletes == {attempt.handle} and len(dev.jobs()) == 1
+        dev.emulator.start()
+        executor.refresh()  # it answers again: the delete goes through
+        assert executor.pending_deletes == set() and dev.jobs() == []

@@ -158,7 +158,7 @@ class ClusterApi:
         )
         return (listing or {}).get("items") or []
 
-    def delete_job(self, name: str) -> None:
+    def delete_job(self, name: str, attempts: int | None = None) -> None:
         try:
             self.call(
                 f"delete job {name}",
@@ -169,6 +169,7 @@ class ClusterApi:
                     _request_timeout=self.timeout,
                     _preload_content=False,
                 ),
+                attempts=attempts,
             )
         except KubeApiError as exc:
             if exc.status != 404:

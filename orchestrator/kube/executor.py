@@ -201,7 +201,9 @@ class KubernetesExecutor:
                 self.pending_deletes.discard(handle)
                 continue
             try:
-                self.apis[cluster].delete_job(name)
+                self.apis[cluster].delete_job(
+                    name, attempts=None if self.views[cluster].reachable else 1
+                )
             except CamflowError as exc:
                 log.warning("cluster %s: cannot delete Job %s yet: %s", cluster, name, exc)
                 continue
