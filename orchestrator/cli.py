@@ -120,15 +120,41 @@ def serve(ctx: typer.Context) -> None:
             runtime.embedded.endpoint_url,
         )
     service.start()
+    api = start_api(runtime) if settings.api.enabled else None
     try:
         stop.wait()
     finally:
+        if api is not None:
+            api.should_exit = True
         if runtime.embedded:
             log.info("stopping: the embedded S3 and what it held go away with this process")
         else:
             log.info("stopping: running stages keep going and are picked up at the next start")
         service.stop()
         runtime.close()
+
+
+def start_api(runtime: Any) -> Any:
+    """The HTTP API in a thread of this process (uvicorn); returns its server."""
+    import uvicorn
+
+    from orchestrator.api.app import create_app
+
+    settings = runtime.settings
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(runtime),
+            host=settings.api.host,
+            port=settings.api.port,
+            log_level="warning",
+            access_log=False,
+        )
+    )
+    threading.Thread(target=server.run, name="api", daemon=True).start()
+    logging.getLogger("camflow.api").info(
+        "API at http://%s:%d (OpenAPI at /openapi.json)", settings.api.host, settings.api.port
+    )
+    return server
 
 
 def _progress() -> Progress:
@@ -382,9 +408,10 @@ def clusters(
 
 
 def _register_groups() -> None:
-    from orchestrator import cli_algorithms
+    from orchestrator import cli_algorithms, cli_keys
 
     app.add_typer(cli_algorithms.app, name="algorithms")
+    app.add_typer(cli_keys.app, name="keys")
 
 
 _register_groups()

@@ -50,7 +50,17 @@ class Registry:
         ``dev``. Returns the row and whether it is new. Registering the same content
         again is a no-op; the same version with other content is refused."""
         file = path / "algorithm.yaml" if path.is_dir() else path
-        manifest = load_algorithm(file)
+        return self.register_manifest(load_algorithm(file), image_digest, file.parent.resolve())
+
+    def register_manifest(
+        self,
+        manifest: AlgorithmManifest,
+        image_digest: str | None = None,
+        folder: Path | None = None,
+        owner: str | None = None,
+    ) -> tuple[AlgorithmVersion, bool]:
+        """As ``register``, for a manifest that came without a folder (over the API)."""
+        where = str(folder / "algorithm.yaml") if folder else manifest.ref
         if image_digest is not None and not DIGEST.match(image_digest):
             raise RegistryError(
                 f"image digest {image_digest!r} is not of the form sha256:<64 hex digits>; "
@@ -66,14 +76,15 @@ class Registry:
                 manifest=manifest.model_dump(mode="json"),
                 content_digest=digest,
                 image_digest=image_digest,
-                source=str(file.parent.resolve()),
+                source=str(folder) if folder else None,
+                owner=owner,
                 registered_at=self.clock(),
             )
         )
         if row.content_digest != digest:
             raise RegistryError(
                 f"{manifest.ref} is already registered with different content: versions "
-                f"are immutable; give {file} a new version (registered "
+                f"are immutable; give {where} a new version (registered "
                 f"{row.content_digest[:15]}…, this file {digest[:15]}…)"
             )
         return row, existing is None

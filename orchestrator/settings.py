@@ -104,6 +104,18 @@ class ClusterSettings(_Group):
     request_timeout_seconds: PositiveFloat = 10
 
 
+class ApiSettings(_Group):
+    #: Serve the HTTP API from `camflow serve`.
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    upload_url_seconds: int = Field(default=300, ge=30, le=3600)
+    download_url_seconds: int = Field(default=900, ge=30, le=86400)
+    events_poll_seconds: PositiveFloat = 1.0
+    #: /readyz fails when the engine has not finished a tick for this long.
+    ready_max_age_seconds: PositiveFloat = 60
+
+
 class KubernetesSettings(_Group):
     clusters: list[ClusterSettings] = Field(default_factory=list)
 
@@ -123,6 +135,7 @@ class Settings(BaseSettings):
     #: Where stages run: local processes, or Jobs on the configured clusters.
     executor: Literal["local", "kubernetes"] = "local"
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
     algorithm_dirs: list[Path] = Field(default_factory=lambda: [PROJECT_ROOT / "algorithms"])
     pipeline_dirs: list[Path] = Field(default_factory=lambda: [PROJECT_ROOT / "pipelines"])
 

@@ -149,5 +149,29 @@ class AlgorithmVersion(SQLModel, table=True):
     image_digest: str | None = Field(default=None, max_length=80)
     #: The folder it was registered from, where local runs find its code.
     source: str | None = Field(default=None, max_length=2048)
+    #: The tenant whose author registered it over the API; None: the operator's.
+    owner: str | None = Field(default=None, index=True, max_length=255)
     registered_at: datetime = Field(default_factory=utcnow)
     promoted_at: datetime | None = None
+
+
+class Role(StrEnum):
+    CAMERA = "camera"  # uploads, for its own camera only
+    CUSTOMER = "customer"  # reads its tenant's clips, runs and results
+    AUTHOR = "author"  # registers and promotes its tenant's algorithms
+    ADMIN = "admin"  # everything, every tenant
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key: only a hash of its secret is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: str = Field(primary_key=True, max_length=32)
+    name: str = Field(default="", max_length=255)
+    tenant: str = Field(index=True, max_length=255)
+    role: Role = Field(max_length=16)
+    camera: str | None = Field(default=None, max_length=255)
+    secret_hash: str = Field(max_length=128)
+    created_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = None

@@ -15,6 +15,7 @@ from sqlmodel import Session, SQLModel, col, create_engine, select
 from orchestrator.errors import NotFound
 from orchestrator.store.models import (
     AlgorithmVersion,
+    ApiKey,
     AttemptState,
     Channel,
     Checkpoint,
@@ -327,3 +328,136 @@ class Store:
                 )
             ).one()
             return int(count), registered, promoted
+
+    # --- API keys -----------------------------------------------------------------------
+
+    def add_api_key(self, key: ApiKey) -> ApiKey:
+        with self.session() as session:
+            session.add(key)
+            session.commit()
+            return key
+
+    def api_key(self, key_id: str) -> ApiKey | None:
+        with self.session() as session:
+            return session.get(ApiKey, key_id)
+
+    def api_keys(self, tenant: str | None = None) -> list[ApiKey]:
+        with self.session() as session:
+            query = select(ApiKey)
+            if tenant:
+                query = query.where(col(ApiKey.tenant) == tenant)
+            return list(session.exec(query.order_by(col(ApiKey.created_at))).all())
+
+    def revoke_api_key(self, key_id: str, at: datetime) -> bool:
+        with self.session() as session:
+            changed = session.exec(
+                update(ApiKey)
+                .where(col(ApiKey.id) == key_id, col(ApiKey.revoked_at).is_(None))
+                .values(revoked_at=at)
+            )
+            session.commit()
+            return bool(changed.rowcount)
+
+    # --- tenant-scoped reading (the API) -----------------------------------------------
+
+    def tenant_clips(
+        self,
+        tenant: str,
+        camera: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        after: tuple[datetime, str] | None = None,
+        limit: int = 50,
+    ) -> list[Clip]:
+        """A tenant's clips, newest first, from after the ``after`` cursor."""
+        with self.session() as session:
+            query = select(Clip).where(col(Clip.tenant) == tenant)
+            if camera:
+                query = query.where(col(Clip.camera) == camera)
+            if since:
+                query = query.where(col(Clip.discovered_at) >= since)
+            if until:
+                query = query.where(col(Clip.discovered_at) < until)
+            if after:
+                at, clip_id = after
+                query = query.where(
+                    or_(
+                        col(Clip.discovered_at) < at,
+                        (col(Clip.discovered_at) == at) & (col(Clip.id) < clip_id),
+                    )
+                )
+            query = query.order_by(col(Clip.discovered_at).desc(), col(Clip.id).desc())
+            return list(session.exec(query.limit(limit)).all())
+
+    def tenant_runs(
+        self,
+        tenant: str,
+        status: str | None = None,
+        pipeline: str | None = None,
+        camera: str | None = None,
+        after: tuple[datetime, str] | None = None,
+        limit: int = 50,
+    ) -> list[tuple[Run, Clip]]:
+        with self.session() as session:
+            query = (
+                select(Run, Clip)
+                .join(Clip, col(Clip.id) == col(Run.clip_id))
+                .where(col(Clip.tenant) == tenant)
+            )
+            if status:
+                query = query.where(col(Run.status) == status)
+            if pipeline:
+                query = query.where(col(Run.pipeline) == pipeline)
+            if camera:
+                query = query.where(col(Clip.camera) == camera)
+            if after:
+                at, run_id = after
+                query = query.where(
+                    or_(
+                        col(Run.created_at) < at,
+                        (col(Run.created_at) == at) & (col(Run.id) < run_id),
+                    )
+                )
+            query = query.order_by(col(Run.created_at).desc(), col(Run.id).desc())
+            return list(session.exec(query.limit(limit)).all())
+
+    def counts(self) -> tuple[int, dict[str, int]]:
+        """Clips discovered, and runs by status: for /metrics."""
+        with self.session() as session:
+            clips = int(session.exec(select(func.count()).select_from(Clip)).one())
+            by_status = {
+                str(status): int(count)
+                for status, count in session.exec(
+                    select(Run.status, func.count()).group_by(Run.status)
+                ).all()
+            }
+            return clips, by_status
+
+    def in_flight(self) -> dict[tuple[str | None, str], int]:
+        with self.session() as session:
+            rows = session.exec(
+                select(StageAttempt.placement, StageAttempt.accelerator, func.count())
+                .where(col(StageAttempt.state).in_((AttemptState.PENDING, AttemptState.RUNNING)))
+                .group_by(StageAttempt.placement, StageAttempt.accelerator)
+            ).all()
+            return {(placement, accelerator): int(n) for placement, accelerator, n in rows}
+
+    def recent_durations(self, limit: int = 1000) -> dict[str, list[float]]:
+        with self.session() as session:
+            rows = session.exec(
+                select(StageAttempt.stage, StageAttempt.started_at, StageAttempt.finished_at)
+                .where(
+                    col(StageAttempt.finished_at).is_not(None),
+                    col(StageAttempt.started_at).is_not(None),
+                )
+                .order_by(col(StageAttempt.finished_at).desc())
+                .limit(limit)
+            ).all()
+        found: dict[str, list[float]] = {}
+        for stage, started, finished in rows:
+            found.setdefault(stage, []).append((finished - started).total_seconds())
+        return found
+
+    def newest_checkpoint(self) -> datetime | None:
+        with self.session() as session:
+            return session.exec(select(func.max(Checkpoint.updated_at))).one()

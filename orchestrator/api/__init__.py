@@ -1,0 +1,1 @@
+"""camflow over HTTP: cameras upload, customers read results, authors manage algorithms."""
