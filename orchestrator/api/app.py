@@ -366,4 +366,7 @@ def create_app(
             raise Problem(403, f"{row.id} is not your tenant's to promote")
         return version_json(runtime.registry.promote(name, version))
 
+    from orchestrator.api.dashboard import router as dashboard
+
+    app.include_router(dashboard(store, presign, clock))
     return app

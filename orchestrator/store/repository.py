@@ -461,3 +461,15 @@ class Store:
     def newest_checkpoint(self) -> datetime | None:
         with self.session() as session:
             return session.exec(select(func.max(Checkpoint.updated_at))).one()
+
+    def tenant_run(self, run_id: str, tenant: str | None) -> tuple[Run, Clip] | None:
+        """A run and its clip, if it is ``tenant``'s (any tenant's when None)."""
+        with self.session() as session:
+            query = (
+                select(Run, Clip)
+                .join(Clip, col(Clip.id) == col(Run.clip_id))
+                .where(col(Run.id) == run_id)
+            )
+            if tenant is not None:
+                query = query.where(col(Clip.tenant) == tenant)
+            return session.exec(query).first()
