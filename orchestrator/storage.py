@@ -57,7 +57,12 @@ class S3Gateway:
             region_name=access.region,
             aws_access_key_id=access.access_key_id,
             aws_secret_access_key=access.secret_access_key,
-            config=Config(s3={"addressing_style": "path"}, retries={"mode": "standard"}),
+            # SigV4: presigned URLs that every AWS region and MinIO accept.
+            config=Config(
+                signature_version="s3v4",
+                s3={"addressing_style": "path"},
+                retries={"mode": "standard"},
+            ),
         )
 
     def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
