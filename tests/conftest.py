@@ -23,6 +23,12 @@ POSTGRES_URL = os.environ.get(
 )
 
 
+@pytest.fixture(autouse=True)
+def _own_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads or writes the user's ~/.camflow."""
+    monkeypatch.setenv("CAMFLOW_HOME", str(tmp_path_factory.mktemp("home")))
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[EmbeddedS3]:
     """A moto S3 server on 127.0.0.1, spoken to over real HTTP."""

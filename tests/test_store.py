@@ -91,3 +91,21 @@ def test_clips_are_found_by_id_key_or_uri(store_url: str) -> None:
     assert store.find_clip("acme/door/2026/01/01/000000.mp4").id == clip.id
     assert store.find_clip("s3://b/acme/door/2026/01/01/000000.mp4").id == clip.id
     store.close()
+
+
+def test_a_store_made_by_an_older_camflow_is_refused_with_what_to_do(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import sqlite3
+
+    import pytest
+
+    from orchestrator.errors import StorageError
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE checkpoints (id VARCHAR PRIMARY KEY)")
+    with pytest.raises(
+        StorageError,
+        match=r"table checkpoints lacks \['last_key', "
+        r"'updated_at'\].*move the old store aside",
+    ):
+        Store(f"sqlite:///{path}")

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
-from orchestrator.errors import NotFound
+from orchestrator.errors import NotFound, StorageError
 from orchestrator.store.models import (
     AlgorithmVersion,
     ApiKey,
@@ -65,6 +65,24 @@ class Store:
         self.url = url
         self.engine = _make_engine(url)
         SQLModel.metadata.create_all(self.engine)
+        self._check_schema()
+
+    def _check_schema(self) -> None:
+        """create_all adds missing tables, not missing columns: say so plainly rather
+        than fail later with an SQL error."""
+        from sqlalchemy import inspect
+
+        inspector = inspect(self.engine)
+        for table in SQLModel.metadata.sorted_tables:
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            missing = sorted(c.name for c in table.columns if c.name not in have)
+            if missing:
+                raise StorageError(
+                    f"the store at {self.engine.url.render_as_string(hide_password=True)} was "
+                    f"made by an older camflow: table {table.name} lacks {missing}. This "
+                    "pre-release has no migrations: move the old store aside (or point "
+                    "store.url elsewhere) to start a fresh one"
+                )
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
