@@ -23,6 +23,7 @@ from orchestrator.api.metrics import render_metrics
 from orchestrator.cli_algorithms import version_json
 from orchestrator.domain.algorithm import AlgorithmManifest
 from orchestrator.domain.layout import upload_key
+from orchestrator.engine.launches import clip_identity
 from orchestrator.errors import CamflowError, NotFound
 from orchestrator.service import Runtime, heartbeat_age
 from orchestrator.store import ApiKey, Clip, Run
@@ -66,10 +67,7 @@ def _after(cursor: str | None) -> tuple[datetime, str] | None:
 def _clip_json(clip: Clip) -> dict[str, Any]:
     return {
         "clip_id": clip.id,
-        "tenant": clip.tenant,
-        "camera": clip.camera,
-        "key": clip.key,
-        "size": clip.size,
+        **clip_identity(clip),
         "recorded_at": iso(clip.recorded_at),
         "discovered_at": iso(clip.discovered_at),
     }

@@ -37,6 +37,12 @@ class RunWithAttempts:
     attempts: tuple[StageAttempt, ...]
 
 
+def _before(at_column: Any, id_column: Any, cursor: tuple[datetime, str]) -> Any:
+    """Keyset pagination, newest first: rows strictly after the cursor's (time, id)."""
+    at, ident = cursor
+    return or_(at_column < at, (at_column == at) & (id_column < ident))
+
+
 def _make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(
@@ -397,13 +403,7 @@ class Store:
             if until:
                 query = query.where(col(Clip.discovered_at) < until)
             if after:
-                at, clip_id = after
-                query = query.where(
-                    or_(
-                        col(Clip.discovered_at) < at,
-                        (col(Clip.discovered_at) == at) & (col(Clip.id) < clip_id),
-                    )
-                )
+                query = query.where(_before(col(Clip.discovered_at), col(Clip.id), after))
             query = query.order_by(col(Clip.discovered_at).desc(), col(Clip.id).desc())
             return list(session.exec(query.limit(limit)).all())
 
@@ -429,13 +429,7 @@ class Store:
             if camera:
                 query = query.where(col(Clip.camera) == camera)
             if after:
-                at, run_id = after
-                query = query.where(
-                    or_(
-                        col(Run.created_at) < at,
-                        (col(Run.created_at) == at) & (col(Run.id) < run_id),
-                    )
-                )
+                query = query.where(_before(col(Run.created_at), col(Run.id), after))
             query = query.order_by(col(Run.created_at).desc(), col(Run.id).desc())
             return list(session.exec(query.limit(limit)).all())
 
