@@ -70,12 +70,9 @@ def try_algorithm(
 ) -> dict[str, Any]:
     with open_runtime(settings) as runtime:
         manifest, source = _algorithm(runtime, ref)
-        catalog = runtime.catalog
         # A folder being tried may not be registered, or differ from what is: the trial
-        # uses the folder as it is now, for this process only.
-        catalog.algorithms.setdefault(manifest.name, {})[manifest.version] = manifest
-        if source is not None:
-            catalog.sources[manifest.ref] = source
+        # uses the folder as it is now, in a copy of the catalog.
+        catalog = runtime.catalog.with_algorithm(manifest, source)
         pipeline = catalog.resolve(trial_spec(manifest, params), f"try {ref}")
         runtime.reconciler.extra_pipelines[pipeline.name] = pipeline
         [(_name, run)] = run_files(runtime, pipeline, [clip], "try", "local", timeout, on_progress)

@@ -109,7 +109,9 @@ def test_openapi_and_operations(world: dict[str, Any]) -> None:
     metrics = client.get("/metrics").text
     assert "camflow_clips_discovered 2.0" in metrics
     assert 'camflow_runs{status="succeeded"} 2.0' in metrics
-    assert "camflow_stage_duration_seconds" in metrics or "camflow_watcher_lag" in metrics
+    assert "# TYPE camflow_stage_duration_seconds histogram" in metrics
+    assert "# TYPE camflow_watcher_lag_seconds gauge" in metrics
+    assert "# TYPE camflow_stage_attempts_in_flight gauge" in metrics
 
 
 ENDPOINTS = [

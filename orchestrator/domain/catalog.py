@@ -134,6 +134,23 @@ class Catalog:
         if folder is not None:
             self.sources[manifest.ref] = folder
 
+    def with_algorithm(self, manifest: AlgorithmManifest, folder: Path | None) -> Catalog:
+        """A copy that also knows ``manifest`` (replacing a registered one of the same
+        version): for trying an algorithm without registering it."""
+        algorithms = {name: dict(versions) for name, versions in self.algorithms.items()}
+        algorithms.setdefault(manifest.name, {})[manifest.version] = manifest
+        sources = dict(self.sources)
+        if folder is not None:
+            sources[manifest.ref] = folder
+        return Catalog(
+            algorithms,
+            dict(self.pipelines),
+            dict(self.channels),
+            dict(self.image_digests),
+            sources,
+            dict(self.specs),
+        )
+
     def algorithm(self, name: str, version: str | None = None) -> AlgorithmManifest:
         versions = self.algorithms.get(name)
         if not versions:

@@ -216,13 +216,9 @@ def decide(
         accelerator, fallback = placement.accelerator, None
         if accelerator == "gpu" and "gpu" not in stage.algorithm.accelerators:
             accelerator = placement.fallback or "cpu"
-        elif accelerator == "gpu":
-            if placement.fallback and (
-                not executor_has_gpus
-                or now - ready_since >= timedelta(seconds=placement.fallback_after_seconds)
-            ):
-                fallback = placement.fallback
-            if not executor_has_gpus and fallback is None:
+        elif accelerator == "gpu" and not executor_has_gpus:
+            # No GPU will ever come: fall back at once, or fail with what to change.
+            if placement.fallback is None:
                 decision.actions = _fail(
                     run,
                     attempts,
@@ -231,8 +227,14 @@ def decide(
                 )
                 decision.starts = []
                 return decision
-            if not executor_has_gpus:
-                accelerator, fallback = fallback or "cpu", None
+            accelerator = placement.fallback
+        elif (
+            accelerator == "gpu"
+            and placement.fallback
+            and now - ready_since >= timedelta(seconds=placement.fallback_after_seconds)
+        ):
+            # GPUs exist but the wait is over: admission may use the fallback if none is free.
+            fallback = placement.fallback
         decision.starts.append(StartAttempt(run.id, name, number, accelerator, fallback))
     return decision
 

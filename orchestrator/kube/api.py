@@ -110,14 +110,6 @@ class ClusterApi:
     def _json(self, response: Any) -> dict[str, Any]:
         return json.loads(response.data)
 
-    def ping(self) -> dict[str, Any]:
-        return self.call(
-            "version",
-            lambda: self._json(
-                self.version.get_code(_preload_content=False, _request_timeout=self.timeout)
-            ),
-        )  # type: ignore[return-value]
-
     def create_job(self, body: dict[str, Any]) -> bool:
         """True if created now, False if it existed already."""
         created = self.call(

@@ -22,7 +22,7 @@ from orchestrator.executors.base import (
     Submission,
 )
 from orchestrator.kube.api import ClusterApi
-from orchestrator.kube.jobs import SELECTOR, build_job, job_name
+from orchestrator.kube.jobs import SELECTOR, build_job
 from orchestrator.kube.routing import choose_cluster
 from orchestrator.kube.status import job_status
 from orchestrator.settings import ClusterSettings
@@ -45,15 +45,15 @@ class ClusterView:
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     error: str | None = None
 
-    def active(self, gpu: bool | None = None) -> int:
+    def active(self, gpu_only: bool = False) -> int:
+        """Unfinished Jobs: the cluster's budget in use (of its GPU slots, with gpu_only)."""
         return sum(
             1
             for job in self.jobs.values()
             if not _finished(job)
             and (
-                gpu is None
-                or (job["metadata"].get("annotations") or {}).get("camflow.io/accelerator")
-                == ("gpu" if gpu else "cpu")
+                not gpu_only
+                or (job["metadata"].get("annotations") or {}).get("camflow.io/accelerator") == "gpu"
             )
         )
 
@@ -157,7 +157,7 @@ class KubernetesExecutor:
                 self.clusters,
                 {n: v.reachable for n, v in views.items()},
                 {n: v.active() for n, v in views.items()},
-                {n: v.active(gpu=True) for n, v in views.items()},
+                {n: v.active(gpu_only=True) for n, v in views.items()},
             )
             if placed is None:
                 raise ExecutorError(
@@ -251,6 +251,3 @@ class KubernetesExecutor:
                 row["queued"] = len(unfinished) - row["running"]
             rows.append(row)
         return rows
-
-
-__all__ = ["KubernetesExecutor", "job_name"]
