@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -49,7 +49,11 @@ class AttemptState(StrEnum):
 
 class Clip(SQLModel, table=True):
     __tablename__ = "clips"
-    __table_args__ = (UniqueConstraint("bucket", "key", "etag", name="uq_clip_identity"),)
+    __table_args__ = (
+        UniqueConstraint("bucket", "key", "etag", name="uq_clip_identity"),
+        # The API lists a tenant's clips newest first.
+        Index("ix_clips_tenant_discovered", "tenant", "discovered_at"),
+    )
 
     id: str = Field(primary_key=True, max_length=32)
     bucket: str = Field(max_length=255)
@@ -61,13 +65,19 @@ class Clip(SQLModel, table=True):
     recorded_at: datetime | None = None
     last_modified: datetime | None = None
     discovered_at: datetime = Field(default_factory=utcnow)
+    #: What found it: "event" (an S3 notification), "sweep" (the reconciliation pass)
+    #: or "upload" (`camflow process`, `camflow algorithms try`).
+    discovered_by: str | None = Field(default=None, max_length=16)
     #: Runs have been created for every pipeline whose trigger matches.
     planned: bool = Field(default=False, index=True)
 
 
 class Run(SQLModel, table=True):
     __tablename__ = "runs"
-    __table_args__ = (UniqueConstraint("clip_id", "pipeline", name="uq_run_clip_pipeline"),)
+    __table_args__ = (
+        UniqueConstraint("clip_id", "pipeline", name="uq_run_clip_pipeline"),
+        Index("ix_runs_created", "created_at", "id"),
+    )
 
     id: str = Field(primary_key=True, max_length=32)
     clip_id: str = Field(foreign_key="clips.id", index=True, max_length=32)
@@ -81,6 +91,12 @@ class Run(SQLModel, table=True):
     result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     #: stage -> name@version this run uses, fixed when it was created.
     algorithms: dict[str, str] | None = Field(default=None, sa_column=Column(JSON))
+    #: Who drives it: None for `camflow serve` (whichever replica leads), else the
+    #: one-shot process (`camflow process`, `algorithms try`) that made it.
+    owner: str | None = Field(default=None, index=True, max_length=64)
+    #: Position in the stream of finished runs (the event stream's cursor): given
+    #: in the transaction that finishes the run, in commit order.
+    finished_seq: int | None = Field(default=None, unique=True)
 
 
 class StageAttempt(SQLModel, table=True):
@@ -127,6 +143,48 @@ class Checkpoint(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=1300)
     last_key: str = Field(max_length=1024)
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Lease(SQLModel, table=True):
+    """Leadership among `camflow serve` replicas: one holder at a time, until it expires.
+
+    ``epoch`` grows with each new holder, so a holder that lost the lease while paused
+    can tell (fencing).
+    """
+
+    __tablename__ = "leases"
+
+    name: str = Field(primary_key=True, max_length=64)
+    holder: str = Field(max_length=128)
+    epoch: int = 0
+    acquired_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+
+
+class Counter(SQLModel, table=True):
+    """Named monotonic counters, bumped inside the transaction that uses the value: the
+    row lock orders the commits, so readers never see a gap fill in later."""
+
+    __tablename__ = "counters"
+
+    name: str = Field(primary_key=True, max_length=64)
+    value: int = 0
+
+
+class RejectedObject(SQLModel, table=True):
+    """An object a trigger matches that cannot be a clip (no tenant/camera in its key):
+    reported once, never silently dropped."""
+
+    __tablename__ = "rejected_objects"
+    __table_args__ = (UniqueConstraint("bucket", "key", "etag", name="uq_rejected_identity"),)
+
+    id: str = Field(primary_key=True, max_length=32)
+    bucket: str = Field(max_length=255)
+    key: str = Field(max_length=1024)
+    etag: str = Field(max_length=128)
+    size: int
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    seen_at: datetime = Field(default_factory=utcnow)
 
 
 class Channel(StrEnum):
