@@ -96,7 +96,7 @@ def serve(ctx: typer.Context) -> None:
     try:
         settings = settings_from(ctx)
         _setup_logging(settings.log_level)
-        runtime = open_runtime(settings)
+        runtime = open_runtime(settings, durable_s3=True)
     except CamflowError as exc:
         raise _fail(exc) from exc
     stop = threading.Event()
@@ -127,7 +127,10 @@ def serve(ctx: typer.Context) -> None:
         if api is not None:
             api.should_exit = True
         if runtime.embedded:
-            log.info("stopping: the embedded S3 and what it held go away with this process")
+            log.info(
+                "stopping: the embedded S3 keeps its objects in %s for the next start",
+                runtime.embedded.directory,
+            )
         else:
             log.info("stopping: running stages keep going and are picked up at the next start")
         service.stop()

@@ -31,6 +31,23 @@ class StorageError(CamflowError):
     """S3 could not be reached or refused a request."""
 
 
+class ObjectMissing(StorageError):
+    """S3 answered that the object does not exist."""
+
+
+class ContentError(CamflowError):
+    """An object was read, but what it holds is not what it should be (not JSON, too
+    large): S3 is fine, the writer is not."""
+
+
+class ObjectTooLarge(ContentError):
+    """An object over the size camflow reads; its body was not downloaded."""
+
+    def __init__(self, uri: str, size: int, limit: int) -> None:
+        self.uri, self.size, self.limit = uri, size, limit
+        super().__init__(f"{uri} is {size} bytes; the limit is {limit}")
+
+
 class ExecutorError(CamflowError):
     """An executor could not start, follow or stop a stage."""
 

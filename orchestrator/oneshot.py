@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +16,11 @@ from orchestrator.service import Runtime, drive, open_runtime
 from orchestrator.settings import Settings
 from orchestrator.storage import S3Gateway
 from orchestrator.store import Run
-from orchestrator.watcher import to_clip
+from orchestrator.watcher import found_in_listing, to_clip
+
+
+def one_shot_owner() -> str:
+    return f"oneshot-{uuid.uuid4().hex[:12]}"
 
 
 def _safe_stem(path: Path) -> str:
@@ -55,10 +60,14 @@ def run_files(
         suffix = path.suffix.lower() or ".bin"
         key = upload_key(tenant, camera, now, suffix, n + 1)
         key = key.removesuffix(suffix) + f"-{_safe_stem(path)}{suffix}"
-        clip = to_clip(bucket, runtime.s3.upload_file(path, bucket, key))
+        uploaded = runtime.s3.upload_file(path, bucket, key)
+        clip = to_clip(found_in_listing(bucket, uploaded), "upload")
         if clip is None:  # cannot happen: the key has tenant and camera
             raise ValueError(f"bad key {key}")
-        runtime.store.record_clips([clip], f"s3://{bucket}/{tenant}/{camera}/", None)
+        # Planned from the start: a `serve` on the same store that sees this upload
+        # finds the clip known and planned, and leaves it to us.
+        clip.planned = True
+        runtime.store.record_clips([clip])
         runs.append((path.name, runtime.reconciler.plan_run(clip, pipeline).id))
     total = len(runs)
     drive(
@@ -84,6 +93,7 @@ def process_files(
     (as in result.json) with ``clip`` set to the file's name. With ``out_dir``, each
     result and its artifacts are saved under ``out_dir/<clip-id>/`` (``saved_to``)."""
     with open_runtime(settings) as runtime:
+        runtime.reconciler.owner = one_shot_owner()
         pipeline = runtime.catalog.pipeline(pipeline_name)
         results = []
         for name, run in run_files(runtime, pipeline, files, tenant, camera, timeout, on_progress):

@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from orchestrator.domain.catalog import Catalog, load_pipeline_specs
+from orchestrator.embedded_s3 import EmbeddedS3, choose_s3
 from orchestrator.engine.decide import RetryPolicy
 from orchestrator.engine.reconciler import Reconciler, TickReport
+from orchestrator.event_queue import EventQueue
 from orchestrator.executors.base import Executor
 from orchestrator.executors.local import LocalExecutor
+from orchestrator.leadership import Leadership
 from orchestrator.registry import CatalogCache, Registry
 from orchestrator.settings import PROJECT_ROOT, Settings
-from orchestrator.storage import EmbeddedS3, S3Access, S3Gateway
+from orchestrator.storage import S3Access, S3Gateway
 from orchestrator.store import Store
 from orchestrator.store.models import RunStatus
-from orchestrator.watcher import Watcher, watch_targets
+from orchestrator.watcher import Watcher
 
 log = logging.getLogger("camflow.service")
 
@@ -58,10 +66,22 @@ class Runtime:
         self.close()
 
 
-def s3_access(settings: Settings) -> tuple[S3Access, EmbeddedS3 | None]:
-    if settings.wants_embedded_s3:
-        embedded = EmbeddedS3().start()
+def s3_access(settings: Settings, durable: bool = False) -> tuple[S3Access, EmbeddedS3 | None]:
+    """The S3 to use, said in one log line. ``durable`` (`serve`): an embedded S3 keeps
+    its objects under <home>/s3 and listens on s3.embedded_port; else it is in memory on
+    a free port, as one-shot commands need (they save what they keep locally)."""
+    choice = choose_s3(settings)
+    if choice.embedded:
+        embedded = (
+            EmbeddedS3(settings.s3.embedded_port, settings.home / "s3") if durable else EmbeddedS3()
+        ).start()
+        log.info("S3: %s", embedded.describe())
         return embedded.access(settings.s3.region), embedded
+    log.info(
+        "S3: %s, credentials from %s",
+        settings.s3_endpoint or f"AWS ({settings.s3.region})",
+        choice.credentials,
+    )
     secret = settings.s3.secret_access_key
     return (
         S3Access(
@@ -72,6 +92,28 @@ def s3_access(settings: Settings) -> tuple[S3Access, EmbeddedS3 | None]:
         ),
         None,
     )
+
+
+#: The queue camflow makes for itself where it configures notifications.
+DEFAULT_QUEUE = "camflow-clip-events"
+
+
+def event_queue(
+    settings: Settings, access: S3Access, s3: S3Gateway, embedded: bool, buckets: set[str]
+) -> EventQueue | None:
+    """The SQS queue for S3 notifications, if there is one; set up when camflow is to
+    configure notifications itself (always on the embedded S3)."""
+    configure = settings.watcher.configure_notifications
+    if configure is None:
+        configure = embedded
+    name = settings.watcher.queue or (DEFAULT_QUEUE if configure else None)
+    if name is None:
+        log.info("no event queue configured: the reconciliation sweep alone finds clips")
+        return None
+    queue = EventQueue(access, name)
+    if configure:
+        queue.subscribe(s3.client, sorted(buckets))
+    return queue
 
 
 def trigger_buckets(catalog: Catalog, settings: Settings) -> set[str]:
@@ -88,7 +130,9 @@ def open_catalogs(store: Store, settings: Settings) -> CatalogCache:
     return catalogs
 
 
-def open_runtime(settings: Settings, executor: Executor | None = None) -> Runtime:
+def open_runtime(
+    settings: Settings, executor: Executor | None = None, durable_s3: bool = False
+) -> Runtime:
     """Opens the store, registers the configured algorithm folders, loads the pipelines
     against the registry, and connects S3 (embedded if none is configured)."""
     store = Store(settings.store_url)
@@ -98,7 +142,7 @@ def open_runtime(settings: Settings, executor: Executor | None = None) -> Runtim
     except Exception:
         store.close()
         raise
-    access, embedded = s3_access(settings)
+    access, embedded = s3_access(settings, durable_s3)
     try:
         s3 = S3Gateway(access)
         buckets = {settings.s3.results_bucket, settings.s3.ingest_bucket}
@@ -110,9 +154,10 @@ def open_runtime(settings: Settings, executor: Executor | None = None) -> Runtim
             embedded.stop()
         raise
     if executor is None and settings.executor == "kubernetes":
+        from orchestrator.kube.actions import StoreActionLog
         from orchestrator.kube.executor import KubernetesExecutor
 
-        executor = KubernetesExecutor(settings.kubernetes.clusters)
+        executor = KubernetesExecutor(settings.kubernetes.clusters, actions=StoreActionLog(store))
     executor = executor or LocalExecutor(
         settings.home / "attempts",
         max_parallel=settings.local.max_parallel,
@@ -121,15 +166,24 @@ def open_runtime(settings: Settings, executor: Executor | None = None) -> Runtim
         base_env=access.stage_env(),
         cwd=PROJECT_ROOT,
     )
-    triggers = [p.spec.trigger for p in catalog.pipelines.values()]
+    try:
+        queue = event_queue(
+            settings, access, s3, embedded is not None, trigger_buckets(catalog, settings)
+        )
+    except Exception:
+        store.close()
+        if embedded:
+            embedded.stop()
+        raise
     watcher = Watcher(
         store,
         s3,
-        watch_targets(triggers, settings.s3.ingest_bucket),
-        triggers,
+        [p.spec.trigger for p in catalog.pipelines.values()],
         settings.s3.ingest_bucket,
-        lookback=timedelta(seconds=settings.watcher.lookback_seconds),
+        settings.s3.results_bucket,
+        queue,
         page_size=settings.watcher.page_size,
+        pages_per_pass=settings.watcher.reconcile_pages,
     )
     reconciler = Reconciler(
         store,
@@ -142,6 +196,9 @@ def open_runtime(settings: Settings, executor: Executor | None = None) -> Runtim
             backoff_seconds=settings.engine.retry_backoff_seconds,
             backoff_max_seconds=settings.engine.retry_backoff_max_seconds,
         ),
+        max_result_bytes=settings.engine.max_result_bytes,
+        max_manifest_bytes=settings.engine.max_manifest_bytes,
+        max_erroring_ticks=settings.engine.max_erroring_ticks,
     )
     return Runtime(settings, catalogs, store, s3, executor, watcher, reconciler, embedded)
 
@@ -158,23 +215,37 @@ def _guarded(name: str, job: Callable[[], object]) -> Callable[[], None]:
 
 
 class Service:
-    """The watcher and the engine as APScheduler interval jobs."""
+    """One `camflow serve` replica's background work, as APScheduler jobs: holding
+    or seeking the lease, the reconciliation sweep and the engine; plus a thread that
+    long-polls the event queue (a long poll is a wait, not a periodic job). Only the
+    leader discovers and runs the engine."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, leadership: Leadership | None = None) -> None:
         self.runtime = runtime
+        settings = runtime.settings
+        self.leadership = leadership or Leadership(runtime.store, settings.leader.lease_seconds)
         self.scheduler = BackgroundScheduler(
             timezone=UTC, job_defaults={"coalesce": True, "max_instances": 1}
         )
+        self._stopping = threading.Event()
+        self._events: threading.Thread | None = None
 
     def start(self) -> None:
         now = datetime.now(UTC)
         settings = self.runtime.settings
+        _guarded("lease", self._renew)()
         self.scheduler.add_job(
-            _guarded("watcher", self.runtime.watcher.tick),
+            _guarded("lease", self._renew),
             "interval",
-            seconds=settings.watcher.interval_seconds,
+            seconds=settings.leader.renew_seconds,
+            id="lease",
+        )
+        self.scheduler.add_job(
+            _guarded("sweep", self._sweep),
+            "interval",
+            seconds=settings.watcher.reconcile_interval_seconds,
             next_run_time=now,
-            id="watcher",
+            id="sweep",
         )
         self.scheduler.add_job(
             _guarded("engine", self._engine_tick),
@@ -184,31 +255,104 @@ class Service:
             id="engine",
         )
         self.scheduler.start()
+        if self.runtime.watcher.queue is not None:
+            self._events = threading.Thread(
+                target=self._drain_events, name="camflow-events", daemon=True
+            )
+            self._events.start()
+
+    def _renew(self) -> None:
+        if not self.leadership.renew():
+            # A follower that reaches the store is as healthy as it needs to be.
+            write_heartbeat(self.runtime.settings.home)
+
+    def _sweep(self) -> None:
+        if not self.leadership.leading:
+            return
+        report = self.runtime.watcher.sweep()
+        log.debug(
+            "sweep: %d objects listed in %d requests, %d new clips%s",
+            report.listed,
+            report.requests,
+            report.new,
+            "" if report.complete else " (page budget spent; resumes at its cursor)",
+        )
+        if report.new:
+            self._wake_engine()
+
+    def _drain_events(self) -> None:
+        wait = self.runtime.settings.watcher.wait_seconds
+        while not self._stopping.is_set():
+            if not self.leadership.leading:
+                self._stopping.wait(1)
+                continue
+            try:
+                if self.runtime.watcher.drain(wait).new:
+                    self._wake_engine()
+            except Exception:
+                log.exception("reading the event queue failed; the sweep covers the gap")
+                self._stopping.wait(min(5, wait or 1))
+
+    def _wake_engine(self) -> None:
+        # New clips get their runs now rather than at the next interval.
+        with contextlib.suppress(Exception):
+            self.scheduler.modify_job("engine", next_run_time=datetime.now(UTC))
 
     def _engine_tick(self) -> None:
-        self.runtime.reconciler.tick()
-        write_heartbeat(self.runtime.settings.home)
+        if not self.leadership.leading:
+            return
+        # A tick that raises (the store away) writes no heartbeat: the probes should see
+        # it. One whose runs had trouble finished all the same, and says how many.
+        report = self.runtime.reconciler.tick()
+        write_heartbeat(self.runtime.settings.home, report)
 
     def stop(self) -> None:
+        self._stopping.set()
         self.scheduler.shutdown(wait=True)
+        if self._events is not None:
+            self._events.join(timeout=self.runtime.settings.watcher.wait_seconds + 5)
+        with contextlib.suppress(Exception):
+            self.leadership.release()
 
 
 HEARTBEAT = "heartbeat"
 
 
-def write_heartbeat(home: Path) -> None:
-    """Each finished engine tick says so: what `camflow health` (the probes) reads."""
+def write_heartbeat(home: Path, report: TickReport | None = None) -> None:
+    """Each finished engine tick says so, with what it did: what `camflow health` and
+    /readyz (the probes) read."""
     home.mkdir(parents=True, exist_ok=True)
-    (home / HEARTBEAT).write_text(datetime.now(UTC).isoformat())
+    beat: dict[str, object] = {"at": datetime.now(UTC).isoformat()}
+    if report is not None:
+        beat["tick"] = {
+            "planned": report.planned,
+            "started": report.started,
+            "finished": len(report.finished),
+            "active": report.active,
+            "errors": report.errors,
+        }
+    # Replaced whole, so that a probe never reads half a file and calls us dead.
+    partial = home / f".{HEARTBEAT}.{os.getpid()}"
+    partial.write_text(json.dumps(beat))
+    os.replace(partial, home / HEARTBEAT)
+
+
+def read_heartbeat(home: Path) -> dict[str, Any] | None:
+    """The last tick's heartbeat: ``at`` (aware) and ``tick`` (its summary, if any)."""
+    try:
+        text = (home / HEARTBEAT).read_text().strip()
+        # An older camflow wrote the bare time.
+        beat = json.loads(text) if text.startswith("{") else {"at": text}
+        beat["at"] = datetime.fromisoformat(beat["at"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return beat if isinstance(beat["at"], datetime) and beat["at"].tzinfo else None
 
 
 def heartbeat_age(home: Path) -> float | None:
     """Seconds since the engine last finished a tick; None if it never did."""
-    try:
-        beat = datetime.fromisoformat((home / HEARTBEAT).read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return (datetime.now(UTC) - beat).total_seconds()
+    beat = read_heartbeat(home)
+    return None if beat is None else (datetime.now(UTC) - beat["at"]).total_seconds()
 
 
 def drive(

@@ -12,7 +12,15 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, SecretStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -31,14 +39,24 @@ class _Group(BaseModel):
 class S3Settings(_Group):
     #: None: use $AWS_ENDPOINT_URL, else AWS itself; with ``embedded`` a local moto server.
     endpoint_url: str | None = None
-    #: Start an in-process S3 server when no endpoint is configured at all.
-    embedded: bool = True
+    #: The embedded S3 (moto in camflow's process). "auto": when no endpoint is set and
+    #: boto3's credential chain finds nothing at all; true: always; false: never.
+    embedded: bool | Literal["auto"] = "auto"
+    #: Where `camflow serve`'s embedded S3 listens (127.0.0.1); fixed, so presigned URLs
+    #: outlive a restart. 0: any free port.
+    embedded_port: int = Field(default=9440, ge=0, le=65535)
     region: str = "us-east-1"
     ingest_bucket: str = "camflow-ingest"
     results_bucket: str = "camflow-results"
     #: Usually left unset: boto3 reads the standard AWS variables and files itself.
     access_key_id: str | None = None
     secret_access_key: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _one_s3(self) -> S3Settings:
+        if self.embedded is True and self.endpoint_url:
+            raise ValueError("embedded: true and an endpoint_url name two different S3s")
+        return self
 
 
 class StoreSettings(_Group):
@@ -47,16 +65,45 @@ class StoreSettings(_Group):
 
 
 class WatcherSettings(_Group):
-    interval_seconds: PositiveFloat = 10
-    #: Re-list this far back (in key time) to catch clips uploaded late.
-    lookback_seconds: float = Field(default=300, ge=0)
-    page_size: PositiveInt = 1000
+    """Discovery: S3 event notifications through SQS first, a reconciliation sweep of
+    the buckets as the safety net (lost messages, no notifications, outages)."""
+
+    #: The SQS queue (URL or name) the buckets' ObjectCreated notifications go to.
+    #: Unset: no fast path, the sweep alone finds clips (the embedded S3 always has one).
+    queue: str | None = None
+    #: camflow creates the queue and points the buckets' notifications at it (merging
+    #: with their other notification entries). Unset: only on the embedded S3.
+    configure_notifications: bool | None = None
+    #: Long-poll length of each receive: an idle queue costs one request this often.
+    wait_seconds: int = Field(default=10, ge=0, le=20)
+    #: How often the sweep runs, and how many LIST pages one pass may spend; a pass
+    #: that runs out of pages resumes at its cursor the next time.
+    reconcile_interval_seconds: PositiveFloat = 60
+    reconcile_pages: PositiveInt = 100
+    page_size: PositiveInt = Field(default=1000, le=1000)
+
+
+class LeaderSettings(_Group):
+    """Leadership among `camflow serve` replicas on one store: the leader discovers
+    and runs the engine, the others serve the API and stand by."""
+
+    #: A leader that stops renewing is replaced after this long.
+    lease_seconds: PositiveFloat = 15
+    #: How often the leader renews (and a follower tries to take over).
+    renew_seconds: PositiveFloat = 5
 
 
 class EngineSettings(_Group):
     interval_seconds: PositiveFloat = 1
     retry_backoff_seconds: float = Field(default=5, ge=0)
     retry_backoff_max_seconds: float = Field(default=300, ge=0)
+    #: The largest `result` output and `_manifest.json` a stage may write; larger ones
+    #: fail the attempt unread (the result goes into result.json and the store).
+    max_result_bytes: PositiveInt = 16 * 2**20
+    max_manifest_bytes: PositiveInt = 2**20
+    #: A run whose handling raises unexpectedly this many ticks in a row is failed
+    #: with the error, rather than retried forever.
+    max_erroring_ticks: PositiveInt = 10
 
 
 class LocalExecutorSettings(_Group):
@@ -102,6 +149,12 @@ class ClusterSettings(_Group):
     ttl_seconds_after_finished: int = Field(default=3600, ge=0)
     scratch_size: str = "10Gi"
     request_timeout_seconds: PositiveFloat = 10
+    #: A cluster that stopped answering is asked again this often, whether or not
+    #: anything runs there, and takes work again once it answers.
+    probe_interval_seconds: PositiveFloat = 10
+    #: How long a pod may wait on an image that cannot be pulled, or on a container
+    #: that cannot be created (a missing Secret), before its attempt fails.
+    stuck_grace_seconds: float = Field(default=60, ge=0)
 
 
 class ApiSettings(_Group):
@@ -130,6 +183,7 @@ class Settings(BaseSettings):
     s3: S3Settings = Field(default_factory=S3Settings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     watcher: WatcherSettings = Field(default_factory=WatcherSettings)
+    leader: LeaderSettings = Field(default_factory=LeaderSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     local: LocalExecutorSettings = Field(default_factory=LocalExecutorSettings)
     #: Where stages run: local processes, or Jobs on the configured clusters.
@@ -158,15 +212,6 @@ class Settings(BaseSettings):
     @property
     def s3_endpoint(self) -> str | None:
         return self.s3.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
-
-    @property
-    def wants_embedded_s3(self) -> bool:
-        has_credentials = bool(
-            self.s3.access_key_id
-            or os.environ.get("AWS_ACCESS_KEY_ID")
-            or os.environ.get("AWS_PROFILE")
-        )
-        return self.s3.embedded and self.s3_endpoint is None and not has_credentials
 
 
 def default_config_file() -> Path | None:

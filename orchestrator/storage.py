@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,9 +14,15 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from orchestrator.errors import StorageError
+from orchestrator.errors import ContentError, ObjectMissing, ObjectTooLarge, StorageError
 
 log = logging.getLogger("camflow.s3")
+
+
+def _not_json_constant(name: str) -> Any:
+    # Python writes NaN and Infinity by default, but they are not JSON: PostgreSQL's
+    # JSON type and browsers refuse them, so they are refused here, with their name.
+    raise ValueError(f"{name} is not a JSON value (JSON has no NaN or Infinity)")
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,13 @@ class ObjectInfo:
     etag: str
     size: int
     last_modified: datetime | None
+
+
+@dataclass(frozen=True)
+class ListedPage:
+    objects: list[ObjectInfo]
+    #: More keys follow this page.
+    truncated: bool
 
 
 @dataclass(frozen=True)
@@ -83,24 +95,11 @@ class S3Gateway:
                 f"cannot reach S3 at {self.access.endpoint_url or 'AWS'}: {exc}"
             ) from exc
 
-    def child_prefixes(self, bucket: str, prefix: str) -> list[str]:
-        """The "folders" directly under ``prefix``."""
-        found: list[str] = []
-        token = None
-        while True:
-            kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "Delimiter": "/"}
-            if token:
-                kwargs["ContinuationToken"] = token
-            page = self._call("list", self.client.list_objects_v2, **kwargs)
-            found += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
-            if not page.get("IsTruncated"):
-                return found
-            token = page["NextContinuationToken"]
-
-    def list_after(
+    def list_pages(
         self, bucket: str, prefix: str, start_after: str | None, page_size: int = 1000
-    ) -> Iterator[ObjectInfo]:
-        """Objects under ``prefix`` whose keys sort after ``start_after``."""
+    ) -> Iterator[ListedPage]:
+        """Pages of objects under ``prefix`` whose keys sort after ``start_after``; one
+        LIST request each."""
         token = None
         while True:
             kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
@@ -109,20 +108,65 @@ class S3Gateway:
             elif start_after:
                 kwargs["StartAfter"] = start_after
             page = self._call("list", self.client.list_objects_v2, **kwargs)
-            for item in page.get("Contents", []):
-                yield ObjectInfo(
-                    key=item["Key"],
-                    etag=item["ETag"].strip('"'),
-                    size=int(item["Size"]),
-                    last_modified=item.get("LastModified"),
-                )
-            if not page.get("IsTruncated"):
+            truncated = bool(page.get("IsTruncated"))
+            yield ListedPage(
+                [
+                    ObjectInfo(
+                        key=item["Key"],
+                        etag=item["ETag"].strip('"'),
+                        size=int(item["Size"]),
+                        last_modified=item.get("LastModified"),
+                    )
+                    for item in page.get("Contents", [])
+                ],
+                truncated,
+            )
+            if not truncated:
                 return
             token = page["NextContinuationToken"]
 
-    def get_json(self, bucket: str, key: str) -> Any:
-        body = self._call("get", self.client.get_object, Bucket=bucket, Key=key)["Body"].read()
-        return json.loads(body)
+    def list_after(
+        self, bucket: str, prefix: str, start_after: str | None, page_size: int = 1000
+    ) -> Iterator[ObjectInfo]:
+        """Objects under ``prefix`` whose keys sort after ``start_after``."""
+        for page in self.list_pages(bucket, prefix, start_after, page_size):
+            yield from page.objects
+
+    def get_json(self, bucket: str, key: str, max_bytes: int | None = None) -> Any:
+        """The object as JSON. ObjectMissing if there is none; ContentError if it is
+        not strict JSON, or ObjectTooLarge if over ``max_bytes``, in which case the body
+        is not downloaded (a stage that writes gigabytes must not exhaust our memory)."""
+        try:
+            response = self._call("get", self.client.get_object, Bucket=bucket, Key=key)
+        except StorageError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in {
+                "NoSuchKey",
+                "404",
+            }:
+                raise ObjectMissing(f"s3://{bucket}/{key} does not exist") from cause
+            raise
+        stream = response["Body"]
+        size = int(response.get("ContentLength") or 0)
+        if max_bytes is not None and size > max_bytes:
+            stream.close()
+            raise ObjectTooLarge(f"s3://{bucket}/{key}", size, max_bytes)
+        try:
+            # Reading one byte past the limit catches an object replaced by a larger
+            # one after the answer's headers, without reading all of it.
+            body = stream.read() if max_bytes is None else stream.read(max_bytes + 1)
+        except (BotoCoreError, OSError) as exc:
+            raise StorageError(f"S3 get of s3://{bucket}/{key} broke off: {exc}") from exc
+        finally:
+            stream.close()
+        if max_bytes is not None and len(body) > max_bytes:
+            raise ObjectTooLarge(f"s3://{bucket}/{key}", max(size, len(body)), max_bytes)
+        try:
+            return json.loads(body, parse_constant=_not_json_constant)
+        except RecursionError:
+            raise ContentError("it is nested too deeply to parse") from None
+        except ValueError as exc:  # bad syntax, and bytes that are not UTF-8
+            raise ContentError(str(exc)) from None
 
     def put_json(self, bucket: str, key: str, payload: Any) -> str:
         data = json.dumps(payload, indent=2, default=str).encode()
@@ -146,42 +190,3 @@ class S3Gateway:
         self._call(
             "download", self.client.download_file, Bucket=bucket, Key=key, Filename=str(path)
         )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class EmbeddedS3:
-    """A moto S3 server on 127.0.0.1, for trying camflow with no S3 at all.
-
-    It keeps objects in memory: they are gone when camflow stops.
-    """
-
-    ACCESS_KEY = "camflow-embedded"
-    SECRET_KEY = "camflow-embedded-secret"  # not a secret: the server is local and throwaway
-
-    def __init__(self, port: int | None = None) -> None:
-        from moto.server import ThreadedMotoServer
-
-        self.port = port or _free_port()
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-
-    @property
-    def endpoint_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> EmbeddedS3:
-        # One log line per request would drown what camflow itself says.
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        self._server.start()
-        log.info("started the embedded S3 server at %s (in memory)", self.endpoint_url)
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def access(self, region: str) -> S3Access:
-        return S3Access(self.endpoint_url, region, self.ACCESS_KEY, self.SECRET_KEY)

@@ -13,7 +13,7 @@ from orchestrator.domain.layout import stage_prefix
 from orchestrator.domain.pipeline import CLIP_INPUT, PipelineSpec, StageSpec
 from orchestrator.errors import ConfigError
 from orchestrator.executors.local_runner import STDERR
-from orchestrator.oneshot import run_files
+from orchestrator.oneshot import one_shot_owner, run_files
 from orchestrator.service import Runtime, open_runtime
 from orchestrator.settings import Settings
 
@@ -75,6 +75,7 @@ def try_algorithm(
         catalog = runtime.catalog.with_algorithm(manifest, source)
         pipeline = catalog.resolve(trial_spec(manifest, params), f"try {ref}")
         runtime.reconciler.extra_pipelines[pipeline.name] = pipeline
+        runtime.reconciler.owner = one_shot_owner()
         [(_name, run)] = run_files(runtime, pipeline, [clip], "try", "local", timeout, on_progress)
         found = runtime.store.find_clip(run.clip_id)
         attempts = runtime.store.attempts_of_run(run.id)

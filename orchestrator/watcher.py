@@ -1,26 +1,37 @@
-"""Finds new clips in S3, incrementally; run as an APScheduler interval job.
+"""Finds every new clip: S3 event notifications first, a reconciliation sweep behind.
 
-Each tick lists the tenants and cameras under each watched prefix (a request per
-level) and then each camera's new keys only (``StartAfter`` its checkpoint): the
-cost of a tick grows with what is new, not with what the bucket holds.
+- **Events** (the fast path): S3 -> SQS notifications, long-polled. A message is
+  deleted only once the clips it names are committed; duplicates and reordering are
+  harmless because a clip is bucket + key + ETag and recording it twice is a no-op.
+- **Sweep** (the safety net): lists the watched prefixes in key order and records what
+  the ledger (the clips table) lacks. It never skips a key because of its date: that
+  is what made backlogs, skewed clocks and stray keys hide clips. One pass spends at
+  most ``reconcile_pages`` LIST requests and resumes at its cursor the next time, so
+  its cost is bounded however large the bucket; a bucket of N objects is covered every
+  ``ceil(N / (page_size * reconcile_pages))`` passes.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import timedelta
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
-from orchestrator.domain.layout import clip_id, listing_start_after, parse_upload_key
+from orchestrator.domain.discovery import (
+    BadNotification,
+    FoundObject,
+    Verdict,
+    classify,
+    parse_notification,
+)
+from orchestrator.domain.layout import clip_id
 from orchestrator.domain.pipeline import Trigger
+from orchestrator.event_queue import EventQueue, Message
 from orchestrator.storage import ObjectInfo, S3Gateway
 from orchestrator.store import Clip, Store
+from orchestrator.store.models import RejectedObject
 
 log = logging.getLogger("camflow.watcher")
-
-#: Uploads are <tenant>/<camera>/...: a camera's prefix is two segments deep.
-CAMERA_DEPTH = 2
 
 
 @dataclass(frozen=True)
@@ -42,21 +53,52 @@ def watch_targets(triggers: Iterable[Trigger], default_bucket: str) -> list[Watc
     return kept
 
 
-def to_clip(bucket: str, obj: ObjectInfo) -> Clip | None:
-    parsed = parse_upload_key(obj.key)
-    if parsed is None:
+def found_in_listing(bucket: str, obj: ObjectInfo) -> FoundObject:
+    return FoundObject(bucket, obj.key, obj.etag, obj.size, obj.last_modified)
+
+
+def to_clip(obj: FoundObject, discovered_by: str | None = None) -> Clip | None:
+    """The clip ``obj`` is, if its key names a tenant and a camera. A key without a
+    date in the layout is a clip all the same, recorded at its upload time."""
+    from orchestrator.domain.layout import parse_upload_key
+
+    upload = parse_upload_key(obj.key)
+    if upload is None:
         return None
     return Clip(
-        id=clip_id(bucket, obj.key, obj.etag),
-        bucket=bucket,
+        id=clip_id(obj.bucket, obj.key, obj.etag),
+        bucket=obj.bucket,
         key=obj.key,
         etag=obj.etag,
         size=obj.size,
-        tenant=parsed.tenant,
-        camera=parsed.camera,
-        recorded_at=parsed.recorded_at,
+        tenant=upload.tenant,
+        camera=upload.camera,
+        recorded_at=upload.recorded_at or obj.last_modified,
         last_modified=obj.last_modified,
+        discovered_by=discovered_by,
     )
+
+
+@dataclass
+class Sorted:
+    clips: list[Clip] = field(default_factory=list)
+    rejected: list[RejectedObject] = field(default_factory=list)
+
+
+@dataclass
+class DrainReport:
+    messages: int = 0
+    new: int = 0
+
+
+@dataclass
+class SweepReport:
+    listed: int = 0
+    requests: int = 0
+    new: int = 0
+    rejected: int = 0
+    #: Every target was listed to its end in this pass.
+    complete: bool = True
 
 
 class Watcher:
@@ -64,67 +106,126 @@ class Watcher:
         self,
         store: Store,
         s3: S3Gateway,
-        targets: list[WatchTarget],
-        triggers: list[Trigger],
+        triggers: Sequence[Trigger],
         default_bucket: str,
-        lookback: timedelta = timedelta(seconds=300),
+        results_bucket: str,
+        queue: EventQueue | None = None,
         page_size: int = 1000,
+        pages_per_pass: int = 100,
     ) -> None:
         self.store = store
         self.s3 = s3
-        self.targets = targets
-        self.triggers = triggers
+        self.triggers = list(triggers)
+        self.targets = watch_targets(self.triggers, default_bucket)
         self.default_bucket = default_bucket
-        self.lookback = lookback
+        self.results_bucket = results_bucket
+        self.queue = queue
         self.page_size = page_size
+        self.pages_per_pass = pages_per_pass
 
-    def camera_prefixes(self, target: WatchTarget) -> list[str]:
-        prefix = target.prefix
-        if prefix.count("/") >= CAMERA_DEPTH:
-            return [prefix]
-        base = prefix[: prefix.rfind("/") + 1]
-        found: list[str] = []
-        for child in self.s3.child_prefixes(target.bucket, base):
-            if child.startswith(prefix) or prefix.startswith(child):
-                found += self.camera_prefixes(WatchTarget(target.bucket, child))
-        return found
+    # --- shared -------------------------------------------------------------------------
 
-    def _wanted(self, bucket: str, key: str) -> bool:
-        return any(t.matches(bucket, key, self.default_bucket) for t in self.triggers)
+    def _sort(self, objects: Iterable[FoundObject], by: str) -> Sorted:
+        out = Sorted()
+        for obj in objects:
+            judgement = classify(obj, self.triggers, self.default_bucket, self.results_bucket)
+            if judgement.verdict == Verdict.CLIP:
+                clip = to_clip(obj, by)
+                if clip is not None:
+                    out.clips.append(clip)
+            elif judgement.verdict == Verdict.REJECT:
+                out.rejected.append(
+                    RejectedObject(
+                        id=clip_id(obj.bucket, obj.key, obj.etag),
+                        bucket=obj.bucket,
+                        key=obj.key,
+                        etag=obj.etag,
+                        size=obj.size,
+                        reason=judgement.reason or "not a clip",
+                    )
+                )
+        return out
 
-    def scan(self, bucket: str, prefix: str) -> list[Clip]:
-        checkpoint_id = f"s3://{bucket}/{prefix}"
-        checkpoint = self.store.checkpoint(checkpoint_id)
-        start_after = listing_start_after(checkpoint, self.lookback)
-        clips, last_key = [], checkpoint
-        for obj in self.s3.list_after(bucket, prefix, start_after, self.page_size):
-            if last_key is None or obj.key > last_key:
-                last_key = obj.key
-            if obj.key.endswith("/") or not self._wanted(bucket, obj.key):
-                continue
-            clip = to_clip(bucket, obj)
-            if clip is not None:
-                clips.append(clip)
-        new = self.store.record_clips(clips, checkpoint_id, last_key)
+    def _record(self, found: Sorted, cursor: tuple[str, str | None] | None = None) -> list[Clip]:
+        new = self.store.record_clips(found.clips, found.rejected, cursor)
         for clip in new:
             log.info(
-                "clip %s discovered: s3://%s/%s (%d bytes, tenant %s, camera %s)",
+                "clip %s discovered by %s: s3://%s/%s (%d bytes, tenant %s, camera %s)",
                 clip.id,
+                clip.discovered_by,
                 clip.bucket,
                 clip.key,
                 clip.size,
                 clip.tenant,
                 clip.camera,
             )
+        for row in found.rejected:
+            log.warning("not a clip: %s", row.reason)
         return new
 
-    def tick(self) -> int:
-        found = 0
-        seen: set[tuple[str, str]] = set()
+    # --- events ---------------------------------------------------------------------------
+
+    def drain(self, wait_seconds: int = 0) -> DrainReport:
+        """One receive from the event queue: records the clips its messages name, then
+        deletes those messages."""
+        if self.queue is None:
+            return DrainReport()
+        messages = self.queue.receive(wait_seconds)
+        if not messages:
+            return DrainReport()
+        objects: list[FoundObject] = []
+        done: list[Message] = []
+        for message in messages:
+            try:
+                objects += parse_notification(message.body)
+            except BadNotification as exc:
+                # Nothing to retry: it will never parse. The sweep finds whatever it meant.
+                log.warning("dropped a queue message that is not an S3 event (%s)", exc)
+            done.append(message)
+        new = self._record(self._sort(objects, "event"))
+        self.queue.delete(done)  # only now: the clips are committed
+        return DrainReport(len(messages), len(new))
+
+    # --- sweep ----------------------------------------------------------------------------
+
+    def sweep(self) -> SweepReport:
+        """One reconciliation pass over the watched prefixes, within its page budget."""
+        report = SweepReport()
+        budget = self.pages_per_pass
         for target in self.targets:
-            for prefix in self.camera_prefixes(target):
-                if (target.bucket, prefix) in seen:
-                    continue
-                seen.add((target.bucket, prefix))
-                found += len(self.scan(target.bucket, prefix))
-        return found
+            if budget <= 0:
+                report.complete = False
+                break
+            budget -= self._sweep_target(target, budget, report)
+        return report
+
+    def _sweep_target(self, target: WatchTarget, budget: int, report: SweepReport) -> int:
+        name = f"sweep:s3://{target.bucket}/{target.prefix}"
+        start_after = self.store.cursor(name)
+        pages = 0
+        for page in self.s3.list_pages(target.bucket, target.prefix, start_after, self.page_size):
+            pages += 1
+            report.requests += 1
+            report.listed += len(page.objects)
+            found = self._sort((found_in_listing(target.bucket, o) for o in page.objects), "sweep")
+            # The cursor moves with the page's clips, in one transaction; at the end of
+            # the listing it goes back to the start for the next pass.
+            last = page.objects[-1].key if page.objects else start_after
+            cursor = (name, last if page.truncated else None)
+            report.new += len(self._record(found, cursor))
+            report.rejected += len(found.rejected)
+            if page.truncated and pages >= budget:
+                report.complete = False
+                break
+        return pages
+
+    def tick(self) -> int:
+        """Drains what the queue holds now and sweeps once: new clips found. For tests,
+        `camflow process` and anything else that wants discovery in the foreground."""
+        found = 0
+        while True:
+            drained = self.drain(0)
+            found += drained.new
+            if not drained.messages:
+                break
+        return found + self.sweep().new

@@ -44,9 +44,9 @@ def report(name: str, ours: float, baseline: float, unit: str = "s") -> None:
 
 def bench_watcher(clips: int) -> None:
     from orchestrator.domain.layout import upload_key
+    from orchestrator.embedded_s3 import EmbeddedS3
     from orchestrator.service import open_runtime
     from orchestrator.settings import load_settings
-    from orchestrator.storage import EmbeddedS3
     from tests.conftest import seed_objects
 
     server = EmbeddedS3().start()

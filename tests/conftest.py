@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.embedded_s3 import EmbeddedS3
 from orchestrator.samples import PHOTOS, Shot, make_clip
 from orchestrator.settings import Settings, load_settings
-from orchestrator.storage import EmbeddedS3
 
 # Any credentials do for moto; set before boto3 looks.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -157,7 +157,7 @@ def settings(tmp_path: Path, s3_server: EmbeddedS3) -> Settings:
             "secret_access_key": "testing",
         },
         engine={"retry_backoff_seconds": 0.2, "retry_backoff_max_seconds": 1},
-        watcher={"lookback_seconds": 300},
+        watcher={"wait_seconds": 0},
     )
 
 

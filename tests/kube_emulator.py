@@ -1,24 +1,64 @@
-"""A Kubernetes API server emulator over real HTTP, and a job runner.
+"""A Kubernetes API server emulator over real HTTP, and the controllers behind it.
 
-The official client talks to it as to a cluster: namespaced Jobs and Pods, label
-selectors, 404 and 409 as Status objects, uid, resourceVersion and timestamps, nodes,
-and injected faults (5xx, 429 with Retry-After, slow answers, the whole server going
-away and coming back). The job runner plays the Job controller, scheduler and kubelet:
-it places each pod on a node its nodeSelector, tolerations and GPU limit allow, runs
-the container's command as a local process with the container's environment, and
-writes pods and Job status back, honouring backoffLimit, podFailurePolicy and
-deadlines. No kube-apiserver can run on these machines; this is the stand-in.
+No kube-apiserver can run on these machines; this is the stand-in, and it must behave
+as upstream does wherever the executor relies on it. Each behaviour, and the upstream
+source it follows:
+
+Each behaviour -> where upstream does it:
+
+- 404/409 as Status objects, 403 Forbidden, 422 Invalid -> k8s.io/apiserver handlers
+- label selectors (=, ==, !=, exists, !, in, notin) -> apimachinery pkg/labels/selector.go
+- lists paginated by limit/continue, in key order -> the apiserver's etcd3 store
+- a Job's name a DNS-1123 label of <= 63, an image required
+  -> pkg/apis/batch/validation/validation.go (and core validation)
+- ``count/jobs.batch`` quota, 403 "exceeded quota: ..." -> plugin/pkg/admission/resourcequota
+- RBAC rule matching (verbs, apiGroups, resources with subresources, resourceNames,
+  nonResourceURLs) -> pkg/apis/rbac/v1/evaluation_helpers.go
+- deleting a batch/v1 Job orphans its pods unless a propagationPolicy says otherwise
+  -> pkg/registry/batch/job/strategy.go (DefaultGarbageCollectionPolicy)
+- ``startTime`` and ``active`` at the Job's first sync, before any pod has a node
+  -> pkg/controller/job/job_controller.go (syncJob)
+- pod-failure backoff 10 s, doubling, capped at 6 min -> the Job docs (backoff policy)
+- podFailurePolicy FailJob on exit codes, Ignore on DisruptionTarget
+  -> pkg/controller/job/pod_failure_policy.go
+- ``FailureTarget`` then ``Failed``, ``SuccessCriteriaMet`` then ``Complete``: the
+  terminal condition only once every pod stopped (1.31+) -> job_controller.go
+- Job-level activeDeadlineSeconds -> ``DeadlineExceeded`` -> job_controller.go
+- scheduling by nodeSelector, tolerations matched in full (key, operator, value,
+  effect), GPUs per node -> pkg/scheduler plugins NodeAffinity, TaintToleration,
+  NodeResourcesFit; core/v1 toleration matching
+- unschedulable: ``PodScheduled=False`` reason ``Unschedulable``
+  -> pkg/scheduler/schedule_one.go
+- an image that cannot be pulled: waiting ``ErrImagePull`` then ``ImagePullBackOff``;
+  a missing Secret: ``CreateContainerConfigError`` -> the kubelet
+  (pkg/kubelet/images, pkg/kubelet/kuberuntime/kuberuntime_container.go)
+- the pod's activeDeadlineSeconds, counted from the kubelet taking the pod: phase
+  Failed, reason ``DeadlineExceeded`` -> the kubelet (kubelet_pods.go)
+- out of memory: terminated reason ``OOMKilled``, exit code 137 -> kubelet and runtime
+- eviction: reason ``Evicted`` with a ``DisruptionTarget`` condition
+  -> the kubelet's eviction manager
+- FallbackToLogsOnError: the log's tail (stdout and stderr together, 80 lines, 2048
+  bytes) when the container failed -> kuberuntime_container.go
+- the TTL controller deletes a finished Job ttlSecondsAfterFinished after, its pods
+  first (Foreground) -> pkg/controller/ttlafterfinished
+
+Timers that upstream counts in minutes (pod-failure backoff, TTL) are multiplied by
+the runner's ``time_scale`` so tests stay fast; deadlines are real seconds.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import os
+import random
 import re
 import signal
+import string
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -30,31 +70,65 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+JOB_LABEL = "batch.kubernetes.io/job-name"
+GPU = "nvidia.com/gpu"
+#: The kubelet's FallbackToLogsOnError tail: at most this many lines and bytes.
+LOG_LINES, LOG_BYTES = 80, 2048
+#: Pod-failure backoff of the Job controller (Job docs): 10 s doubling, capped at 6 min.
+BACKOFF_BASE, BACKOFF_MAX = 10.0, 360.0
 
 
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# --- label selectors ------------------------------------------------------------------
+
+
+def _terms(selector: str) -> list[str]:
+    """Splits on commas outside parentheses (``a in (x,y),b``)."""
+    terms, depth, current = [], 0, ""
+    for char in selector:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            terms.append(current.strip())
+            current = ""
+        else:
+            current += char
+    terms.append(current.strip())
+    return [t for t in terms if t]
+
+
 def matches(selector: str, labels: dict[str, str]) -> bool:
-    for term in filter(None, (t.strip() for t in selector.split(","))):
-        if "!=" in term:
+    for term in _terms(selector):
+        found = re.fullmatch(r"(\S+)\s+(in|notin)\s+\((.*)\)", term)
+        if found:
+            key, operator, values = found.groups()
+            wanted = {v.strip() for v in values.split(",") if v.strip()}
+            if operator == "in" and labels.get(key) not in wanted:
+                return False
+            # notin also matches objects without the key (selector.go).
+            if operator == "notin" and labels.get(key) in wanted:
+                return False
+        elif "!=" in term:
             key, value = term.split("!=", 1)
-            if labels.get(key) == value:
+            if labels.get(key.strip()) == value.strip():
                 return False
         elif "=" in term:
             key, value = term.replace("==", "=").split("=", 1)
-            if labels.get(key) != value:
+            if labels.get(key.strip()) != value.strip():
                 return False
         elif term.startswith("!"):
-            if term[1:] in labels:
+            if term[1:].strip() in labels:
                 return False
         elif term not in labels:
             return False
     return True
 
 
-def status_object(code: int, reason: str, message: str) -> dict[str, Any]:
+def status_object(
+    code: int, reason: str, message: str, details: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "kind": "Status",
         "apiVersion": "v1",
@@ -62,8 +136,87 @@ def status_object(code: int, reason: str, message: str) -> dict[str, Any]:
         "status": "Failure",
         "message": message,
         "reason": reason,
+        "details": details or {},
         "code": code,
     }
+
+
+# --- RBAC -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request as the authorizer sees it (the request info of the apiserver)."""
+
+    verb: str
+    api_group: str
+    resource: str
+    subresource: str = ""
+    namespace: str = ""
+    name: str = ""
+    path: str = ""
+
+    @property
+    def resource_path(self) -> str:
+        return f"{self.resource}/{self.subresource}" if self.subresource else self.resource
+
+
+def _rule_allows(rule: dict[str, Any], call: Call) -> bool:
+    """One PolicyRule against one request: evaluation_helpers.go's VerbMatches,
+    APIGroupMatches, ResourceMatches (with ``*/subresource``), ResourceNameMatches and
+    NonResourceURLMatches."""
+    verbs = rule.get("verbs") or []
+    if "*" not in verbs and call.verb not in verbs:
+        return False
+    if not call.resource:  # a non-resource URL (/version, /healthz)
+        urls = rule.get("nonResourceURLs") or []
+        return any(
+            u == "*" or u == call.path or (u.endswith("*") and call.path.startswith(u[:-1]))
+            for u in urls
+        )
+    groups = rule.get("apiGroups")
+    if groups is None or ("*" not in groups and call.api_group not in groups):
+        return False
+    resources = rule.get("resources") or []
+    wanted = call.resource_path
+    if not any(
+        r == "*" or r == wanted or (call.subresource and r == f"*/{call.subresource}")
+        for r in resources
+    ):
+        return False
+    names = rule.get("resourceNames") or []
+    return not names or call.name in names
+
+
+def allowed(rules: list[dict[str, Any]], call: Call) -> bool:
+    return any(_rule_allows(rule, call) for rule in rules)
+
+
+def request_info(method: str, path: str, query: dict[str, str]) -> Call:
+    """The authorizer's view of a request: verb, group, resource, subresource."""
+    parts = [p for p in path.split("/") if p]
+    if not parts or parts[0] not in ("api", "apis"):
+        return Call("get" if method == "GET" else method.lower(), "", "", path=path)
+    group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+    namespace = ""
+    if len(rest) >= 2 and rest[0] == "namespaces" and len(rest) > 2:
+        namespace, rest = rest[1], rest[2:]
+    resource = rest[0] if rest else ""
+    name = rest[1] if len(rest) > 1 else ""
+    subresource = rest[2] if len(rest) > 2 else ""
+    if method == "GET":
+        verb = ("watch" if query.get("watch") in ("true", "1") else "list") if not name else "get"
+    else:
+        verb = {
+            "POST": "create",
+            "PUT": "update",
+            "PATCH": "patch",
+            "DELETE": "delete" if name else "deletecollection",
+        }.get(method, method.lower())
+    return Call(verb, group, resource, subresource, namespace, name, path)
+
+
+# --- the API server ---------------------------------------------------------------------
 
 
 @dataclass
@@ -76,6 +229,11 @@ class Fault:
     delay: float = 0.0  # sleep first (a slow server; a client timeout)
     #: Do the work, then fail anyway: the client never learns that it succeeded.
     after: bool = False
+    reason: str = "Injected"
+    message: str = "injected"
+
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 @dataclass
@@ -88,6 +246,15 @@ class Emulator:
     secrets: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
     requests: list[tuple[str, str]] = field(default_factory=list)
+    #: Every request as the authorizer saw it (the RBAC test checks them all).
+    calls: list[Call] = field(default_factory=list)
+    #: The Role's (and ClusterRole's) rules of the caller; None: everything allowed.
+    rules: list[dict[str, Any]] | None = None
+    user: str = "system:serviceaccount:camflow:camflow"
+    #: ResourceQuota ``count/jobs.batch`` per namespace.
+    job_quota: dict[str, int] = field(default_factory=dict)
+    #: Images no node can pull (a typo, a private registry without a pull secret).
+    unpullable: set[str] = field(default_factory=set)
     lock: threading.RLock = field(default_factory=threading.RLock)
     port: int = 0
     _server: ThreadingHTTPServer | None = None
@@ -161,7 +328,7 @@ class Emulator:
 
     # --- the API --------------------------------------------------------------------
 
-    def _stamp(self, obj: dict[str, Any], namespace: str | None) -> dict[str, Any]:
+    def stamp(self, obj: dict[str, Any], namespace: str | None) -> dict[str, Any]:
         self._version += 1
         meta = obj.setdefault("metadata", {})
         meta.setdefault("uid", str(uuid.uuid4()))
@@ -170,6 +337,8 @@ class Emulator:
         if namespace:
             meta["namespace"] = namespace
         return obj
+
+    _stamp = stamp
 
     def handle(self, method: str, raw: str, body: Any) -> tuple[int, Any, dict[str, str]]:
         url = urlparse(raw)
@@ -188,52 +357,97 @@ class Emulator:
                 fault.times -= 1
         if fault and fault.after:
             with self.lock:
-                self._route(method, path, query, body)
+                self._authorized(method, path, query, body)
         if fault:
             time.sleep(fault.delay)
             if fault.status:
                 headers = (
                     {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
                 )
-                return fault.status, status_object(fault.status, "Injected", "injected"), headers
+                return (
+                    fault.status,
+                    status_object(fault.status, fault.reason, fault.message),
+                    headers,
+                )
         with self.lock:
-            return self._route(method, path, query, body)
+            return self._authorized(method, path, query, body)
+
+    def _authorized(
+        self, method: str, path: str, query: dict[str, str], body: Any
+    ) -> tuple[int, Any, dict[str, str]]:
+        call = request_info(method, path, query)
+        self.calls.append(call)
+        if self.rules is not None and not allowed(self.rules, call):
+            kind = f"{call.resource}.{call.api_group}" if call.api_group else call.resource
+            where = f' in the namespace "{call.namespace}"' if call.namespace else ""
+            scope = "" if call.namespace or not call.resource else " at the cluster scope"
+            target = f' "{call.name}"' if call.name else ""
+            return (
+                403,
+                status_object(
+                    403,
+                    "Forbidden",
+                    f'{kind}{target} is forbidden: User "{self.user}" cannot {call.verb} '
+                    f'resource "{call.resource_path}" in API group "{call.api_group}"'
+                    f"{where}{scope}",
+                ),
+                {},
+            )
+        return self._route(method, path, query, body)
+
+    def _page(
+        self, kind: str, api_version: str, items: list[dict[str, Any]], query: dict[str, str]
+    ) -> tuple[int, Any, dict[str, str]]:
+        """limit/continue as the apiserver does it: items in key order, a continue token
+        while more remain (an opaque string; ours holds the next key)."""
+        items = sorted(items, key=lambda o: o["metadata"]["name"])
+        token = query.get("continue")
+        if token:
+            after = json.loads(base64.b64decode(token))["start"]
+            items = [i for i in items if i["metadata"]["name"] >= after]
+        limit = int(query.get("limit") or 0)
+        meta: dict[str, Any] = {"resourceVersion": str(self._version)}
+        if limit and len(items) > limit:
+            meta["continue"] = base64.b64encode(
+                json.dumps({"start": items[limit]["metadata"]["name"]}).encode()
+            ).decode()
+            meta["remainingItemCount"] = len(items) - limit
+            items = items[:limit]
+        return (
+            200,
+            {
+                "kind": kind,
+                "apiVersion": api_version,
+                "metadata": meta,
+                "items": copy.deepcopy(items),
+            },
+            {},
+        )
 
     def _route(
         self, method: str, path: str, query: dict[str, str], body: Any
     ) -> tuple[int, Any, dict[str, str]]:
         selector = query.get("labelSelector", "")
-        if path == "/version":
+        if path.rstrip("/") == "/version":
             return 200, {"major": "1", "minor": "34", "gitVersion": "v1.34.0-emulated"}, {}
         if path == "/api/v1/nodes":
-            return (
-                200,
-                {"kind": "NodeList", "apiVersion": "v1", "metadata": {}, "items": self.nodes},
-                {},
-            )
+            return self._page("NodeList", "v1", self.nodes, query)
         match = re.fullmatch(r"/apis/batch/v1/namespaces/([^/]+)/jobs(?:/([^/]+))?", path)
-        pods = re.fullmatch(r"/api/v1/namespaces/([^/]+)/pods", path)
+        pods = re.fullmatch(r"/api/v1/namespaces/([^/]+)/pods(?:/([^/]+))?", path)
         if not match and not pods:
             return 404, status_object(404, "NotFound", f"the server could not find {path}"), {}
         namespace = (match or pods).group(1)  # type: ignore[union-attr]
         if namespace not in self.namespaces:
             return 404, status_object(404, "NotFound", f'namespaces "{namespace}" not found'), {}
         if pods:
-            items = [
-                p
-                for (ns, _), p in self.pods.items()
-                if ns == namespace and matches(selector, p["metadata"].get("labels", {}))
-            ]
-            return (
-                200,
-                {
-                    "kind": "PodList",
-                    "apiVersion": "v1",
-                    "metadata": {},
-                    "items": copy.deepcopy(items),
-                },
-                {},
-            )
+            if pods.group(2) is None and method == "GET":
+                items = [
+                    p
+                    for (ns, _), p in self.pods.items()
+                    if ns == namespace and matches(selector, p["metadata"].get("labels", {}))
+                ]
+                return self._page("PodList", "v1", items, query)
+            return 405, status_object(405, "MethodNotAllowed", method), {}
         name = match.group(2)  # type: ignore[union-attr]
         if name is None and method == "GET":
             items = [
@@ -241,43 +455,93 @@ class Emulator:
                 for (ns, _), j in self.jobs.items()
                 if ns == namespace and matches(selector, j["metadata"].get("labels", {}))
             ]
-            return (
-                200,
-                {
-                    "kind": "JobList",
-                    "apiVersion": "batch/v1",
-                    "metadata": {"resourceVersion": str(self._version)},
-                    "items": copy.deepcopy(items),
-                },
-                {},
-            )
+            return self._page("JobList", "batch/v1", items, query)
         if name is None and method == "POST":
-            job_name = body["metadata"]["name"]
-            if (namespace, job_name) in self.jobs:
-                return (
-                    409,
-                    status_object(409, "AlreadyExists", f'jobs.batch "{job_name}" already exists'),
-                    {},
-                )
-            job = self._stamp(copy.deepcopy(body), namespace)
-            job["status"] = {}
-            self.jobs[(namespace, job_name)] = job
-            return 201, copy.deepcopy(job), {}
+            return self._create_job(namespace, body)
         key = (namespace, name)
         if key not in self.jobs:
             return 404, status_object(404, "NotFound", f'jobs.batch "{name}" not found'), {}
         if method == "GET":
             return 200, copy.deepcopy(self.jobs[key]), {}
         if method == "DELETE":
-            del self.jobs[key]
-            for pod_key in [
-                k
-                for k, p in self.pods.items()
-                if k[0] == namespace and p["metadata"]["labels"].get("job-name") == name
-            ]:
-                del self.pods[pod_key]
+            policy = query.get("propagationPolicy") or (body or {}).get("propagationPolicy")
+            self.delete_job(namespace, name, policy)
             return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}, {}
         return 405, status_object(405, "MethodNotAllowed", method), {}
+
+    def _create_job(self, namespace: str, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+        job_name = body["metadata"]["name"]
+        if (namespace, job_name) in self.jobs:
+            return (
+                409,
+                status_object(409, "AlreadyExists", f'jobs.batch "{job_name}" already exists'),
+                {},
+            )
+        problems = []
+        # validation.go: a Job's name becomes a label value on its pods: a DNS-1123
+        # label of at most 63 characters.
+        if len(job_name) > 63 or not DNS_LABEL.match(job_name):
+            problems.append(
+                f'metadata.name: Invalid value: "{job_name}": must be no more than 63 '
+                "characters and a lowercase RFC 1123 label"
+            )
+        for index, container in enumerate(body["spec"]["template"]["spec"]["containers"]):
+            if not container.get("image"):
+                problems.append(f"spec.template.spec.containers[{index}].image: Required value")
+        if problems:
+            return (
+                422,
+                status_object(
+                    422,
+                    "Invalid",
+                    f'Job.batch "{job_name}" is invalid: ' + ", ".join(problems),
+                ),
+                {},
+            )
+        limit = self.job_quota.get(namespace)
+        used = sum(1 for ns, _ in self.jobs if ns == namespace)
+        if limit is not None and used + 1 > limit:
+            return (
+                403,
+                status_object(
+                    403,
+                    "Forbidden",
+                    f'jobs.batch "{job_name}" is forbidden: exceeded quota: camflow-jobs, '
+                    f"requested: count/jobs.batch=1, used: count/jobs.batch={used}, "
+                    f"limited: count/jobs.batch={limit}",
+                ),
+                {},
+            )
+        job = self.stamp(copy.deepcopy(body), namespace)
+        job["status"] = {}
+        self.jobs[(namespace, job_name)] = job
+        return 201, copy.deepcopy(job), {}
+
+    def delete_job(self, namespace: str, name: str, policy: str | None) -> None:
+        """batch/v1 orphans a deleted Job's pods unless told otherwise (its registry
+        strategy's DefaultGarbageCollectionPolicy); Background and Foreground delete them
+        (the garbage collector's work, done here at once)."""
+        job = self.jobs.pop((namespace, name), None)
+        if job is None:
+            return
+        owned = [
+            k
+            for k, p in self.pods.items()
+            if k[0] == namespace
+            and any(
+                o.get("uid") == job["metadata"]["uid"]
+                for o in p["metadata"].get("ownerReferences", [])
+            )
+        ]
+        for key in owned:
+            if policy in ("Background", "Foreground"):
+                self.pods[key]["metadata"]["deletionTimestamp"] = now()
+                self.pods.pop(key)
+            else:  # Orphan: the pod stays, and runs on, without an owner
+                self.pods[key]["metadata"]["ownerReferences"] = []
+
+
+# --- nodes ------------------------------------------------------------------------------
 
 
 def node(
@@ -288,7 +552,7 @@ def node(
 ) -> dict[str, Any]:
     allocatable = {"cpu": "8", "memory": "32Gi"}
     if gpus:
-        allocatable["nvidia.com/gpu"] = str(gpus)
+        allocatable[GPU] = str(gpus)
     return {
         "kind": "Node",
         "apiVersion": "v1",
@@ -298,17 +562,65 @@ def node(
     }
 
 
-class JobRunner:
-    """Plays controller, scheduler and kubelet for one emulated cluster."""
+def tolerates(toleration: dict[str, Any], taint: dict[str, Any]) -> bool:
+    """core/v1 Toleration.ToleratesTaint: an empty effect matches every effect; an
+    empty key with Exists matches every taint; Equal (the default) needs the value."""
+    effect = toleration.get("effect") or ""
+    if effect and effect != taint.get("effect"):
+        return False
+    key = toleration.get("key") or ""
+    if key and key != taint.get("key"):
+        return False
+    operator = toleration.get("operator") or "Equal"
+    if operator == "Exists":
+        return True
+    if operator == "Equal":
+        return bool(key) and (toleration.get("value") or "") == (taint.get("value") or "")
+    return False
 
-    def __init__(self, emulator: Emulator, tick: float = 0.1) -> None:
+
+def _quantity(value: Any) -> int:
+    return int(str(value or 0))
+
+
+# --- the controllers and the kubelet ------------------------------------------------------
+
+
+@dataclass
+class _Pod:
+    key: tuple[str, str]
+    job: tuple[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+    started: float = 0.0  # monotonic time the kubelet took it (activeDeadlineSeconds)
+    pulls: int = 0
+    #: Why the kubelet stops it, if it does: DeadlineExceeded, OOMKilled, Evicted.
+    stopping: str | None = None
+
+
+@dataclass
+class _JobState:
+    failed: int = 0
+    next_pod_at: float = 0.0
+    finishing: tuple[str, str, str] | None = None  # (condition, reason, message)
+    finished_at: float | None = None
+
+
+class JobRunner:
+    """Plays the Job controller, scheduler, kubelet and TTL controller for one cluster,
+    in one loop that syncs every object each ``tick`` seconds."""
+
+    def __init__(self, emulator: Emulator, tick: float = 0.05, time_scale: float = 0.01) -> None:
         self.emulator = emulator
         self.tick = tick
-        self.started: set[tuple[str, str]] = set()
-        self.placements: dict[str, str] = {}  # job name -> node name
+        self.time_scale = time_scale
+        self.placements: dict[str, str] = {}  # job name -> node of its newest pod
         self.runs: dict[str, int] = {}  # job name -> processes started
+        self._pods: dict[tuple[str, str], _Pod] = {}
+        self._jobs: dict[str, _JobState] = {}  # by uid
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._logs = Path(tempfile.mkdtemp(prefix=f"kube-{emulator.name}-"))
 
     def start(self) -> JobRunner:
         self._thread.start()
@@ -317,201 +629,499 @@ class JobRunner:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        for pod in self._pods.values():
+            if pod.process and pod.process.poll() is None:
+                os.killpg(pod.process.pid, signal.SIGKILL)
+                pod.process.wait()
+
+    # --- test hooks -------------------------------------------------------------------
+
+    def oom_kill(self, job_name: str) -> None:
+        """The container of the Job's running pod goes over its memory limit."""
+        self._stop_pod(job_name, "OOMKilled")
+
+    def evict(self, job_name: str) -> None:
+        """The node runs low on a resource and the kubelet evicts the Job's pod."""
+        self._stop_pod(job_name, "Evicted")
+
+    def _stop_pod(self, job_name: str, why: str) -> None:
+        with self.emulator.lock:
+            for pod in self._pods.values():
+                labels = self.emulator.pods.get(pod.key, {}).get("metadata", {}).get("labels", {})
+                if labels.get(JOB_LABEL) == job_name and pod.process and pod.stopping is None:
+                    pod.stopping = why
+                    os.killpg(pod.process.pid, signal.SIGKILL)
+
+    # --- the loop ---------------------------------------------------------------------
 
     def _loop(self) -> None:
         while not self._stop.wait(self.tick):
             with self.emulator.lock:
-                fresh = [k for k in self.emulator.jobs if k not in self.started]
-                self.started.update(fresh)
-            for key in fresh:
-                threading.Thread(target=self._run_job, args=(key,), daemon=True).start()
+                self._kubelet()
+                for key in list(self.emulator.jobs):
+                    self._sync_job(key)
+                self._ttl()
 
-    def _job(self, key: tuple[str, str]) -> dict[str, Any] | None:
-        with self.emulator.lock:
-            return self.emulator.jobs.get(key)
+    def _job_pods(self, job: dict[str, Any]) -> list[dict[str, Any]]:
+        uid = job["metadata"]["uid"]
+        return [
+            p
+            for p in self.emulator.pods.values()
+            if any(o.get("uid") == uid for o in p["metadata"].get("ownerReferences", []))
+        ]
 
-    def _place(self, pod_spec: dict[str, Any]) -> dict[str, Any] | None:
-        container = pod_spec["containers"][0]
-        gpus = int(container.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0))
-        tolerated = {t["key"] for t in pod_spec.get("tolerations", [])}
-        for candidate in self.emulator.nodes:
-            labels = candidate["metadata"]["labels"]
-            if any(labels.get(k) != v for k, v in pod_spec.get("nodeSelector", {}).items()):
+    def _set(self, job: dict[str, Any], **status: Any) -> None:
+        job["status"].update(status)
+        self.emulator.stamp(job, None)
+
+    def _condition(
+        self, job: dict[str, Any], kind: str, reason: str = "", message: str = ""
+    ) -> None:
+        item = {
+            "type": kind,
+            "status": "True",
+            "lastProbeTime": now(),
+            "lastTransitionTime": now(),
+        }
+        if reason:
+            item |= {"reason": reason, "message": message}
+        self._set(job, conditions=[*(job["status"].get("conditions") or []), item])
+
+    def _sync_job(self, key: tuple[str, str]) -> None:
+        """job_controller.go's syncJob, for a non-indexed Job of one completion."""
+        job = self.emulator.jobs[key]
+        status = job["status"]
+        if any(c["type"] in ("Complete", "Failed") for c in status.get("conditions") or []):
+            return
+        state = self._jobs.setdefault(job["metadata"]["uid"], _JobState())
+        spec = job["spec"]
+        pods = self._job_pods(job)
+        running = [p for p in pods if p["status"]["phase"] in ("Pending", "Running")]
+        if status.get("startTime") is None:
+            # At the first sync, before any pod has a node.
+            self._set(job, startTime=now())
+        if state.finishing:
+            # FailureTarget / SuccessCriteriaMet first; the terminal condition only once
+            # every pod has stopped (1.31+).
+            for pod in running:
+                self._terminate(pod)
+            if not [
+                p for p in self._job_pods(job) if p["status"]["phase"] in ("Pending", "Running")
+            ]:
+                kind, reason, message = state.finishing
+                if kind == "Complete":
+                    self._set(job, completionTime=now())
+                    self._condition(job, "Complete")
+                else:
+                    self._condition(job, "Failed", reason, message)
+                self._set(job, active=0, ready=0, terminating=0)
+                state.finished_at = time.monotonic()
+            return
+        failed = [p for p in pods if p["status"]["phase"] == "Failed"]
+        counted = [p for p in failed if not self._ignored(job, p)]
+        if any(p["status"]["phase"] == "Succeeded" for p in pods):
+            self._set(job, succeeded=1, failed=len(counted), active=0, ready=0)
+            self._condition(
+                job,
+                "SuccessCriteriaMet",
+                "CompletionsReached",
+                "Reached expected number of succeeded pods",
+            )
+            state.finishing = ("Complete", "", "")
+            return
+        for pod in counted:
+            rule = self._fail_job_rule(job, pod)
+            if rule is not None:
+                self._finish(job, state, len(counted), "PodFailurePolicy", rule)
+                return
+        deadline = spec.get("activeDeadlineSeconds")
+        started = datetime.fromisoformat(status["startTime"].replace("Z", "+00:00"))
+        if deadline and (datetime.now(UTC) - started).total_seconds() > deadline:
+            self._finish(
+                job,
+                state,
+                len(counted),
+                "DeadlineExceeded",
+                "Job was active longer than specified deadline",
+            )
+            return
+        if len(counted) > spec.get("backoffLimit", 6):
+            self._finish(
+                job,
+                state,
+                len(counted),
+                "BackoffLimitExceeded",
+                "Job has reached the specified backoff limit",
+            )
+            return
+        if len(counted) > state.failed:
+            state.failed = len(counted)
+            delay = min(BACKOFF_BASE * 2 ** (state.failed - 1), BACKOFF_MAX)
+            state.next_pod_at = time.monotonic() + delay * self.time_scale
+        if not running and time.monotonic() >= state.next_pod_at:
+            self._create_pod(job)
+        pods = self._job_pods(job)
+        self._set(
+            job,
+            # Pending pods count as active: before any of them has a node.
+            active=sum(1 for p in pods if p["status"]["phase"] in ("Pending", "Running")),
+            ready=sum(1 for p in pods if p["status"]["phase"] == "Running"),
+            failed=len(counted),
+        )
+
+    def _finish(
+        self, job: dict[str, Any], state: _JobState, failed: int, reason: str, message: str
+    ) -> None:
+        self._set(job, failed=failed)
+        self._condition(job, "FailureTarget", reason, message)
+        state.finishing = ("Failed", reason, message)
+
+    def _ignored(self, job: dict[str, Any], pod: dict[str, Any]) -> bool:
+        """An Ignore rule on a pod condition (DisruptionTarget): not counted."""
+        conditions = {(c["type"], c["status"]) for c in pod["status"].get("conditions") or []}
+        for rule in (job["spec"].get("podFailurePolicy") or {}).get("rules") or []:
+            if rule["action"] != "Ignore":
                 continue
-            if any(t["key"] not in tolerated for t in candidate["spec"]["taints"]):
+            if any(
+                (c["type"], c.get("status", "True")) in conditions
+                for c in rule.get("onPodConditions") or []
+            ):
+                return True
+        return False
+
+    def _fail_job_rule(self, job: dict[str, Any], pod: dict[str, Any]) -> str | None:
+        """pod_failure_policy.go: the first matching rule decides; a FailJob rule on exit
+        codes returns the condition's message."""
+        if self._ignored(job, pod):
+            return None
+        for index, rule in enumerate(
+            (job["spec"].get("podFailurePolicy") or {}).get("rules") or []
+        ):
+            codes = rule.get("onExitCodes")
+            if not codes:
                 continue
-            if gpus > int(candidate["status"]["allocatable"].get("nvidia.com/gpu", 0)):
-                continue
-            return candidate
+            for status in pod["status"].get("containerStatuses") or []:
+                if codes.get("containerName") and codes["containerName"] != status["name"]:
+                    continue
+                code = ((status.get("state") or {}).get("terminated") or {}).get("exitCode")
+                if code in (None, 0):
+                    continue
+                hit = code in codes["values"]
+                if (codes["operator"] == "In") != hit:
+                    continue
+                if rule["action"] == "FailJob":
+                    return (
+                        f"Container {status['name']} for pod {pod['metadata']['namespace']}/"
+                        f"{pod['metadata']['name']} failed with exit code {code} matching "
+                        f"FailJob rule at index {index}"
+                    )
+                return None
         return None
 
-    def _env(self, namespace: str, container: dict[str, Any]) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CAMFLOW_"))}
-        for item in container.get("env", []):
-            if "value" in item:
-                env[item["name"]] = item["value"]
-            else:
-                ref = item["valueFrom"]["secretKeyRef"]
-                env[item["name"]] = self.emulator.secrets[(namespace, ref["name"])][ref["key"]]
-        return env
-
-    def _set_status(self, key: tuple[str, str], **status: Any) -> None:
-        with self.emulator.lock:
-            job = self.emulator.jobs.get(key)
-            if job is not None:
-                job["status"].update(status)
-                self.emulator._stamp(job, None)
-
-    def _run_job(self, key: tuple[str, str]) -> None:
-        namespace, name = key
-        job = self._job(key)
-        if job is None:
-            return
-        spec = job["spec"]
-        pod_spec = spec["template"]["spec"]
-        placed = self._place(pod_spec)
-        while placed is None:  # Unschedulable: stays pending, as a real scheduler does
-            if self._job(key) is None or self._stop.wait(self.tick):
-                return
-        self.placements[name] = placed["metadata"]["name"]
-        started = now()
-        self._set_status(key, startTime=started, active=1)
-        deadline = time.monotonic() + spec.get("activeDeadlineSeconds", 10**6)
-        failed = 0
-        for index in range(spec.get("backoffLimit", 6) + 1):
-            code, _message, pod_deadline = self._run_pod(key, job, placed, index, deadline)
-            if self._job(key) is None:
-                return  # deleted: cancelled
-            if code == 0:
-                self._set_status(
-                    key,
-                    active=0,
-                    succeeded=1,
-                    failed=failed,
-                    completionTime=now(),
-                    conditions=[
-                        {"type": "Complete", "status": "True", "lastTransitionTime": now()}
-                    ],
-                )
-                return
-            failed += 1
-            if time.monotonic() >= deadline:
-                return self._fail(
-                    key, failed, "DeadlineExceeded", "Job was active longer than specified deadline"
-                )
-            fail_rule = next(
-                (
-                    r
-                    for r in spec.get("podFailurePolicy", {}).get("rules", [])
-                    if r["action"] == "FailJob"
-                    and "onExitCodes" in r
-                    and code in r["onExitCodes"]["values"]
-                ),
-                None,
-            )
-            if fail_rule and not pod_deadline:
-                return self._fail(
-                    key,
-                    failed,
-                    "PodFailurePolicy",
-                    f"Container stage for pod {namespace}/{name}-{index} failed "
-                    f"with exit code {code} matching FailJob rule at index 0",
-                )
-            self._set_status(key, failed=failed)
-        self._fail(
-            key, failed, "BackoffLimitExceeded", "Job has reached the specified backoff limit"
-        )
-
-    def _fail(self, key: tuple[str, str], failed: int, reason: str, message: str) -> None:
-        self._set_status(
-            key,
-            active=0,
-            failed=failed,
-            conditions=[
-                {
-                    "type": "Failed",
-                    "status": "True",
-                    "reason": reason,
-                    "message": message,
-                    "lastTransitionTime": now(),
-                }
-            ],
-        )
-
-    def _run_pod(
-        self,
-        key: tuple[str, str],
-        job: dict[str, Any],
-        placed: dict[str, Any],
-        index: int,
-        job_deadline: float,
-    ) -> tuple[int, str, bool]:
-        namespace, name = key
-        pod_spec = job["spec"]["template"]["spec"]
-        container = pod_spec["containers"][0]
-        pod_name = f"{name}-{index}"
+    def _create_pod(self, job: dict[str, Any]) -> None:
+        namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
+        suffix = "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
+        pod_name = f"{name}-{suffix}"
+        uid = job["metadata"]["uid"]
         pod = {
             "kind": "Pod",
             "apiVersion": "v1",
             "metadata": {
                 "name": pod_name,
-                "labels": {**job["spec"]["template"]["metadata"]["labels"], "job-name": name},
+                "labels": {
+                    **(job["spec"]["template"].get("metadata") or {}).get("labels", {}),
+                    JOB_LABEL: name,
+                    "job-name": name,
+                    "batch.kubernetes.io/controller-uid": uid,
+                    "controller-uid": uid,
+                },
+                "ownerReferences": [
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "name": name,
+                        "uid": uid,
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
             },
-            "spec": {**copy.deepcopy(pod_spec), "nodeName": placed["metadata"]["name"]},
-            "status": {"phase": "Running", "startTime": now()},
+            "spec": copy.deepcopy(job["spec"]["template"]["spec"]),
+            "status": {"phase": "Pending", "conditions": []},
         }
-        with self.emulator.lock:
-            self.emulator.pods[(namespace, pod_name)] = self.emulator._stamp(pod, namespace)
+        self.emulator.pods[(namespace, pod_name)] = self.emulator.stamp(pod, namespace)
+        self._pods[(namespace, pod_name)] = _Pod((namespace, pod_name), (namespace, name))
+
+    # --- scheduler and kubelet --------------------------------------------------------
+
+    def _gpus_used(self, node_name: str) -> int:
+        return sum(
+            _quantity(c.get("resources", {}).get("limits", {}).get(GPU))
+            for p in self.emulator.pods.values()
+            if p["spec"].get("nodeName") == node_name
+            and p["status"]["phase"] in ("Pending", "Running")
+            for c in p["spec"]["containers"]
+        )
+
+    def _schedule(self, pod: dict[str, Any]) -> str | None:
+        spec = pod["spec"]
+        wanted = sum(
+            _quantity(c.get("resources", {}).get("limits", {}).get(GPU)) for c in spec["containers"]
+        )
+        reasons: dict[str, int] = {}
+        for candidate in self.emulator.nodes:
+            labels = candidate["metadata"]["labels"]
+            if any(labels.get(k) != v for k, v in (spec.get("nodeSelector") or {}).items()):
+                reasons["node(s) didn't match Pod's node affinity/selector"] = (
+                    reasons.get("node(s) didn't match Pod's node affinity/selector", 0) + 1
+                )
+                continue
+            untolerated = [
+                t
+                for t in candidate["spec"].get("taints") or []
+                if t.get("effect") in ("NoSchedule", "NoExecute")
+                and not any(tolerates(tol, t) for tol in spec.get("tolerations") or [])
+            ]
+            if untolerated:
+                taint = untolerated[0]
+                text = f"node(s) had untolerated taint {{{taint['key']}: {taint.get('value', '')}}}"
+                reasons[text] = reasons.get(text, 0) + 1
+                continue
+            free = _quantity(candidate["status"]["allocatable"].get(GPU)) - self._gpus_used(
+                candidate["metadata"]["name"]
+            )
+            if wanted > free:
+                reasons[f"Insufficient {GPU}"] = reasons.get(f"Insufficient {GPU}", 0) + 1
+                continue
+            return candidate["metadata"]["name"]
+        detail = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
+        self._pod_condition(
+            pod,
+            "PodScheduled",
+            "False",
+            "Unschedulable",
+            f"0/{len(self.emulator.nodes)} nodes are available: {detail}. preemption: 0/"
+            f"{len(self.emulator.nodes)} nodes are available: {len(self.emulator.nodes)} "
+            "Preemption is not helpful for scheduling.",
+        )
+        return None
+
+    def _pod_condition(
+        self, pod: dict[str, Any], kind: str, status: str, reason: str = "", message: str = ""
+    ) -> None:
+        conditions = [c for c in pod["status"].get("conditions") or [] if c["type"] != kind]
+        old = next((c for c in pod["status"].get("conditions") or [] if c["type"] == kind), None)
+        changed = old is None or old["status"] != status
+        item = {
+            "type": kind,
+            "status": status,
+            "lastProbeTime": None,
+            "lastTransitionTime": now() if changed else old["lastTransitionTime"],  # type: ignore[index]
+        }
+        if reason:
+            item |= {"reason": reason, "message": message}
+        pod["status"]["conditions"] = [*conditions, item]
+
+    def _container_status(
+        self, pod: dict[str, Any], state: dict[str, Any], ready: bool = False
+    ) -> None:
+        container = pod["spec"]["containers"][0]
+        pod["status"]["containerStatuses"] = [
+            {
+                "name": container["name"],
+                "image": container["image"],
+                "imageID": "",
+                "ready": ready,
+                "restartCount": 0,
+                "started": "running" in state,
+                "state": state,
+            }
+        ]
+
+    def _env(self, namespace: str, container: dict[str, Any]) -> dict[str, str] | str:
+        """The container's environment, or why it cannot be made (a missing Secret)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CAMFLOW_"))}
+        for item in container.get("env", []):
+            if "value" in item:
+                env[item["name"]] = item["value"]
+                continue
+            ref = item["valueFrom"]["secretKeyRef"]
+            secret = self.emulator.secrets.get((namespace, ref["name"]))
+            if secret is None:
+                return f'secret "{ref["name"]}" not found'
+            if ref["key"] not in secret:
+                return f"couldn't find key {ref['key']} in Secret {namespace}/{ref['name']}"
+            env[item["name"]] = secret[ref["key"]]
+        return env
+
+    def _kubelet(self) -> None:
+        for key, state in list(self._pods.items()):
+            pod = self.emulator.pods.get(key)
+            if pod is None:  # deleted (Background/Foreground, the TTL): stop its process
+                if state.process and state.process.poll() is None:
+                    self._kill(state, grace=True)
+                if state.process is None or state.process.poll() is not None:
+                    del self._pods[key]
+                continue
+            phase = pod["status"]["phase"]
+            if phase in ("Succeeded", "Failed"):
+                continue
+            if not pod["spec"].get("nodeName"):
+                node_name = self._schedule(pod)
+                if node_name is None:
+                    continue
+                pod["spec"]["nodeName"] = node_name
+                self._pod_condition(pod, "PodScheduled", "True")
+                pod["status"]["startTime"] = now()
+                state.started = time.monotonic()
+                self.placements[state.job[1]] = node_name
+            deadline = pod["spec"].get("activeDeadlineSeconds")
+            if deadline and time.monotonic() - state.started > deadline and state.stopping is None:
+                state.stopping = "DeadlineExceeded"
+                if state.process is None:
+                    self._finish_pod(pod, state, None)
+                    continue
+                self._kill(state, grace=True)
+            if state.process is None:
+                self._start_container(pod, state)
+                continue
+            if state.process.poll() is not None:
+                self._finish_pod(pod, state, state.process.returncode)
+
+    def _start_container(self, pod: dict[str, Any], state: _Pod) -> None:
+        container = pod["spec"]["containers"][0]
+        namespace = pod["metadata"]["namespace"]
+        if container["image"] in self.emulator.unpullable:
+            state.pulls += 1
+            reason = "ErrImagePull" if state.pulls <= 2 else "ImagePullBackOff"
+            message = (
+                f'Back-off pulling image "{container["image"]}"'
+                if reason == "ImagePullBackOff"
+                else f'failed to pull and unpack image "{container["image"]}": not found'
+            )
+            self._container_status(pod, {"waiting": {"reason": reason, "message": message}})
+            return
+        env = self._env(namespace, container)
+        if isinstance(env, str):
+            self._container_status(
+                pod, {"waiting": {"reason": "CreateContainerConfigError", "message": env}}
+            )
+            return
         command = list(container["command"])
         if command[0] in ("python", "python3"):
             command[0] = sys.executable
-        self.runs[name] = self.runs.get(name, 0) + 1
-        process = subprocess.Popen(
-            command,
-            env=self._env(namespace, container),
-            cwd=PROJECT_ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
+        job_name = state.job[1]
+        self.runs[job_name] = self.runs.get(job_name, 0) + 1
+        state.log = self._logs / f"{pod['metadata']['name']}.log"
+        with state.log.open("wb") as log:
+            # One log, stdout and stderr together, as the container runtime keeps it.
+            state.process = subprocess.Popen(
+                command,
+                env=env,
+                cwd=PROJECT_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        pod["status"]["phase"] = "Running"
+        self._pod_condition(pod, "Ready", "True")
+        self._container_status(pod, {"running": {"startedAt": now()}}, ready=True)
+
+    def _kill(self, state: _Pod, grace: bool) -> None:
+        """SIGTERM, then SIGKILL after the grace period, as the kubelet stops a container."""
+        if state.process is None or state.process.poll() is not None:
+            return
+        try:
+            os.killpg(state.process.pid, signal.SIGTERM if grace else signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        if grace:
+            try:
+                state.process.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                os.killpg(state.process.pid, signal.SIGKILL)
+                state.process.wait()
+
+    def _terminate(self, pod: dict[str, Any]) -> None:
+        state = self._pods.get((pod["metadata"]["namespace"], pod["metadata"]["name"]))
+        if state is None:
+            return
+        if state.process is None:
+            self._finish_pod(pod, state, None)
+        else:
+            self._kill(state, grace=True)
+            self._finish_pod(pod, state, state.process.returncode)
+
+    def _finish_pod(self, pod: dict[str, Any], state: _Pod, code: int | None) -> None:
+        container = pod["spec"]["containers"][0]
+        started = (
+            ((pod["status"].get("containerStatuses") or [{}])[0].get("state") or {})
+            .get("running", {})
+            .get("startedAt")
         )
-        pod_deadline = time.monotonic() + pod_spec.get("activeDeadlineSeconds", 10**6)
-        stderr_chunks: list[bytes] = []
-        reader = threading.Thread(
-            target=lambda: stderr_chunks.append(process.stderr.read()), daemon=True
-        )  # type: ignore[union-attr]
-        reader.start()
-        timed_out = False
-        while process.poll() is None:
-            if self._job(key) is None or time.monotonic() > min(pod_deadline, job_deadline):
-                timed_out = self._job(key) is not None
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-                break
-            time.sleep(0.05)
-        reader.join(timeout=5)
-        code = process.returncode if process.returncode >= 0 else 128 - process.returncode
-        log = b"".join(stderr_chunks).decode(errors="replace")
-        # FallbackToLogsOnError: the log's tail is the termination message.
-        message = "\n".join(log.splitlines()[-80:])[-2048:]
+        pod["status"]["conditions"] = [
+            c for c in pod["status"].get("conditions") or [] if c["type"] != "Ready"
+        ]
+        if code is None:  # never started
+            pod["status"]["phase"] = "Failed"
+            if state.stopping == "DeadlineExceeded":
+                pod["status"] |= {
+                    "reason": "DeadlineExceeded",
+                    "message": "Pod was active on the node longer than the specified deadline",
+                }
+            return
+        code = code if code >= 0 else 128 - code
+        reason = "Completed" if code == 0 else "Error"
+        if state.stopping == "OOMKilled":
+            reason, code = "OOMKilled", 137
+        message = ""
+        if (
+            code != 0
+            and container.get("terminationMessagePolicy") == "FallbackToLogsOnError"
+            and state.log
+        ):
+            tail = state.log.read_bytes().decode(errors="replace").splitlines()[-LOG_LINES:]
+            message = "\n".join(tail)[-LOG_BYTES:]
         terminated = {
             "exitCode": code,
-            "reason": "Completed" if code == 0 else "Error",
-            "message": message,
-            "startedAt": pod["status"]["startTime"],
+            "reason": reason,
+            "startedAt": started,
             "finishedAt": now(),
+            "containerID": f"containerd://{uuid.uuid4().hex}",
         }
-        status: dict[str, Any] = {
-            "phase": "Succeeded" if code == 0 else "Failed",
-            "containerStatuses": [{"name": container["name"], "state": {"terminated": terminated}}],
-        }
-        if timed_out:
-            status.update(
-                phase="Failed",
-                reason="DeadlineExceeded",
-                message="Pod was active on the node longer than the specified deadline",
+        if message:
+            terminated["message"] = message
+        self._container_status(pod, {"terminated": terminated})
+        pod["status"]["phase"] = "Succeeded" if code == 0 else "Failed"
+        if state.stopping == "DeadlineExceeded":
+            pod["status"] |= {
+                "phase": "Failed",
+                "reason": "DeadlineExceeded",
+                "message": "Pod was active on the node longer than the specified deadline",
+            }
+        elif state.stopping == "Evicted":
+            pod["status"] |= {
+                "phase": "Failed",
+                "reason": "Evicted",
+                "message": "The node was low on resource: memory. Threshold quantity: 100Mi, "
+                "available: 80Mi. ",
+            }
+            self._pod_condition(
+                pod,
+                "DisruptionTarget",
+                "True",
+                "TerminationByKubelet",
+                "The node was low on resource: memory.",
             )
-            terminated["message"] = f"timed out after {pod_spec.get('activeDeadlineSeconds')} s"
-        with self.emulator.lock:
-            if (namespace, pod_name) in self.emulator.pods:
-                self.emulator.pods[(namespace, pod_name)]["status"].update(status)
-        return code, message, timed_out
+        self.emulator.stamp(pod, None)
+
+    def _ttl(self) -> None:
+        """ttlafterfinished: a finished Job goes ttlSecondsAfterFinished after it
+        finished, its pods first (Foreground)."""
+        for key, job in list(self.emulator.jobs.items()):
+            ttl = job["spec"].get("ttlSecondsAfterFinished")
+            state = self._jobs.get(job["metadata"]["uid"])
+            if ttl is None or state is None or state.finished_at is None:
+                continue
+            if time.monotonic() - state.finished_at >= ttl * self.time_scale:
+                self.emulator.delete_job(*key, "Foreground")

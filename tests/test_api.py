@@ -42,7 +42,7 @@ def _seed(runtime: Runtime, tenant: str, camera: str) -> Clip:
         tenant=tenant,
         camera=camera,
     )
-    runtime.store.record_clips([clip], "seed", None)
+    runtime.store.record_clips([clip])
     run = Run(id=f"r-{tenant[:8]:0<8}{camera[:8]:0<8}"[:18], clip_id=clip.id, pipeline="faces")
     runtime.store.plan(clip.id, [run])
     runtime.store.finish_run(
@@ -249,9 +249,7 @@ def test_pagination_walks_every_clip_once(world: dict[str, Any]) -> None:
                     tenant="tenant-a",
                     camera="door",
                 )
-            ],
-            "seed",
-            None,
+            ]
         )
     seen, cursor = [], None
     while True:

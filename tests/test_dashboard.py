@@ -79,6 +79,7 @@ def test_a_customer_sees_a_finished_run_with_its_thumbnails(
     env.update(
         CAMFLOW_HOME=str(tmp_path / "home"),
         CAMFLOW_API__PORT=str(port),
+        CAMFLOW_S3__EMBEDDED_PORT=str(_free_port()),
         CAMFLOW_WATCHER__INTERVAL_SECONDS="0.5",
         CAMFLOW_ENGINE__INTERVAL_SECONDS="0.3",
     )

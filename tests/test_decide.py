@@ -224,3 +224,46 @@ def test_executor_status_maps_onto_the_stage_contract(
     else:
         assert result is not None
         assert (result.state, result.permanent) == (state, permanent)
+
+
+def test_a_queued_attempt_never_expires_for_its_stage_timeout(faces: Pipeline) -> None:
+    # Waiting for a node (a GPU, an image) is not running: no container start, no clock.
+    queued = [attempt("decode", 1, AttemptState.RUNNING, started_at=None)]
+    d = decide(run(), queued, faces, T0 + timedelta(days=1), POLICY, False, executor_retries=True)
+    assert d.actions == [] and d.starts == []
+
+
+def test_an_executor_that_retries_itself_gets_its_retries_and_none_on_top(
+    faces: Pipeline,
+) -> None:
+    stage = faces.stages["decode"]
+    assert stage.retries == 2
+    running = [attempt("decode", 1, AttemptState.RUNNING)]
+    # Three tries of the timeout, the Job's backoff between them (10 s, 20 s), the grace.
+    limit = 3 * stage.timeout_seconds + 10 + 20 + POLICY.overrun_grace_seconds
+    assert POLICY.run_limit(stage.timeout_seconds, 2) == timedelta(seconds=limit)
+    within = decide(run(), running, faces, T0 + timedelta(seconds=limit - 1), POLICY, False, True)
+    assert within.actions == []
+    past = decide(run(), running, faces, T0 + timedelta(seconds=limit + 1), POLICY, False, True)
+    [expire] = past.actions
+    assert isinstance(expire, ExpireAttempt) and expire.exhausted
+    # Expired that way, the attempt is final: the Job already used the stage's retries.
+    expired = [
+        attempt(
+            "decode",
+            1,
+            AttemptState.FAILED,
+            timed_out=True,
+            exhausted=True,
+            reason=expire.reason,
+        )
+    ]
+    d = decide(run(), expired, faces, T0 + timedelta(hours=1), POLICY, False, True)
+    assert d.starts == [] and isinstance(d.actions[-1], FinishRun)
+
+
+def test_the_job_backoff_between_its_own_tries_is_capped() -> None:
+    # 10, 20, 40, ..., capped at 360 s: the Job controller's pod-failure backoff.
+    assert POLICY.run_limit(0, 8) == timedelta(
+        seconds=10 + 20 + 40 + 80 + 160 + 320 + 360 + 360 + POLICY.overrun_grace_seconds
+    )

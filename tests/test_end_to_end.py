@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from orchestrator.domain.layout import upload_key
+from orchestrator.embedded_s3 import EmbeddedS3
 from orchestrator.engine.reconciler import Reconciler
 from orchestrator.service import Runtime, drive, open_runtime
 from orchestrator.settings import ClusterSettings, Settings
-from orchestrator.storage import EmbeddedS3
 from orchestrator.store.models import AttemptState, RunStatus
 from tests.conftest import SampleClips
 from tests.helpers import iou

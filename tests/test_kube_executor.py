@@ -3,21 +3,23 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from orchestrator.domain.layout import upload_key
+from orchestrator.embedded_s3 import EmbeddedS3
 from orchestrator.executors.base import ExecState
 from orchestrator.kube.api import retry_delay
 from orchestrator.kube.routing import choose_cluster
 from orchestrator.kube.status import job_status
 from orchestrator.service import Runtime, drive, open_runtime
 from orchestrator.settings import ClusterSettings, GpuNodes, Settings
-from orchestrator.storage import EmbeddedS3
 from orchestrator.store.models import AttemptState, RunStatus
 from tests.conftest import SampleClips
 from tests.kube_emulator import Emulator, JobRunner, node
@@ -39,16 +41,24 @@ class Cluster:
             return list(self.emulator.jobs.values())
 
 
-def _cluster(tmp: Path, s3: EmbeddedS3, name: str, environment: str, gpu: bool) -> Cluster:
+def _cluster(
+    tmp: Path,
+    s3: EmbeddedS3,
+    name: str,
+    environment: str,
+    gpu: bool,
+    gpu_taint: list[dict[str, str]] | None = None,
+    **settings: Any,
+) -> Cluster:
     nodes = [node(f"{name}-cpu-1")]
     if gpu:
-        nodes.append(node(f"{name}-gpu-1", GPU_LABELS, gpus=1, taints=GPU_TAINT))
+        nodes.append(node(f"{name}-gpu-1", GPU_LABELS, gpus=1, taints=gpu_taint or GPU_TAINT))
     emulator = Emulator(name, nodes=nodes, namespaces={"camflow-jobs", "other"}).start()
     emulator.secrets[("camflow-jobs", "camflow-s3")] = {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
     }
-    settings = ClusterSettings(
+    cluster = ClusterSettings(
         name=name,
         environment=environment,
         kubeconfig=emulator.kubeconfig(tmp),  # type: ignore[arg-type]
@@ -57,8 +67,11 @@ def _cluster(tmp: Path, s3: EmbeddedS3, name: str, environment: str, gpu: bool) 
         s3_endpoint=s3.endpoint_url,
         gpu=GpuNodes(node_selector=GPU_LABELS, slots=1) if gpu else None,
         request_timeout_seconds=2,
+        probe_interval_seconds=0.3,
+        stuck_grace_seconds=0.5,
+        **settings,
     )
-    return Cluster(emulator, JobRunner(emulator).start(), settings)
+    return Cluster(emulator, JobRunner(emulator).start(), cluster)
 
 
 @pytest.fixture
@@ -164,6 +177,25 @@ def _pod(code: int, message: str) -> dict:  # type: ignore[type-arg]
     }
 
 
+def _pending(**condition: str) -> dict:  # type: ignore[type-arg]
+    return {
+        "metadata": {"name": "p", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "status": {"phase": "Pending", "conditions": [condition] if condition else []},
+    }
+
+
+def _running() -> dict:  # type: ignore[type-arg]
+    return {
+        "metadata": {"name": "p", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "status": {
+            "phase": "Running",
+            "containerStatuses": [
+                {"name": "stage", "state": {"running": {"startedAt": "2026-01-01T00:05:00Z"}}}
+            ],
+        },
+    }
+
+
 def test_job_conditions_map_onto_stage_outcomes() -> None:
     done = job_status(_job([{"type": "Complete", "status": "True"}], succeeded=1, failed=1), [])
     assert done.state == ExecState.SUCCEEDED and done.tries == 2
@@ -196,10 +228,13 @@ def test_job_conditions_map_onto_stage_outcomes() -> None:
     )
     assert late.timed_out and late.exhausted
     assert job_status(_job([], active=1), []).state == ExecState.QUEUED
-    assert (
-        job_status(_job([], active=1, startTime="2026-01-01T00:00:00Z"), []).state
-        == ExecState.RUNNING
-    )
+    # The Job controller sets startTime at its first sync, before any node is found:
+    # that is not the stage starting. Only a container that started is.
+    queued = job_status(_job([], active=1, startTime="2026-01-01T00:00:00Z"), [_pending()])
+    assert queued.state == ExecState.QUEUED and queued.started_at is None
+    running = job_status(_job([], active=1, startTime="2026-01-01T00:00:00Z"), [_running()])
+    assert running.state == ExecState.RUNNING
+    assert running.started_at == datetime(2026, 1, 1, 0, 5, tzinfo=UTC)
 
 
 def test_retry_after_is_honoured_and_backoff_is_capped() -> None:
@@ -232,11 +267,32 @@ def test_jobs_follow_the_stage_contract_on_kubernetes(
         [bad_job] = [
             j for j in clusters["dev"].jobs() if j["metadata"]["labels"]["camflow.io/run"] == bad.id
         ]
-        assert bad_job["status"]["conditions"][0]["reason"] == "PodFailurePolicy"
+        # FailureTarget first, Failed once the pod has stopped (1.31+).
+        conditions = [(c["type"], c["reason"]) for c in bad_job["status"]["conditions"]]
+        assert conditions == [
+            ("FailureTarget", "PodFailurePolicy"),
+            ("Failed", "PodFailurePolicy"),
+        ]
         assert bad_job["status"]["failed"] == 1  # exit 2: no second pod
 
         hang = runtime.store.get_run(_run(runtime, "hang"))
-        assert hang.status == RunStatus.FAILED and "timed out after 2 s" in (hang.error or "")
+        assert hang.status == RunStatus.FAILED
+        assert "ran past its 2 s timeout (the pod's activeDeadlineSeconds)" in (hang.error or "")
+        [hang_job] = [
+            j
+            for j in clusters["dev"].jobs()
+            if j["metadata"]["labels"]["camflow.io/run"] == hang.id
+        ]
+        [hang_pod] = [
+            p
+            for p in clusters["dev"].emulator.pods.values()
+            if p["metadata"]["labels"]["batch.kubernetes.io/job-name"]
+            == hang_job["metadata"]["name"]
+        ]
+        assert hang_pod["status"]["reason"] == "DeadlineExceeded"
+        assert hang_pod["status"]["message"] == (
+            "Pod was active on the node longer than the specified deadline"
+        )
     assert not clusters["prod"].jobs()  # dev-channel versions never touch prod
 
 
@@ -377,7 +433,10 @@ def test_cancelled_jobs_are_deleted_even_if_their_cluster_was_away(
         assert isinstance(executor, KubernetesExecutor)
         dev.emulator.stop()
         executor.cancel([attempt.handle])  # the cluster is away: remembered
-        assert executor.pending_deletes == {attempt.handle} and len(dev.jobs()) == 1
+        assert executor.actions.pending_deletes() == [attempt.handle]
+        assert len(dev.jobs()) == 1
         dev.emulator.start()
-        executor.refresh()  # it answers again: the delete goes through
-        assert executor.pending_deletes == set() and dev.jobs() == []
+        time.sleep(dev.settings.probe_interval_seconds)
+        executor.probe()  # it answers again: the delete goes through
+        assert executor.actions.pending_deletes() == [] and dev.jobs() == []
+        assert dev.emulator.pods == {}  # Background: its pods went with it

@@ -93,9 +93,10 @@ def test_rbac_is_least_privilege_and_namespaced(
     rules = {
         (tuple(r["apiGroups"]), tuple(r["resources"])): sorted(r["verbs"]) for r in role["rules"]
     }
+    # Exactly the executor's calls (tests/test_kube_cluster.py checks each against them).
     assert rules == {
-        (("batch",), ("jobs",)): sorted(["create", "get", "list", "watch", "delete"]),
-        (("",), ("pods", "pods/log")): ["get", "list"],
+        (("batch",), ("jobs",)): sorted(["create", "get", "list", "delete"]),
+        (("",), ("pods",)): ["list"],
     }
     [binding] = [o for o in objects if o["kind"] == "RoleBinding"]
     assert binding["subjects"] == [
@@ -112,7 +113,7 @@ def test_rbac_is_least_privilege_and_namespaced(
 def test_stage_pods_may_reach_only_dns_and_s3(
     rendered: tuple[str, list[dict[str, Any]]],
 ) -> None:
-    _env, objects = rendered
+    env, objects = rendered
     policies = {o["metadata"]["name"]: o for o in objects if o["kind"] == "NetworkPolicy"}
     deny = policies["default-deny"]["spec"]
     assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
@@ -121,11 +122,21 @@ def test_stage_pods_may_reach_only_dns_and_s3(
     assert stage["ingress"] == []
     dns, s3 = stage["egress"]
     assert {p["port"] for p in dns["ports"]} == {53}
-    assert dns["to"][0]["namespaceSelector"]["matchLabels"] == {
+    kube_dns, node_local = dns["to"]
+    assert kube_dns["namespaceSelector"]["matchLabels"] == {
         "kubernetes.io/metadata.name": "kube-system"
     }
-    assert list(s3["to"][0]) == ["ipBlock"] and s3["to"][0]["ipBlock"]["cidr"] != "0.0.0.0/0"
-    assert s3["to"][0]["ipBlock"]["cidr"] != "192.0.2.0/24"  # the base's placeholder
+    assert kube_dns["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+    assert node_local == {"ipBlock": {"cidr": "169.254.20.10/32"}}  # NodeLocal DNSCache
+    [peer] = s3["to"]
+    if env == "dev":  # in-cluster MinIO: by its pods' labels, not a Service IP
+        assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "minio"}
+        assert peer["namespaceSelector"]["matchLabels"] == {
+            "kubernetes.io/metadata.name": "camflow-dev"
+        }
+    else:
+        assert list(peer) == ["ipBlock"] and peer["ipBlock"]["cidr"] != "0.0.0.0/0"
+        assert peer["ipBlock"]["cidr"] != "192.0.2.0/24"  # the base's placeholder
 
 
 def test_no_secret_values_and_the_config_is_camflow_config(

@@ -1,6 +1,9 @@
 """The store on SQLite and on PostgreSQL."""
 
 from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
 
 from orchestrator.domain.layout import clip_id, run_id
 from orchestrator.store import Clip, Run, StageAttempt, Store
@@ -21,26 +24,61 @@ def _clip(key: str, etag: str = "e1") -> Clip:
 
 def test_a_clip_seen_twice_is_recorded_once(store_url: str) -> None:
     store = Store(store_url)
-    first = store.record_clips([_clip("acme/door/1.mp4")], "s3://b/acme/door/", "acme/door/1.mp4")
-    again = store.record_clips([_clip("acme/door/1.mp4")], "s3://b/acme/door/", "acme/door/1.mp4")
-    changed = store.record_clips([_clip("acme/door/1.mp4", "e2")], "s3://b/acme/door/", None)
+    first = store.record_clips([_clip("acme/door/1.mp4")], cursor=("sweep", "acme/door/1.mp4"))
+    again = store.record_clips([_clip("acme/door/1.mp4"), _clip("acme/door/1.mp4")])
+    changed = store.record_clips([_clip("acme/door/1.mp4", "e2")])
     assert len(first) == 1 and again == [] and len(changed) == 1
-    assert store.checkpoint("s3://b/acme/door/") == "acme/door/1.mp4"
+    assert store.cursor("sweep") == "acme/door/1.mp4"
     store.close()
 
 
-def test_the_checkpoint_only_moves_forward(store_url: str) -> None:
+def test_a_sweep_cursor_moves_with_its_page_and_restarts(store_url: str) -> None:
     store = Store(store_url)
-    store.record_clips([], "cp", "acme/door/5.mp4")
-    store.record_clips([], "cp", "acme/door/3.mp4")
-    assert store.checkpoint("cp") == "acme/door/5.mp4"
+    store.record_clips([], cursor=("cp", "acme/door/5.mp4"))
+    assert store.cursor("cp") == "acme/door/5.mp4"
+    # A listing that reached its end starts over at the next pass.
+    store.record_clips([], cursor=("cp", None))
+    assert store.cursor("cp") is None
+    store.close()
+
+
+def test_two_writers_recording_the_same_clip_record_it_once(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one, two = Store(store_url), Store(store_url)
+    clip = _clip("acme/door/1.mp4")
+    # The second writer's batch check ran before the first committed: the unique key
+    # catches it, and the row-by-row retry keeps its other clips.
+    assert len(one.record_clips([clip])) == 1
+    other = _clip("acme/door/2.mp4")
+    monkeypatch.setattr(Store, "_new_rows", staticmethod(lambda _s, _t, rows: list(rows)))
+    assert [c.id for c in two.record_clips([_clip("acme/door/1.mp4"), other])] == [other.id]
+    one.close()
+    two.close()
+
+
+def test_one_replica_holds_the_lease_until_it_expires(store_url: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    store = Store(store_url)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    ttl = timedelta(seconds=15)
+    assert store.hold_lease("engine", "a", t0, t0 + ttl) == 1
+    assert store.hold_lease("engine", "b", t0 + timedelta(seconds=5), t0 + ttl * 2) is None
+    assert store.hold_lease("engine", "a", t0 + timedelta(seconds=5), t0 + ttl * 2) == 1
+    # a stops renewing: b takes over once it has expired, with a new epoch
+    later = t0 + ttl * 2 + timedelta(seconds=1)
+    assert store.hold_lease("engine", "b", later, later + ttl) == 2
+    assert store.hold_lease("engine", "a", later, later + ttl) is None
+    store.release_lease("engine", "b")
+    assert store.hold_lease("engine", "a", later, later + ttl) == 3
     store.close()
 
 
 def test_planning_twice_makes_one_run_and_finishing_twice_counts_once(store_url: str) -> None:
     store = Store(store_url)
     clip = _clip("acme/door/1.mp4")
-    store.record_clips([clip], "cp", None)
+    store.record_clips([clip])
     run = Run(id=run_id(clip.id, "faces"), clip_id=clip.id, pipeline="faces")
     assert len(store.plan(clip.id, [run])) == 1
     assert store.plan(clip.id, [Run(id=run.id, clip_id=clip.id, pipeline="faces")]) == []
@@ -59,7 +97,7 @@ def test_planning_twice_makes_one_run_and_finishing_twice_counts_once(store_url:
 def test_an_attempt_inserted_twice_is_one_attempt(store_url: str) -> None:
     store = Store(store_url)
     clip = _clip("acme/door/1.mp4")
-    store.record_clips([clip], "cp", None)
+    store.record_clips([clip])
     run = Run(id="r-1", clip_id=clip.id, pipeline="faces")
     store.plan(clip.id, [run])
 
@@ -86,14 +124,17 @@ def test_an_attempt_inserted_twice_is_one_attempt(store_url: str) -> None:
 def test_clips_are_found_by_id_key_or_uri(store_url: str) -> None:
     store = Store(store_url)
     clip = _clip("acme/door/2026/01/01/000000.mp4")
-    store.record_clips([clip], "cp", None)
+    store.record_clips([clip])
     assert store.find_clip(clip.id).id == clip.id
     assert store.find_clip("acme/door/2026/01/01/000000.mp4").id == clip.id
     assert store.find_clip("s3://b/acme/door/2026/01/01/000000.mp4").id == clip.id
     store.close()
 
 
-def test_a_store_made_by_an_older_camflow_is_refused_with_what_to_do(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_store_older_than_the_first_release_with_migrations_is_refused_with_what_to_do(
+    tmp_path: Path,
+) -> None:
+    """The previous release's stores are upgraded (test_migrations); older ones cannot be."""
     import sqlite3
 
     import pytest
@@ -105,7 +146,27 @@ def test_a_store_made_by_an_older_camflow_is_refused_with_what_to_do(tmp_path) -
         db.execute("CREATE TABLE checkpoints (id VARCHAR PRIMARY KEY)")
     with pytest.raises(
         StorageError,
-        match=r"table checkpoints lacks \['last_key', "
-        r"'updated_at'\].*move the old store aside",
+        match=r"older than the first release with migrations: table checkpoints lacks "
+        r"\['last_key', 'updated_at'\]; it has no table algorithm_versions, .*"
+        r"Move the old store aside",
     ):
         Store(f"sqlite:///{path}")
+
+
+def test_a_store_upgraded_by_a_newer_camflow_is_refused_with_what_to_do(store_url: str) -> None:
+    import pytest
+    from sqlalchemy import create_engine, text
+
+    from orchestrator.errors import StorageError
+
+    Store(store_url).close()
+    engine = create_engine(store_url)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '0099_future'"))
+    engine.dispose()
+    with pytest.raises(
+        StorageError,
+        match=r"schema revision 0099_future, which this camflow does not know .*a newer "
+        r"camflow has upgraded it\. Run that camflow version or a later one",
+    ):
+        Store(store_url)

@@ -25,7 +25,7 @@ from orchestrator.domain.algorithm import AlgorithmManifest
 from orchestrator.domain.layout import upload_key
 from orchestrator.engine.launches import clip_identity
 from orchestrator.errors import CamflowError, NotFound
-from orchestrator.service import Runtime, heartbeat_age
+from orchestrator.service import Runtime, heartbeat_age, read_heartbeat
 from orchestrator.store import ApiKey, Clip, Run
 from orchestrator.store.models import Role, RunStatus, as_utc, iso
 
@@ -33,6 +33,9 @@ log = logging.getLogger("camflow.api")
 #: Camera and tenant names in keys and paths: no slashes, no dots first, no surprises.
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 PROBLEM = "application/problem+json"
+#: Finished runs read per query by the event stream; it reads until it has them all.
+EVENTS_PAGE = 200
+MAX_EVENT_ID = 10**18 - 1
 
 
 class Problem(HTTPException):
@@ -62,6 +65,15 @@ def _after(cursor: str | None) -> tuple[datetime, str] | None:
         return datetime.fromisoformat(at.replace("Z", "+00:00")), str(ident)
     except (ValueError, TypeError):
         raise Problem(400, "the cursor is not one this API handed out: use `next` as is") from None
+
+
+def _event_id(text: str) -> int:
+    """Where a reconnecting client left off: the ``id`` of the last event it got."""
+    if not re.fullmatch(r"[0-9]{1,18}", text.strip()):
+        raise Problem(
+            400, "Last-Event-ID must be the id of an event this stream sent (a whole number)"
+        )
+    return int(text.strip())
 
 
 def _clip_json(clip: Clip) -> dict[str, Any]:
@@ -170,11 +182,19 @@ def create_app(
 
     @app.get("/readyz", tags=["operations"])
     def readyz() -> JSONResponse:
+        beat = read_heartbeat(settings.home)
         age = heartbeat_age(settings.home)
         store.counts()  # the store answers
-        if age is None or age > settings.api.ready_max_age_seconds:
+        if beat is None or age is None or age > settings.api.ready_max_age_seconds:
             return problem(503, "the engine has not finished a tick recently")
-        return JSONResponse({"status": "ready", "engine_tick_age_seconds": round(age, 1)})
+        return JSONResponse(
+            {
+                "status": "ready",
+                "engine_tick_age_seconds": round(age, 1),
+                # What the last tick did, errors included (runs whose handling raised).
+                "engine_tick": beat.get("tick"),
+            }
+        )
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
     def metrics() -> PlainTextResponse:
@@ -294,30 +314,48 @@ def create_app(
         key: Caller,
         request: Request,
         since: datetime | None = None,
+        after: Annotated[int | None, Query(ge=0, le=MAX_EVENT_ID)] = None,
         last_event_id: Annotated[str | None, Header()] = None,
     ) -> StreamingResponse:
         """Server-sent events: one `run.finished` event per run of your tenant that ends,
-        from `since` (or the Last-Event-ID you got) on. Reconnect to resume."""
+        in the order they end. An event's `id` is its place in that order: reconnect
+        with `Last-Event-ID` (EventSource does) or `?after=ID` to resume right after it,
+        missing nothing however long you were away. A first connection starts now, or
+        with the runs that finished at or after `since`. The stream ends, with a
+        `key.revoked` event, once your key is revoked."""
         allow(key, Role.CUSTOMER)
-        start = since or clock()
-        seen = set(filter(None, (last_event_id or "").split(",")))
+        # The header wins: a reconnecting EventSource repeats the URL it was opened with.
+        cursor = _event_id(last_event_id) if last_event_id else after
+        start = as_utc(since) if since else None
+        if cursor is None:
+            cursor = 0 if start else await asyncio.to_thread(store.last_finished_seq)
 
-        async def stream() -> AsyncIterator[str]:
+        async def stream(position: int) -> AsyncIterator[str]:
             yield ": camflow events\n\n"
             while not await request.is_disconnected():
-                rows = await asyncio.to_thread(
-                    store.tenant_runs, key.tenant, None, None, None, None, 200
-                )
-                for run, _clip in reversed(rows):
-                    if run.finished_at and as_utc(run.finished_at) >= start and run.id not in seen:
-                        seen.add(run.id)
+                # Checked at every poll, so that revoking a key also ends its streams.
+                live = await asyncio.to_thread(store.api_key, key.id)
+                if live is None or live.revoked_at is not None:
+                    detail = {"detail": "this API key was revoked: the stream ends here"}
+                    yield f"event: key.revoked\ndata: {json.dumps(detail)}\n\n"
+                    return
+                while True:  # every page that is there now, not just the first
+                    rows = await asyncio.to_thread(
+                        store.tenant_finished_runs, key.tenant, position, EVENTS_PAGE, start
+                    )
+                    for run, _clip in rows:
+                        if run.finished_seq is None:
+                            continue
+                        position = run.finished_seq
                         yield (
-                            f"id: {run.id}\nevent: run.finished\n"
+                            f"id: {position}\nevent: run.finished\n"
                             f"data: {json.dumps(_run_json(run))}\n\n"
                         )
+                    if len(rows) < EVENTS_PAGE:
+                        break
                 await asyncio.sleep(settings.api.events_poll_seconds)
 
-        return StreamingResponse(stream(), media_type="text/event-stream")
+        return StreamingResponse(stream(cursor), media_type="text/event-stream")
 
     # --- authors ------------------------------------------------------------------------
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 # <tenant>/<camera>/<YYYY>/<MM>/<DD>/<HHMMSS>[-<n>].<ext>
 _TIMED_KEY = re.compile(
     r"^(?P<tenant>[^/]+)/(?P<camera>[^/]+)/(?P<y>\d{4})/(?P<m>\d{2})/(?P<d>\d{2})/"
     r"(?P<hms>\d{6})(?:-[^/]*)?\.[^/]+$"
 )
+
+
+# camflow's own outputs: <tenant>/<camera>/<clip-id>/<pipeline>/... in the results bucket.
+_OUTPUT_KEY = re.compile(r"^[^/]+/[^/]+/c-[0-9a-f]{16}/")
 
 
 def _short_hash(*parts: str) -> str:
@@ -56,27 +60,17 @@ def parse_upload_key(key: str) -> UploadKey | None:
     return UploadKey(parts[0], parts[1], recorded_at)
 
 
+def is_output_key(key: str) -> bool:
+    """Whether ``key`` is where camflow writes a clip's work and results; when the
+    results bucket is also the ingest bucket, these must never become clips (an
+    anonymized ``.mp4`` would otherwise be analysed again, forever)."""
+    return bool(_OUTPUT_KEY.match(key))
+
+
 def upload_key(tenant: str, camera: str, at: datetime, suffix: str = ".mp4", n: int = 0) -> str:
     stamp = at.astimezone(UTC)
     tail = f"-{n}" if n else ""
     return f"{tenant}/{camera}/{stamp:%Y/%m/%d/%H%M%S}{tail}{suffix}"
-
-
-def listing_start_after(checkpoint: str | None, lookback: timedelta) -> str | None:
-    """Where the next listing of a camera prefix starts.
-
-    Listing starts after the last key seen, so a tick costs what is new, not what is
-    old. Clips recorded earlier but uploaded late (a camera back online) would sort
-    before that key; re-listing a short window back in key time catches them, still
-    at a cost bounded by the clips in the window.
-    """
-    if checkpoint is None:
-        return None
-    parsed = parse_upload_key(checkpoint)
-    if parsed is None or parsed.recorded_at is None or not lookback:
-        return checkpoint
-    earlier = parsed.recorded_at - lookback
-    return f"{parsed.tenant}/{parsed.camera}/{earlier:%Y/%m/%d/%H%M%S}"
 
 
 def stage_prefix(tenant: str, camera: str, clip: str, pipeline: str, stage: str) -> str:

@@ -23,10 +23,26 @@ class RetryPolicy:
     #: How long past its timeout a stage may run before the engine gives up on the
     #: executor stopping it and fails the attempt itself.
     overrun_grace_seconds: float = 60.0
+    #: An executor that retries by itself waits this long before its first retry,
+    #: doubling up to the cap: a Job's pod-failure backoff (10 s doubling, capped at
+    #: 6 min, per the Kubernetes Job docs).
+    executor_backoff_seconds: float = 10.0
+    executor_backoff_max_seconds: float = 360.0
 
     def backoff(self, failed_attempt: int) -> timedelta:
         seconds = self.backoff_seconds * 2 ** max(0, failed_attempt - 1)
         return timedelta(seconds=min(seconds, self.backoff_max_seconds))
+
+    def run_limit(self, timeout_seconds: float, own_retries: int) -> timedelta:
+        """How long after its code started an attempt may still be running: each of the
+        executor's own tries (1 + ``own_retries``) for the stage timeout, its backoff
+        between them, and the grace."""
+        backoffs = sum(
+            min(self.executor_backoff_seconds * 2**k, self.executor_backoff_max_seconds)
+            for k in range(own_retries)
+        )
+        tries = 1 + own_retries
+        return timedelta(seconds=timeout_seconds * tries + backoffs + self.overrun_grace_seconds)
 
 
 # --- actions --------------------------------------------------------------------------
@@ -55,6 +71,8 @@ class ExpireAttempt:
     attempt_id: str
     handle: str | None
     reason: str
+    #: The executor's own retries were part of the limit: none from the engine on top.
+    exhausted: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,8 +163,10 @@ def decide(
     now: datetime,
     policy: RetryPolicy,
     executor_has_gpus: bool,
+    executor_retries: bool = False,
 ) -> RunDecision:
-    """What to do next for one active run."""
+    """What to do next for one active run. ``executor_retries``: the executor retries a
+    failed attempt itself (a Job's backoffLimit), so the engine never adds its own."""
     decision = RunDecision()
     if pipeline is None:
         decision.actions = _fail(
@@ -164,8 +184,11 @@ def decide(
             done_at[name] = attempt.finished_at or now
         elif attempt.state == AttemptState.FAILED:
             if attempt.permanent:
+                # Exit 2 blames the input; otherwise the stage broke its contract (wrote
+                # garbage), which its own reason says.
+                why = "bad input, " if attempt.exit_code == EXIT_BAD_INPUT else ""
                 decision.actions = _fail(
-                    run, attempts, f"stage {name} failed: {attempt.reason} (bad input, not retried)"
+                    run, attempts, f"stage {name} failed: {attempt.reason} ({why}not retried)"
                 )
                 return decision
             if attempt.exhausted or attempt.attempt > stage.retries:
@@ -189,15 +212,19 @@ def decide(
                 decision.actions.append(Resubmit(run.id, attempt.id))
             continue
         if attempt is not None and attempt.state == AttemptState.RUNNING:
-            began = attempt.started_at or attempt.submitted_at or attempt.created_at
-            limit = timedelta(seconds=stage.timeout_seconds + policy.overrun_grace_seconds)
-            if began + limit < now:
+            if attempt.started_at is None:
+                # Queued (for a node, a GPU, an image): waiting is not running, so the
+                # stage timeout has not begun; the executor watches what it waits for.
+                continue
+            own_retries = stage.retries if executor_retries else 0
+            if attempt.started_at + policy.run_limit(stage.timeout_seconds, own_retries) < now:
                 decision.actions.append(
                     ExpireAttempt(
                         attempt.id,
                         attempt.handle,
                         f"ran past its {stage.timeout_seconds} s timeout and the executor "
                         "did not stop it",
+                        exhausted=executor_retries,
                     )
                 )
             continue

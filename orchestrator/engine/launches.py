@@ -77,6 +77,7 @@ def build_launch(
         )
         for name, ref in resolved.spec.inputs.items()
     }
+    placement = resolved.spec.placement
     resources = resolved.algorithm.accelerators.get(accelerator)  # type: ignore[call-overload]
     if resources is None:
         resources = next(iter(resolved.algorithm.accelerators.values()))
@@ -106,6 +107,8 @@ def build_launch(
         retries=resolved.retries,
         channel=channel,
         fallback=fallback,  # type: ignore[arg-type]
+        queued_fallback=placement.fallback if accelerator == "gpu" else None,
+        fallback_after_seconds=placement.fallback_after_seconds if accelerator == "gpu" else None,
     )
 
 

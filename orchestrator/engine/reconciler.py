@@ -8,10 +8,13 @@ keys, submitting a submitted attempt adopts it, and a run finishes exactly once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from algorithms.contract import MANIFEST_NAME
 from orchestrator.domain.catalog import Catalog, Pipeline
@@ -29,8 +32,28 @@ from orchestrator.engine.decide import (
     outcome,
 )
 from orchestrator.engine.launches import build_launch, compose_result
-from orchestrator.errors import CamflowError, StorageError
-from orchestrator.executors.base import Executor
+from orchestrator.engine.outputs import (
+    RESULT_OUTPUT,
+    BrokenContract,
+    StageManifest,
+    check_manifest,
+    check_result,
+    unreadable,
+)
+from orchestrator.errors import (
+    CamflowError,
+    ContentError,
+    ExecutorError,
+    ObjectMissing,
+    StorageError,
+)
+from orchestrator.executors.base import (
+    ExecState,
+    ExecStatus,
+    Executor,
+    StageLaunch,
+    SubmitRefused,
+)
 from orchestrator.storage import S3Gateway
 from orchestrator.store import Clip, Run, StageAttempt, Store
 from orchestrator.store.models import AttemptState, RunStatus, utcnow
@@ -45,6 +68,44 @@ class TickReport:
     started: int = 0
     finished: list[tuple[str, RunStatus]] = field(default_factory=list)
     active: int = 0
+    #: Runs (and clips being planned) whose handling raised this tick; the others went on.
+    errors: int = 0
+
+
+#: Something we depend on is away for a moment (S3, the database, a cluster, the disk):
+#: a run that meets one is looked at again next tick without counting against it, or
+#: an outage would fail every active run.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    StorageError,
+    ExecutorError,
+    OperationalError,
+    InterfaceError,
+    OSError,
+)
+
+
+@dataclass
+class _Trouble:
+    """The runs whose handling raised this tick, each with the first step and error."""
+
+    runs: dict[str, tuple[str, Exception]] = field(default_factory=dict)
+
+    def __contains__(self, run_id: object) -> bool:
+        return run_id in self.runs
+
+    @contextmanager
+    def isolate(self, view: RunWithAttempts, step: str) -> Iterator[None]:
+        """Runs the block for one run; what it raises is logged and kept, not raised,
+        so that one run's trouble never stops the tick for the others."""
+        try:
+            yield
+        except Exception as exc:
+            where = f"clip {_clip_name(view.clip)} run {view.run.id}"
+            if isinstance(exc, UNAVAILABLE):
+                log.warning("%s: %s while %s it; trying again next tick", where, exc, step)
+            else:
+                log.exception("%s: unexpected error while %s it; the other runs go on", where, step)
+            self.runs.setdefault(view.run.id, (step, exc))
 
 
 def _clip_name(clip: Clip) -> str:
@@ -62,6 +123,9 @@ class Reconciler:
         default_bucket: str,
         policy: RetryPolicy | None = None,
         clock: Callable[[], datetime] = utcnow,
+        max_result_bytes: int = 16 * 2**20,
+        max_manifest_bytes: int = 2**20,
+        max_erroring_ticks: int = 10,
     ) -> None:
         self.store = store
         #: A fixed catalog, or where to get the current one (the registry can change).
@@ -69,35 +133,56 @@ class Reconciler:
         self.catalog = self._catalog_source()
         #: Pipelines that exist only for this process (``camflow algorithms try``).
         self.extra_pipelines: dict[str, Pipeline] = {}
+        #: Whose runs this engine drives: None for `camflow serve`; a one-shot command
+        #: sets its own name so that it and a running serve never drive each other's.
+        self.owner: str | None = None
         self.executor = executor
         self.s3 = s3
         self.results_bucket = results_bucket
         self.default_bucket = default_bucket
         self.policy = policy or RetryPolicy()
         self.clock = clock
+        self.max_result_bytes = max_result_bytes
+        self.max_manifest_bytes = max_manifest_bytes
+        self.max_erroring_ticks = max_erroring_ticks
+        #: Run id -> ticks in a row its handling raised unexpectedly. In memory: a
+        #: restart forgets it, which only delays giving up on a run, and a column would
+        #: be written on every erroring tick to guard against what is almost always a
+        #: bug that recurs within a few ticks of any start.
+        self._erroring: dict[str, int] = {}
 
     # --- plan ---------------------------------------------------------------------------
 
-    def plan_new_clips(self) -> int:
+    def plan_new_clips(self, report: TickReport | None = None) -> int:
         planned = 0
         for clip in self.store.unplanned_clips():
-            pipelines = [
-                p
-                for p in self.catalog.pipelines.values()
-                if p.spec.trigger.matches(clip.bucket, clip.key, self.default_bucket)
-            ]
-            runs = [
-                Run(id=run_id(clip.id, p.name), clip_id=clip.id, pipeline=p.name, algorithms=p.pins)
-                for p in pipelines
-            ]
-            for run in self.store.plan(clip.id, runs):
-                planned += 1
-                log.info(
-                    "clip %s: run %s queued (pipeline %s)", _clip_name(clip), run.id, run.pipeline
-                )
-            if not pipelines:
-                log.info("clip %s: no pipeline's trigger matches it", _clip_name(clip))
+            try:
+                planned += self._plan_clip(clip)
+            except UNAVAILABLE:
+                raise  # the store is away: so is the rest of this tick
+            except Exception:
+                # Left unplanned, so it is tried again next tick; the others go on.
+                log.exception("clip %s: could not plan its runs", _clip_name(clip))
+                if report is not None:
+                    report.errors += 1
         return planned
+
+    def _plan_clip(self, clip: Clip) -> int:
+        pipelines = [
+            p
+            for p in self.catalog.pipelines.values()
+            if p.spec.trigger.matches(clip.bucket, clip.key, self.default_bucket)
+        ]
+        runs = [
+            Run(id=run_id(clip.id, p.name), clip_id=clip.id, pipeline=p.name, algorithms=p.pins)
+            for p in pipelines
+        ]
+        created = self.store.plan(clip.id, runs)
+        for run in created:
+            log.info("clip %s: run %s queued (pipeline %s)", _clip_name(clip), run.id, run.pipeline)
+        if not pipelines:
+            log.info("clip %s: no pipeline's trigger matches it", _clip_name(clip))
+        return len(created)
 
     def plan_run(self, clip: Clip, pipeline: Pipeline) -> Run:
         """Creates one run of ``pipeline`` for ``clip`` (the one-shot ``process`` path)."""
@@ -106,6 +191,7 @@ class Reconciler:
             clip_id=clip.id,
             pipeline=pipeline.name,
             algorithms=pipeline.pins,
+            owner=self.owner,
         )
         self.store.plan(clip.id, [run])
         return run
@@ -118,56 +204,190 @@ class Reconciler:
 
     # --- observe ------------------------------------------------------------------------
 
-    def _read_manifest(self, clip: Clip, pipeline: str, stage: str) -> dict[str, Any] | None:
-        key = stage_prefix(clip.tenant, clip.camera, clip.id, pipeline, stage) + MANIFEST_NAME
+    def _stage_json(self, view: RunWithAttempts, stage: str, name: str, setting: str) -> Any:
+        """An object the stage wrote under its output prefix, parsed. BrokenContract if
+        it is too large or not JSON; ObjectMissing if absent; StorageError if S3 is away."""
+        prefix = stage_prefix(
+            view.clip.tenant, view.clip.camera, view.clip.id, view.run.pipeline, stage
+        )
+        limit = self.max_manifest_bytes if name == MANIFEST_NAME else self.max_result_bytes
         try:
-            return self.s3.get_json(self.results_bucket, key)
-        except StorageError:
-            return None
+            return self.s3.get_json(self.results_bucket, prefix + name, limit)
+        except ContentError as exc:
+            raise unreadable(name, exc, setting) from None
 
-    def observe(self, views: list[RunWithAttempts]) -> None:
-        running = {
-            a.handle: (view, a)
-            for view in views
-            for a in view.attempts
-            if a.state == AttemptState.RUNNING and a.handle
-        }
-        if not running:
-            return
-        statuses = self.executor.poll(list(running))
-        for handle, status in statuses.items():
-            view, attempt = running[handle]
-            if status.started_at and not attempt.started_at:
-                self.store.update_attempt(attempt.id, started_at=status.started_at)
-                attempt.started_at = status.started_at
-            result = outcome(status)
-            if result is None:
-                continue
-            values: dict[str, Any] = {
-                "state": result.state,
-                "exit_code": result.exit_code,
-                "reason": result.reason,
-                "permanent": result.permanent,
-                "timed_out": result.timed_out,
-                "exhausted": result.exhausted,
-                "tries": result.tries,
-                "finished_at": status.finished_at or self.clock(),
-                "started_at": attempt.started_at or status.started_at,
-            }
-            if result.state == AttemptState.SUCCEEDED:
-                manifest = self._read_manifest(view.clip, view.run.pipeline, attempt.stage)
-                if manifest is None:
-                    values.update(
-                        state=AttemptState.FAILED,
-                        reason=f"exited 0 but wrote no {MANIFEST_NAME} (the stage contract "
-                        "requires it last)",
+    def _read_result(self, view: RunWithAttempts, stage: str, name: str) -> dict[str, Any]:
+        try:
+            raw = self._stage_json(view, stage, name, "max_result_bytes")
+        except ObjectMissing:
+            raise BrokenContract(
+                f"names {name} as its {RESULT_OUTPUT!r} output in {MANIFEST_NAME} but did not "
+                f"write {name}"
+            ) from None
+        return check_result(raw, name)
+
+    def _check_outputs(self, view: RunWithAttempts, stage: str) -> StageManifest:
+        """The manifest of a stage that exited 0, and its result output, checked against
+        the contract (BrokenContract if not). A StorageError (S3 away) is raised: the
+        attempt then stays running and is looked at again next tick."""
+        try:
+            raw = self._stage_json(view, stage, MANIFEST_NAME, "max_manifest_bytes")
+        except ObjectMissing:
+            raise BrokenContract(
+                f"exited 0 but wrote no {MANIFEST_NAME} (the stage contract requires it last)",
+                permanent=False,
+            ) from None
+        manifest = check_manifest(raw)
+        if RESULT_OUTPUT in manifest.outputs:
+            self._read_result(view, stage, manifest.outputs[RESULT_OUTPUT])
+        return manifest
+
+    def observe(self, views: list[RunWithAttempts], trouble: _Trouble | None = None) -> None:
+        trouble = _Trouble() if trouble is None else trouble
+        running: dict[str, tuple[RunWithAttempts, StageAttempt]] = {}
+        for view in views:
+            for attempt in view.attempts:
+                if attempt.state not in (AttemptState.PENDING, AttemptState.RUNNING):
+                    continue
+                if attempt.executor != self.executor.name:
+                    # Its handle and placement mean nothing to this executor (the store
+                    # moved from local to kubernetes, or back): asking about it, or
+                    # submitting it again, would be answered wrongly or not at all.
+                    with trouble.isolate(view, "observing"):
+                        self._abandon(
+                            view,
+                            attempt,
+                            f"submitted to executor {attempt.executor}, but this camflow "
+                            f"runs {self.executor.name}; it cannot follow or stop that "
+                            "attempt (if it still runs there, stop it there)",
+                        )
+                    continue
+                if attempt.state == AttemptState.RUNNING and attempt.handle:
+                    running[attempt.handle] = (view, attempt)
+        statuses = self._poll(running, trouble) if running else {}
+        for handle, (view, attempt) in running.items():
+            status = statuses.get(handle)
+            if status is None or view.run.id in trouble:
+                continue  # no answer about it this time: asked again next tick
+            with trouble.isolate(view, "observing"):
+                self._observe_attempt(view, attempt, status)
+
+    def _poll(
+        self, running: dict[str, tuple[RunWithAttempts, StageAttempt]], trouble: _Trouble
+    ) -> dict[str, ExecStatus]:
+        try:
+            return self.executor.poll(list(running))
+        except UNAVAILABLE as exc:
+            log.warning("the %s executor cannot be polled now: %s", self.executor.name, exc)
+            for view, _attempt in running.values():
+                trouble.runs.setdefault(view.run.id, ("polling", exc))
+            return {}
+        except Exception as exc:
+            # Most likely one handle it cannot read: find it rather than stay blind to all.
+            log.warning(
+                "the %s executor could not poll %d attempts at once (%s: %s); asking one at a time",
+                self.executor.name,
+                len(running),
+                type(exc).__name__,
+                exc,
+            )
+        statuses: dict[str, ExecStatus] = {}
+        for handle, (view, attempt) in running.items():
+            with trouble.isolate(view, "polling"):
+                try:
+                    statuses.update(self.executor.poll([handle]))
+                except (ValueError, LookupError, TypeError) as exc:
+                    self._abandon(
+                        view,
+                        attempt,
+                        f"the {self.executor.name} executor cannot follow its handle "
+                        f"{handle!r} ({type(exc).__name__}: {exc}); the attempt is given up",
                     )
-                else:
-                    values.update(metrics=manifest.get("metrics"), outputs=manifest.get("outputs"))
-            self.store.update_attempt(attempt.id, **values)
-            for key, value in values.items():
-                setattr(attempt, key, value)
-            self._log_outcome(view, attempt)
+        return statuses
+
+    def _abandon(self, view: RunWithAttempts, attempt: StageAttempt, reason: str) -> None:
+        """Fails an attempt this engine cannot follow. Not permanent: the stage did
+        nothing wrong, and a retry here, where it can be followed, may well succeed."""
+        values: dict[str, Any] = {
+            "state": AttemptState.FAILED,
+            "reason": reason,
+            "permanent": False,
+            "finished_at": self.clock(),
+        }
+        self.store.update_attempt(attempt.id, **values)
+        for key, value in values.items():
+            setattr(attempt, key, value)
+        self._log_outcome(view, attempt)
+
+    def _observe_attempt(
+        self, view: RunWithAttempts, attempt: StageAttempt, status: ExecStatus
+    ) -> None:
+        if status.requeue:
+            self._requeue(view, attempt, status)
+            return
+        if status.state == ExecState.LOST and self._wrote_manifest(view, attempt.stage):
+            # Its Job finished and was removed (by its TTL while the cluster was out of
+            # sight): the manifest, written last, says it succeeded. Never run again.
+            status = ExecStatus(
+                state=ExecState.SUCCEEDED, exit_code=0, started_at=status.started_at
+            )
+        if status.started_at and not attempt.started_at:
+            self.store.update_attempt(attempt.id, started_at=status.started_at)
+            attempt.started_at = status.started_at
+        result = outcome(status)
+        if result is None:
+            return
+        values: dict[str, Any] = {
+            "state": result.state,
+            "exit_code": result.exit_code,
+            "reason": result.reason,
+            "permanent": result.permanent,
+            "timed_out": result.timed_out,
+            "exhausted": result.exhausted,
+            "tries": result.tries,
+            "finished_at": status.finished_at or self.clock(),
+            "started_at": attempt.started_at or status.started_at,
+        }
+        if result.state == AttemptState.SUCCEEDED:
+            try:
+                manifest = self._check_outputs(view, attempt.stage)
+            except BrokenContract as exc:
+                values.update(state=AttemptState.FAILED, reason=exc.reason, permanent=exc.permanent)
+            else:
+                values.update(metrics=manifest.metrics, outputs=manifest.outputs)
+        self.store.update_attempt(attempt.id, **values)
+        for key, value in values.items():
+            setattr(attempt, key, value)
+        self._log_outcome(view, attempt)
+
+    def _wrote_manifest(self, view: RunWithAttempts, stage: str) -> bool:
+        try:
+            self._stage_json(view, stage, MANIFEST_NAME, "max_manifest_bytes")
+        except ObjectMissing:
+            return False
+        return True
+
+    def _requeue(self, view: RunWithAttempts, attempt: StageAttempt, status: ExecStatus) -> None:
+        """The executor gave the attempt back (a GPU Job no node could take): the next
+        tick's Resubmit starts it again at its recorded place, on ``status.requeue``."""
+        values: dict[str, Any] = {
+            "state": AttemptState.PENDING,
+            "handle": None,
+            "accelerator": status.requeue,
+            "submitted_at": None,
+            "reason": status.reason,
+        }
+        self.store.update_attempt(attempt.id, **values)
+        for key, value in values.items():
+            setattr(attempt, key, value)
+        log.info(
+            "clip %s run %s: stage %s attempt %d: %s",
+            _clip_name(view.clip),
+            view.run.id,
+            attempt.stage,
+            attempt.attempt,
+            status.reason,
+        )
 
     def _log_outcome(self, view: RunWithAttempts, attempt: StageAttempt) -> None:
         where = (
@@ -189,42 +409,125 @@ class Reconciler:
         one-shot ``process`` path, which must not drive anyone else's runs)."""
         report = TickReport()
         self.catalog = self._catalog_source()
-        if only is None:
-            report.planned = self.plan_new_clips()
-        views = self.store.active_runs()
+        if only is None and self.owner is None:
+            report.planned = self.plan_new_clips(report)
+        views = self.store.active_runs(self.owner)
         if only is not None:
             views = [view for view in views if view.run.id in only]
-        self.observe(views)
+        # Past this point each run is handled on its own: what one run's handling
+        # raises is kept in ``trouble`` and the tick goes on for the others.
+        trouble = _Trouble()
+        self.observe(views, trouble)
         now = self.clock()
         capacity = self.executor.capacity()
-        actions: list[Action] = []
+        plans: list[tuple[RunWithAttempts, list[Action]]] = []
         starts: list[StartAttempt] = []
         by_id = {view.run.id: view for view in views}
         for view in views:
-            pipeline = self.pipeline_of(view.run)
-            decision = decide(
-                view.run, view.attempts, pipeline, now, self.policy, capacity.gpu_slots > 0
-            )
-            actions += decision.actions
-            if not any(isinstance(a, FinishRun) for a in decision.actions):
-                starts += decision.starts
-        for action in actions:
-            self._apply(action, by_id, report)
+            if view.run.id in trouble:
+                continue  # what we know of it may be stale: decide next tick
+            with trouble.isolate(view, "deciding"):
+                pipeline = self.pipeline_of(view.run)
+                decision = decide(
+                    view.run,
+                    view.attempts,
+                    pipeline,
+                    now,
+                    self.policy,
+                    capacity.gpu_slots > 0,
+                    executor_retries=getattr(self.executor, "retries_itself", False),
+                )
+                plans.append((view, decision.actions))
+                if not any(isinstance(a, FinishRun) for a in decision.actions):
+                    starts += decision.starts
+        for view, actions in plans:
+            with trouble.isolate(view, "acting on"):
+                for action in actions:
+                    self._apply(action, view, report)
         free = capacity.slots - self.store.count_attempts(self.executor.name)
         free_gpu = capacity.gpu_slots - self.store.count_attempts(self.executor.name, "gpu")
         for start in admit(starts, free, free_gpu):
-            self._start(start, by_id[start.run_id])
-            report.started += 1
+            view = by_id[start.run_id]
+            if view.run.id in trouble:
+                continue
+            with trouble.isolate(view, "starting a stage of"):
+                self._start(start, view)
+                report.started += 1
+        self._settle(views, trouble, report)
         report.active = len(views) - len(report.finished)
         return report
 
-    def _apply(self, action: Action, by_id: dict[str, RunWithAttempts], report: TickReport) -> None:
+    def _settle(self, views: list[RunWithAttempts], trouble: _Trouble, report: TickReport) -> None:
+        """Counts the ticks in a row each run's handling raised unexpectedly, and fails
+        a run at ``max_erroring_ticks``: a bug that recurs must end the run with its
+        reason, not wedge it. An outage (UNAVAILABLE) neither counts nor resets."""
+        report.errors += len(trouble.runs)
+        active = {view.run.id for view in views}
+        for run_id_ in list(self._erroring):
+            if run_id_ not in active:
+                del self._erroring[run_id_]  # finished, or no longer ours to drive
+        for view in views:
+            problem = trouble.runs.get(view.run.id)
+            if problem is None:
+                self._erroring.pop(view.run.id, None)
+                continue
+            step, exc = problem
+            if isinstance(exc, UNAVAILABLE):
+                continue
+            count = self._erroring[view.run.id] = self._erroring.get(view.run.id, 0) + 1
+            if count < self.max_erroring_ticks:
+                continue
+            reason = (
+                f"camflow failed while {step} this run {count} ticks in a row "
+                f"({type(exc).__name__}: {exc}); it was stopped rather than retried forever: "
+                "the orchestrator's log has the traceback"
+            )
+            try:
+                if self._give_up(view, reason):
+                    report.finished.append((view.run.id, RunStatus.FAILED))
+            except Exception:
+                log.exception(
+                    "clip %s run %s: could not fail it either; trying again next tick",
+                    _clip_name(view.clip),
+                    view.run.id,
+                )
+
+    def _give_up(self, view: RunWithAttempts, reason: str) -> bool:
+        """Fails a run whose handling keeps raising, by the shortest path that works:
+        its in-flight attempts are cancelled if they can be, and result.json is written
+        if it can be; the store records the failure in any case."""
+        mine = [
+            a.handle
+            for a in view.attempts
+            if a.handle
+            and a.executor == self.executor.name
+            and a.state in (AttemptState.PENDING, AttemptState.RUNNING)
+        ]
+        try:
+            if mine:
+                self.executor.cancel(mine)
+            return self._finish(view, FinishRun(view.run.id, RunStatus.FAILED, reason)) is not None
+        except Exception:
+            log.exception(
+                "clip %s run %s: cannot write its result.json; failing it in the store only",
+                _clip_name(view.clip),
+                view.run.id,
+            )
+        done = self.store.finish_run(
+            view.run.id, RunStatus.FAILED, reason, None, None, self.clock()
+        )
+        if done:
+            log.warning("clip %s run %s: failed: %s", _clip_name(view.clip), view.run.id, reason)
+        return done
+
+    def _apply(self, action: Action, view: RunWithAttempts, report: TickReport) -> None:
         if isinstance(action, Resubmit):
-            view = by_id[action.run_id]
             attempt = next(a for a in view.attempts if a.id == action.attempt_id)
             self._submit(view, attempt)
         elif isinstance(action, CancelAttempts):
-            self.executor.cancel(list(action.handles))
+            # Another executor's handles mean nothing to this one (see observe).
+            mine = {a.handle for a in view.attempts if a.executor == self.executor.name}
+            self.executor.cancel([h for h in action.handles if h in mine])
         elif isinstance(action, ExpireAttempt):
             if action.handle:
                 self.executor.cancel([action.handle])
@@ -233,10 +536,13 @@ class Reconciler:
                 state=AttemptState.FAILED,
                 reason=action.reason,
                 timed_out=True,
+                exhausted=action.exhausted,
                 finished_at=self.clock(),
             )
-        elif isinstance(action, FinishRun) and self._finish(by_id[action.run_id], action):
-            report.finished.append((action.run_id, action.status))
+        elif isinstance(action, FinishRun):
+            finished = self._finish(view, action)
+            if finished is not None:
+                report.finished.append((action.run_id, finished))
 
     def _start(self, start: StartAttempt, view: RunWithAttempts) -> None:
         attempt = self.store.add_attempt(
@@ -251,15 +557,15 @@ class Reconciler:
             )
         )
         if not self._submit(view, attempt, start.fallback):
-            # No executor took it (no cluster with room, say): withdraw it, so that the
-            # next tick decides afresh, e.g. to fall back to CPU after the wait.
+            # Nowhere to put it now (no cluster with room, say), and nothing was created:
+            # withdraw it, so that the next tick decides afresh, e.g. to fall back to CPU.
             self.store.delete_attempt(attempt.id)
 
-    def _submit(
+    def _launch(
         self, view: RunWithAttempts, attempt: StageAttempt, fallback: str | None = None
-    ) -> bool:
+    ) -> StageLaunch:
         pipeline = self._pipeline(view)
-        launch = build_launch(
+        return build_launch(
             view.run,
             view.clip,
             pipeline,
@@ -270,11 +576,42 @@ class Reconciler:
             channel=self.catalog.channels.get(pipeline.stages[attempt.stage].algorithm.ref, "dev"),
             fallback=fallback,
         )
+
+    def _submit(
+        self, view: RunWithAttempts, attempt: StageAttempt, fallback: str | None = None
+    ) -> bool:
+        """Places the attempt (once), records where, then creates it there. False only
+        when it has no place and nothing was created."""
+        if attempt.placement is None:
+            placed = self.executor.place([self._launch(view, attempt, fallback)]).get(attempt.id)
+            if placed is None:
+                return False
+            # Recorded before the create: a create that timed out after the server made
+            # the Job is retried at this place (where a 409 adopts it), never elsewhere.
+            self.store.update_attempt(
+                attempt.id, placement=placed.placement, accelerator=placed.accelerator
+            )
+            attempt.placement, attempt.accelerator = placed.placement, placed.accelerator
+        launch = self._launch(view, attempt).model_copy(update={"placement": attempt.placement})
         try:
             submission = self.executor.submit([launch])[launch.attempt_id]
+        except SubmitRefused as exc:
+            if exc.final:
+                self.store.update_attempt(
+                    attempt.id,
+                    state=AttemptState.FAILED,
+                    reason=str(exc),
+                    exhausted=True,
+                    finished_at=self.clock(),
+                )
+            else:  # held where it was placed; the reason shows why it waits
+                self.store.update_attempt(attempt.id, reason=str(exc))
+            log.warning("clip %s: %s refused: %s", _clip_name(view.clip), attempt.id, exc)
+            return True
         except CamflowError as exc:
+            # Its place is recorded: a Resubmit tries there again, and only there.
             log.warning("clip %s: could not submit %s: %s", _clip_name(view.clip), attempt.id, exc)
-            return False
+            return True
         now = self.clock()
         self.store.update_attempt(
             attempt.id,
@@ -284,6 +621,7 @@ class Reconciler:
             placement=submission.placement,
             submitted_at=now,
             image=launch.image,
+            reason=None,
             log_uri=self.executor.log_uri(submission.handle),
         )
         self.store.mark_run_started(view.run.id, now)
@@ -305,32 +643,45 @@ class Reconciler:
         return pipeline
 
     def _payload(self, view: RunWithAttempts, attempts: list[StageAttempt]) -> dict[str, Any]:
-        """What the stages published: each succeeded stage listing a ``result`` output."""
+        """What the stages published: each succeeded stage's ``result`` output, under
+        the checks it passed when the stage finished. If one fails them now (replaced
+        since, or recorded by an older camflow), that attempt fails and BrokenContract
+        says why the run does."""
         payload: dict[str, Any] = {}
         for attempt in attempts:
-            if attempt.state != AttemptState.SUCCEEDED or not (attempt.outputs or {}).get("result"):
+            name = (attempt.outputs or {}).get(RESULT_OUTPUT)
+            if attempt.state != AttemptState.SUCCEEDED or not name:
                 continue
-            key = (
-                stage_prefix(
-                    view.clip.tenant,
-                    view.clip.camera,
-                    view.clip.id,
-                    view.run.pipeline,
-                    attempt.stage,
+            try:
+                if not isinstance(name, str):
+                    raise BrokenContract(
+                        f"names {name!r} as its {RESULT_OUTPUT!r} output: not an object name"
+                    )
+                payload.update(self._read_result(view, attempt.stage, name))
+            except BrokenContract as exc:
+                self.store.update_attempt(
+                    attempt.id, state=AttemptState.FAILED, reason=exc.reason, permanent=True
                 )
-                + attempt.outputs["result"]
-            )  # type: ignore[index]
-            payload.update(self.s3.get_json(self.results_bucket, key))
+                raise BrokenContract(
+                    f"stage {attempt.stage} failed: {exc.reason} (not retried)"
+                ) from None
         return payload
 
-    def _finish(self, view: RunWithAttempts, action: FinishRun) -> bool:
+    def _finish(self, view: RunWithAttempts, action: FinishRun) -> RunStatus | None:
+        """Writes result.json and ends the run; the status it ended with, or None if it
+        stays active (S3 away: the next tick tries again) or was ended already."""
         attempts = self.store.attempts_of_run(view.run.id)
         now = self.clock()
+        status, error = action.status, action.error
         try:
-            payload = self._payload(view, attempts) if action.status == RunStatus.SUCCEEDED else {}
-            result = compose_result(
-                view.run, view.clip, attempts, action.status, action.error, payload, now
-            )
+            payload: dict[str, Any] = {}
+            if status == RunStatus.SUCCEEDED:
+                try:
+                    payload = self._payload(view, attempts)
+                except BrokenContract as exc:
+                    status, error = RunStatus.FAILED, exc.reason
+                    attempts = self.store.attempts_of_run(view.run.id)
+            result = compose_result(view.run, view.clip, attempts, status, error, payload, now)
             key = result_key(view.clip.tenant, view.clip.camera, view.clip.id, view.run.pipeline)
             uri = self.s3.put_json(self.results_bucket, key, result)
         except StorageError as exc:
@@ -341,15 +692,13 @@ class Reconciler:
                 view.run.id,
                 exc,
             )
-            return False
-        if not self.store.finish_run(view.run.id, action.status, action.error, result, uri, now):
-            return False
-        if action.status == RunStatus.SUCCEEDED:
+            return None
+        if not self.store.finish_run(view.run.id, status, error, result, uri, now):
+            return None
+        if status == RunStatus.SUCCEEDED:
             log.info(
                 "clip %s run %s: succeeded, result at %s", _clip_name(view.clip), view.run.id, uri
             )
         else:
-            log.warning(
-                "clip %s run %s: failed: %s", _clip_name(view.clip), view.run.id, action.error
-            )
-        return True
+            log.warning("clip %s run %s: failed: %s", _clip_name(view.clip), view.run.id, error)
+        return status

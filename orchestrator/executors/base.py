@@ -15,6 +15,7 @@ from typing import Protocol
 from pydantic import BaseModel, Field
 
 from orchestrator.domain.algorithm import Accelerator, Resources
+from orchestrator.errors import ExecutorError
 
 
 class StageLaunch(BaseModel):
@@ -42,6 +43,13 @@ class StageLaunch(BaseModel):
     channel: str = "dev"
     #: Where a GPU attempt may run instead if the executor has no GPU for it.
     fallback: Accelerator | None = None
+    #: The stage's own fallback and wait (``placement``), for an executor that sees a
+    #: GPU attempt queued for a node no one can give it: after the wait it may move it.
+    queued_fallback: Accelerator | None = None
+    fallback_after_seconds: float | None = None
+    #: Where it must go, as ``place`` chose and the store recorded before the create:
+    #: a retried create goes to the same place, never a second one. None: choose now.
+    placement: str | None = None
 
 
 class Submission(BaseModel):
@@ -50,6 +58,25 @@ class Submission(BaseModel):
     handle: str
     accelerator: Accelerator
     placement: str
+
+
+class Placement(BaseModel):
+    """Where an attempt will go, chosen before anything is created there."""
+
+    placement: str
+    accelerator: Accelerator
+
+
+class SubmitRefused(ExecutorError):
+    """The executor refused this attempt for a reason of its own, not a passing fault.
+
+    ``final``: retrying the same request cannot help (an invalid Job), so the attempt
+    fails with this message; otherwise it is held and submitted again later (a quota
+    that is full, permissions not granted yet)."""
+
+    def __init__(self, message: str, final: bool) -> None:
+        super().__init__(message)
+        self.final = final
 
 
 class ExecState(StrEnum):
@@ -71,8 +98,13 @@ class ExecStatus(BaseModel):
     exhausted: bool = False
     #: How many times the executor ran it (pods of a Job); None: once.
     tries: int | None = None
+    #: When the code itself began (a container started, not a pod queued for a node).
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    #: The executor gave the attempt back, to be submitted again on this accelerator at
+    #: the same place (a GPU Job no node could take within the stage's fallback wait;
+    #: its Job is deleted first, so the two never run at once).
+    requeue: Accelerator | None = None
 
 
 class Capacity(BaseModel):
@@ -85,11 +117,23 @@ class Capacity(BaseModel):
 class Executor(Protocol):
     name: str
 
+    #: The executor retries a failed attempt by itself (a Job's backoffLimit), so the
+    #: engine must not retry on top of it.
+    retries_itself: bool
+
     def capacity(self) -> Capacity: ...
 
+    def place(self, launches: Sequence[StageLaunch]) -> dict[str, Placement]:
+        """Where each launch would go now (pure choice, nothing created); launches
+        missing from the answer have nowhere to go now."""
+        ...
+
     def submit(self, launches: Sequence[StageLaunch]) -> dict[str, Submission]:
-        """Starts the attempts; returns attempt id -> handle. Submitting an attempt that
-        was already submitted (a replay after a crash) must not start it twice."""
+        """Starts the attempts where their ``placement`` says; returns attempt id ->
+        handle. Submitting an attempt that was already submitted (a replay after a
+        crash, a create whose answer was lost) must not start it twice. Raises
+        ExecutorError when it cannot now (the attempt stays where it was placed), or
+        SubmitRefused."""
         ...
 
     def poll(self, handles: Sequence[str]) -> dict[str, ExecStatus]: ...

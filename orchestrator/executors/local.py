@@ -23,6 +23,7 @@ from orchestrator.executors.base import (
     Capacity,
     ExecState,
     ExecStatus,
+    Placement,
     StageLaunch,
     Submission,
 )
@@ -47,6 +48,7 @@ def _parse_time(value: str | None) -> datetime | None:
 
 class LocalExecutor:
     name = "local"
+    retries_itself = False
 
     def __init__(
         self,
@@ -75,6 +77,13 @@ class LocalExecutor:
         if command and command[0] in ("python", "python3"):
             return [sys.executable, *command[1:]]
         return command
+
+    def place(self, launches: Sequence[StageLaunch]) -> dict[str, Placement]:
+        # One machine: every launch goes here, on the accelerator the engine admitted.
+        return {
+            launch.attempt_id: Placement(placement="local", accelerator=launch.accelerator)
+            for launch in launches
+        }
 
     def submit(self, launches: Sequence[StageLaunch]) -> dict[str, Submission]:
         handles = {}

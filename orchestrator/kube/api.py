@@ -16,12 +16,22 @@ log = logging.getLogger("camflow.kube")
 T = TypeVar("T")
 
 
-class KubeApiError(ExecutorError):
-    """The API server refused a request (a 4xx other than 409 on create)."""
+#: Items per page of a list: each tick's lists stay bounded however many Jobs exist.
+PAGE = 500
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+
+class KubeApiError(ExecutorError):
+    """The API server refused a request (a 4xx other than 409 on create): something
+    about the request, not the cluster. ``api_message`` is the server's own words."""
+
+    def __init__(
+        self, message: str, status: int | None = None, api_message: str = "", reason: str = ""
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.api_message = api_message
+        #: The Status object's reason: Forbidden, Invalid, NotFound, Expired, ...
+        self.reason = reason
 
 
 class ClusterUnreachable(ExecutorError):
@@ -87,10 +97,13 @@ class ClusterApi:
                 if exc.status and (exc.status == 429 or exc.status >= 500):
                     last, delay = exc, retry_delay(exc.headers, attempt)
                 else:
+                    message, reason = _message(exc.body)
                     raise KubeApiError(
                         f"cluster {self.cluster.name}: {what} refused: {exc.status} "
-                        f"{exc.reason}: {_message(exc.body)}",
+                        f"{exc.reason}: {message}",
                         exc.status,
+                        message,
+                        reason,
                     ) from exc
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 last, delay = exc, retry_delay(None, attempt)
@@ -121,34 +134,75 @@ class ClusterApi:
         )
         return created is not None
 
-    def list_jobs(self, selector: str, attempts: int | None = None) -> list[dict[str, Any]]:
-        listing = self.call(
-            "list jobs",
-            lambda: self._json(
-                self.batch.list_namespaced_job(
-                    self.cluster.namespace,
-                    label_selector=selector,
-                    _request_timeout=self.timeout,
-                    _preload_content=False,
-                )
-            ),
-            attempts=attempts,
-        )
-        return (listing or {}).get("items") or []
+    def _list(
+        self, what: str, fn: Callable[..., Any], attempts: int | None = None, **kwargs: Any
+    ) -> list[dict[str, Any]]:
+        """Every item, a page at a time (limit/continue). A continue token that expired
+        (410) restarts the list from the top, as client-go's pager does."""
+        items: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            page = {**kwargs, "limit": PAGE} | ({"_continue": token} if token else {})
 
-    def pods_of(self, job_name: str) -> list[dict[str, Any]]:
-        listing = self.call(
-            f"list pods of {job_name}",
-            lambda: self._json(
-                self.core.list_namespaced_pod(
-                    self.cluster.namespace,
-                    label_selector=f"job-name={job_name}",
-                    _request_timeout=self.timeout,
-                    _preload_content=False,
+            def fetch(page: dict[str, Any] = page) -> dict[str, Any]:
+                return self._json(
+                    fn(
+                        self.cluster.namespace,
+                        _request_timeout=self.timeout,
+                        _preload_content=False,
+                        **page,
+                    )
                 )
-            ),
+
+            try:
+                listing = self.call(what, fetch, attempts=attempts)
+            except KubeApiError as exc:
+                if exc.status == 410 and token:
+                    items, token = [], None
+                    continue
+                raise
+            items += (listing or {}).get("items") or []
+            token = ((listing or {}).get("metadata") or {}).get("continue") or None
+            if not token:
+                return items
+
+    def list_jobs(self, selector: str, attempts: int | None = None) -> list[dict[str, Any]]:
+        return self._list(
+            "list jobs", self.batch.list_namespaced_job, attempts, label_selector=selector
         )
-        return (listing or {}).get("items") or []
+
+    def list_pods(self, selector: str, attempts: int | None = None) -> list[dict[str, Any]]:
+        return self._list(
+            "list pods", self.core.list_namespaced_pod, attempts, label_selector=selector
+        )
+
+    def get_job(self, name: str, attempts: int | None = None) -> dict[str, Any] | None:
+        """The Job, or None when it does not exist (404)."""
+        try:
+            return self.call(
+                f"get job {name}",
+                lambda: self._json(
+                    self.batch.read_namespaced_job(
+                        name,
+                        self.cluster.namespace,
+                        _request_timeout=self.timeout,
+                        _preload_content=False,
+                    )
+                ),
+                attempts=attempts,
+            )
+        except KubeApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def probe(self) -> None:
+        """One quick question (the server's version): does the cluster answer at all?"""
+        self.call(
+            "probe",
+            lambda: self.version.get_code(_request_timeout=self.timeout, _preload_content=False),
+            attempts=1,
+        )
 
     def delete_job(self, name: str, attempts: int | None = None) -> None:
         try:
@@ -177,8 +231,10 @@ class ClusterApi:
         return (listing or {}).get("items") or []
 
 
-def _message(body: Any) -> str:
+def _message(body: Any) -> tuple[str, str]:
+    """The Status object's message and reason, or the body's start."""
     try:
-        return str(json.loads(body).get("message"))
+        status = json.loads(body)
+        return str(status.get("message")), str(status.get("reason") or "")
     except (TypeError, ValueError, AttributeError):
-        return str(body)[:200]
+        return str(body)[:200], ""

@@ -1,16 +1,23 @@
 """Stages as Kubernetes Jobs, across named clusters. Same interface as the local one.
 
 State lives in the clusters (Jobs labelled by camflow) and in the store, not here:
-each poll lists the Jobs again, so a restarted orchestrator, or one whose cluster was
-away for a while, picks its Jobs up where they are.
+each poll lists the followed Jobs again, so a restarted orchestrator, or one whose
+cluster was away for a while, picks its Jobs up where they are. What this object
+keeps is a cache of the last look, and each cluster's health.
+
+Requests per tick are bounded by the Jobs camflow follows, not by the Jobs a cluster
+holds: Jobs and pods are listed with a set-based selector on the followed Jobs' names
+(chunks of ``NAMES_PER_LIST``), so finished Jobs kept for their TTL cost nothing.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from algorithms.contract import ENV_ACCELERATOR
 from orchestrator.errors import CamflowError, ExecutorError
@@ -18,196 +25,403 @@ from orchestrator.executors.base import (
     Capacity,
     ExecState,
     ExecStatus,
+    Placement,
     StageLaunch,
     Submission,
+    SubmitRefused,
 )
-from orchestrator.kube.api import ClusterApi
-from orchestrator.kube.jobs import SELECTOR, build_job
+from orchestrator.kube.api import ClusterApi, ClusterUnreachable, KubeApiError
+from orchestrator.kube.jobs import (
+    ANNOTATION_ATTEMPT,
+    ANNOTATION_FALLBACK,
+    ANNOTATION_FALLBACK_AFTER,
+    ANNOTATION_TIMEOUT,
+    LABEL_JOB,
+    POD_JOB_LABEL,
+    SELECTOR,
+    build_job,
+    job_name,
+)
 from orchestrator.kube.routing import choose_cluster
-from orchestrator.kube.status import job_status
+from orchestrator.kube.status import (
+    accelerator_of,
+    finished,
+    job_status,
+    stuck_reason,
+    waiting,
+)
 from orchestrator.settings import ClusterSettings
 
 log = logging.getLogger("camflow.kube")
 
+#: Names per set-based selector: keeps each list's URL well under common limits.
+NAMES_PER_LIST = 50
+#: Refusals that describe the request itself: the same create can never succeed.
+FINAL_STATUSES = frozenset({400, 422})
 
-def _finished(job: dict[str, Any]) -> bool:
-    return any(
-        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-        for c in (job.get("status") or {}).get("conditions") or []
-    )
+
+def _chunks(names: Sequence[str], size: int) -> Iterable[Sequence[str]]:
+    for start in range(0, len(names), size):
+        yield names[start : start + size]
+
+
+def _handle(cluster: ClusterSettings, name: str) -> str:
+    return f"{cluster.name}/{cluster.namespace}/{name}"
+
+
+class ActionLog(Protocol):
+    """Where deletes of Jobs are remembered until their cluster has done them: in the
+    store, so that a restart between the decision and the delete loses none."""
+
+    def pending_deletes(self) -> list[str]: ...
+
+    def add_deletes(self, handles: Sequence[str]) -> None: ...
+
+    def done_delete(self, handle: str) -> None: ...
+
+
+class MemoryActionLog:
+    """An ActionLog that lasts as long as this process (tests, one-shot commands)."""
+
+    def __init__(self) -> None:
+        self._handles: set[str] = set()
+
+    def pending_deletes(self) -> list[str]:
+        return sorted(self._handles)
+
+    def add_deletes(self, handles: Sequence[str]) -> None:
+        self._handles.update(handles)
+
+    def done_delete(self, handle: str) -> None:
+        self._handles.discard(handle)
 
 
 @dataclass
 class ClusterView:
-    """What the last look at one cluster showed."""
+    """What the last look at one cluster showed, and when to look again if it is away."""
 
     reachable: bool = True
+    #: The followed Jobs by name (handles polled, and Jobs created since).
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Their pods, by Job name.
+    pods: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     error: str | None = None
+    #: Monotonic time of the next probe while it is away.
+    probe_at: float = 0.0
+    #: It answers but refused the last look (RBAC): its attempts are left as they are.
+    blind: bool = False
 
     def active(self, gpu_only: bool = False) -> int:
         """Unfinished Jobs: the cluster's budget in use (of its GPU slots, with gpu_only)."""
         return sum(
             1
             for job in self.jobs.values()
-            if not _finished(job)
-            and (
-                not gpu_only
-                or (job["metadata"].get("annotations") or {}).get("camflow.io/accelerator") == "gpu"
-            )
+            if not finished(job) and (not gpu_only or accelerator_of(job) == "gpu")
         )
 
 
 class KubernetesExecutor:
     name = "kubernetes"
+    retries_itself = True
 
     def __init__(
         self,
         clusters: Sequence[ClusterSettings],
         api_factory: Callable[[ClusterSettings], ClusterApi] = ClusterApi,
+        actions: ActionLog | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         if not clusters:
             raise ExecutorError(
                 "no Kubernetes clusters are configured: add kubernetes.clusters (name, "
                 "environment, kubeconfig and context or in_cluster, namespace) to the config file"
             )
-        self.clusters = list(clusters)
+        self.clusters = {c.name: c for c in clusters}
         self.apis = {c.name: api_factory(c) for c in clusters}
         self.views = {c.name: ClusterView() for c in clusters}
-        #: Jobs to delete on clusters that were away when their run was cancelled.
-        self.pending_deletes: set[str] = set()
-        self._looked = False
+        self.actions: ActionLog = actions or MemoryActionLog()
+        self._clock = clock
+        self._now = now
+
+    # --- cluster health -----------------------------------------------------------------
+
+    def _away(self, cluster: ClusterSettings, exc: CamflowError) -> None:
+        view = self.views[cluster.name]
+        if view.reachable:
+            log.warning("cluster %s is unreachable; skipping it: %s", cluster.name, exc)
+        view.reachable, view.error = False, str(exc)
+        view.probe_at = self._clock() + cluster.probe_interval_seconds
+
+    def _back(self, cluster: ClusterSettings) -> None:
+        view = self.views[cluster.name]
+        if not view.reachable:
+            log.info("cluster %s answers again; picking up its Jobs", cluster.name)
+        view.reachable, view.error = True, None
+
+    def probe(self) -> None:
+        """Asks each away cluster whose probe is due whether it answers (one quick
+        request), whether or not anything runs there."""
+        for cluster in self.clusters.values():
+            view = self.views[cluster.name]
+            if view.reachable or self._clock() < view.probe_at:
+                continue
+            try:
+                self.apis[cluster.name].probe()
+            except CamflowError as exc:
+                self._away(cluster, exc)
+                continue
+            self._back(cluster)
+        self._retry_deletes()
 
     # --- observing ----------------------------------------------------------------------
 
-    def refresh(self) -> None:
-        for cluster in self.clusters:
-            view = self.views[cluster.name]
-            try:
-                # A cluster known to be away gets one quick look per tick, not the whole
-                # retry cycle: the engine must not stall on it.
-                jobs = self.apis[cluster.name].list_jobs(
-                    SELECTOR, attempts=None if view.reachable else 1
-                )
-            except CamflowError as exc:
-                if view.reachable:
-                    log.warning("cluster %s is unreachable; skipping it: %s", cluster.name, exc)
-                view.reachable, view.error = False, str(exc)
+    def _look(self, cluster: ClusterSettings, names: Sequence[str]) -> None:
+        """Lists the named Jobs and their pods: two requests per chunk of names."""
+        view = self.views[cluster.name]
+        api = self.apis[cluster.name]
+        attempts = None if view.reachable else 1
+        jobs: dict[str, dict[str, Any]] = {}
+        pods: dict[str, list[dict[str, Any]]] = {}
+        for chunk in _chunks(sorted(set(names)), NAMES_PER_LIST):
+            wanted = ",".join(chunk)
+            for job in api.list_jobs(f"{SELECTOR},{LABEL_JOB} in ({wanted})", attempts):
+                jobs[job["metadata"]["name"]] = job
+            for pod in api.list_pods(f"{POD_JOB_LABEL} in ({wanted})", attempts):
+                owner = pod["metadata"].get("labels", {}).get(POD_JOB_LABEL, "")
+                pods.setdefault(owner, []).append(pod)
+        view.jobs, view.pods = jobs, pods
+
+    def poll(self, handles: Sequence[str]) -> dict[str, ExecStatus]:
+        by_cluster: dict[str, list[str]] = {}
+        for handle in handles:
+            cluster, _namespace, name = handle.split("/", 2)
+            by_cluster.setdefault(cluster, []).append(name)
+        for name, cluster in self.clusters.items():
+            view = self.views[name]
+            if not view.reachable and self._clock() < view.probe_at:
                 continue
-            if not view.reachable:
-                log.info("cluster %s answers again; picking up its Jobs", cluster.name)
-            view.reachable, view.error = True, None
-            view.jobs = {job["metadata"]["name"]: job for job in jobs}
-        self._looked = True
+            try:
+                self._look(cluster, by_cluster.get(name, []))
+            except KubeApiError as exc:
+                # Refused (RBAC, say): the cluster answers, so it keeps its work; its
+                # attempts stay as they were until a look is allowed again.
+                log.warning("cluster %s: cannot look at its Jobs: %s", name, exc)
+                view.blind, view.error = True, exc.api_message or str(exc)
+                continue
+            except CamflowError as exc:
+                self._away(cluster, exc)
+                continue
+            view.blind = False
+            self._back(cluster)
         self._retry_deletes()
+        return {handle: self._status(handle) for handle in handles}
+
+    def _status(self, handle: str) -> ExecStatus:
+        cluster_name, _namespace, name = handle.split("/", 2)
+        cluster = self.clusters.get(cluster_name)
+        if cluster is None:
+            return ExecStatus(
+                state=ExecState.LOST, reason=f"cluster {cluster_name} is no longer configured"
+            )
+        view = self.views[cluster_name]
+        if not view.reachable or view.blind:
+            # Not lost: its Job goes on over there; we look again when it answers.
+            return ExecStatus(state=ExecState.RUNNING)
+        job = view.jobs.get(name)
+        if job is None:
+            return self._gone(cluster, name)
+        return self._observe(cluster, job)
+
+    def _gone(self, cluster: ClusterSettings, name: str) -> ExecStatus:
+        # A list can miss a Job that was made before its label existed: ask for it.
+        try:
+            job = self.apis[cluster.name].get_job(name)
+        except CamflowError as exc:
+            log.warning("cluster %s: cannot read Job %s: %s", cluster.name, name, exc)
+            return ExecStatus(state=ExecState.RUNNING)
+        if job is not None:
+            self.views[cluster.name].jobs[name] = job
+            return self._observe(cluster, job)
+        # The engine then looks for the stage's manifest: a Job that finished and was
+        # removed by its TTL while we could not see the cluster succeeded if it is there.
+        return ExecStatus(
+            state=ExecState.LOST,
+            reason=f"Job {name} is gone from cluster {cluster.name} (deleted, or removed "
+            "by its ttlSecondsAfterFinished while camflow could not see the cluster)",
+        )
+
+    def _observe(self, cluster: ClusterSettings, job: dict[str, Any]) -> ExecStatus:
+        name = job["metadata"]["name"]
+        pods = self.views[cluster.name].pods.get(name, [])
+        annotations = job["metadata"].get("annotations") or {}
+        timeout = annotations.get(ANNOTATION_TIMEOUT)
+        status = job_status(job, pods, int(timeout) if timeout else None)
+        if status.state != ExecState.QUEUED or finished(job):
+            return status
+        wait = waiting(pods)
+        if wait is None or wait.since is None:
+            return status
+        waited = (self._now() - wait.since).total_seconds()
+        if wait.kind == "stuck" and waited >= cluster.stuck_grace_seconds:
+            reason = stuck_reason(job, wait)
+            self._delete(_handle(cluster, name))
+            return ExecStatus(state=ExecState.FAILED, reason=reason, exhausted=True, tries=1)
+        fallback = annotations.get(ANNOTATION_FALLBACK)
+        after = float(annotations.get(ANNOTATION_FALLBACK_AFTER) or 0)
+        if (
+            wait.kind == "unschedulable"
+            and accelerator_of(job) == "gpu"
+            and fallback == "cpu"
+            and waited >= after
+        ):
+            return self._fall_back(cluster, name, waited, wait.message)
+        return status
+
+    def _fall_back(
+        self, cluster: ClusterSettings, name: str, waited: float, why: str
+    ) -> ExecStatus:
+        """Gives a GPU attempt no node could take back to the engine, for CPU at the same
+        place. Its Job is deleted first (the delete is remembered until done), and a
+        create of the same attempt waits for that delete: never two at once."""
+        self._delete(_handle(cluster, name))
+        log.info(
+            "cluster %s: no node could take GPU Job %s for %.0f s (%s): back for CPU",
+            cluster.name,
+            name,
+            waited,
+            why,
+        )
+        return ExecStatus(
+            state=ExecState.QUEUED,
+            requeue="cpu",
+            reason=f"no node could take it on GPU for {waited:.0f} s ({why}): moved to CPU",
+        )
+
+    # --- acting -------------------------------------------------------------------------
 
     def capacity(self) -> Capacity:
-        if not self._looked:
-            self.refresh()
-        up = [c for c in self.clusters if self.views[c.name].reachable]
+        self.probe()
+        up = [c for c in self.clusters.values() if self.views[c.name].reachable]
         return Capacity(
             slots=sum(c.budget for c in up),
             gpu_slots=sum(c.gpu.slots for c in up if c.gpu),
         )
 
-    def poll(self, handles: Sequence[str]) -> dict[str, ExecStatus]:
-        self.refresh()
-        statuses = {}
-        for handle in handles:
-            cluster, _namespace, name = handle.split("/", 2)
-            view = self.views.get(cluster)
-            if view is None:
-                statuses[handle] = ExecStatus(
-                    state=ExecState.LOST, reason=f"cluster {cluster} is no longer configured"
-                )
-            elif not view.reachable:
-                # Not lost: its Job goes on over there; we look again next time.
-                statuses[handle] = ExecStatus(state=ExecState.RUNNING)
-            elif name not in view.jobs:
-                statuses[handle] = ExecStatus(
-                    state=ExecState.LOST, reason=f"Job {name} is gone from cluster {cluster}"
-                )
-            else:
-                statuses[handle] = self._status(cluster, view.jobs[name])
-        return statuses
-
-    def _status(self, cluster: str, job: dict[str, Any]) -> ExecStatus:
-        pods: list[dict[str, Any]] = []
-        if _finished(job) and not any(
-            c.get("type") == "Complete" for c in job["status"].get("conditions", [])
-        ):
-            try:
-                pods = self.apis[cluster].pods_of(job["metadata"]["name"])
-            except CamflowError as exc:
-                log.warning(
-                    "cluster %s: cannot read pods of %s: %s", cluster, job["metadata"]["name"], exc
-                )
-        return job_status(job, pods)
-
-    # --- acting -------------------------------------------------------------------------
+    def place(self, launches: Sequence[StageLaunch]) -> dict[str, Placement]:
+        placed = {}
+        active = {n: v.active() for n, v in self.views.items()}
+        gpu_active = {n: v.active(gpu_only=True) for n, v in self.views.items()}
+        for launch in launches:
+            choice = choose_cluster(
+                launch,
+                list(self.clusters.values()),
+                {n: v.reachable for n, v in self.views.items()},
+                active,
+                gpu_active,
+            )
+            if choice is None:
+                continue
+            cluster, accelerator = choice
+            placed[launch.attempt_id] = Placement(
+                placement=cluster.name,
+                accelerator=accelerator,  # type: ignore[arg-type]
+            )
+            # Later launches of this batch see the cluster fuller.
+            active[cluster.name] += 1
+            gpu_active[cluster.name] += accelerator == "gpu"
+        return placed
 
     def submit(self, launches: Sequence[StageLaunch]) -> dict[str, Submission]:
-        if not self._looked:
-            self.refresh()
         done = {}
         for launch in launches:
-            views = self.views
-            placed = choose_cluster(
-                launch,
-                self.clusters,
-                {n: v.reachable for n, v in views.items()},
-                {n: v.active() for n, v in views.items()},
-                {n: v.active(gpu_only=True) for n, v in views.items()},
-            )
-            if placed is None:
-                raise ExecutorError(
-                    f"no reachable {launch.channel}-channel cluster has room for "
-                    f"{launch.stage} on {launch.accelerator} now"
-                )
-            cluster, accelerator = placed
-            if accelerator != launch.accelerator:
+            if launch.placement is None:
+                placed = self.place([launch]).get(launch.attempt_id)
+                if placed is None:
+                    raise ExecutorError(
+                        f"no reachable {launch.channel}-channel cluster has room for "
+                        f"{launch.stage} on {launch.accelerator} now"
+                    )
                 launch = launch.model_copy(
-                    update={
-                        "accelerator": accelerator,
-                        "env": {**launch.env, ENV_ACCELERATOR: accelerator},
-                    }
+                    update={"placement": placed.placement, "accelerator": placed.accelerator}
                 )
-            job = build_job(launch, cluster)
-            try:
-                created = self.apis[cluster.name].create_job(job)
-            except CamflowError as exc:
-                self.views[cluster.name].reachable = False
-                raise ExecutorError(f"cluster {cluster.name}: {exc}") from exc
-            name = job["metadata"]["name"]
-            if not created:
-                log.info("Job %s already existed on %s: adopted", name, cluster.name)
-            # Count it now, so that later launches of this batch see the cluster fuller.
-            self.views[cluster.name].jobs.setdefault(name, job)
-            done[launch.attempt_id] = Submission(
-                handle=f"{cluster.name}/{cluster.namespace}/{name}",
-                accelerator=accelerator,  # type: ignore[arg-type]
-                placement=cluster.name,
-            )
+            done[launch.attempt_id] = self._create(launch)
         return done
 
+    def _create(self, launch: StageLaunch) -> Submission:
+        cluster = self.clusters.get(launch.placement or "")
+        if cluster is None:
+            raise SubmitRefused(
+                f"cluster {launch.placement} is no longer configured: add it back to "
+                "kubernetes.clusters, or the attempt cannot be followed",
+                final=True,
+            )
+        view = self.views[cluster.name]
+        if not view.reachable:
+            # Its place is fixed: wait for that cluster, never move to another.
+            raise ExecutorError(f"cluster {cluster.name} is away: {view.error}")
+        if launch.env.get(ENV_ACCELERATOR) != launch.accelerator:
+            launch = launch.model_copy(
+                update={"env": {**launch.env, ENV_ACCELERATOR: launch.accelerator}}
+            )
+        try:
+            job = build_job(launch, cluster)
+        except ValueError as exc:
+            raise SubmitRefused(str(exc), final=True) from exc
+        name = job["metadata"]["name"]
+        other = _handle(cluster, job_name(launch.model_copy(update={"accelerator": "gpu"})))
+        if launch.accelerator != "gpu" and other in self.actions.pending_deletes():
+            # The GPU Job this one replaces is not deleted yet: it could still start.
+            self._retry_deletes([other])
+            if other in self.actions.pending_deletes():
+                raise ExecutorError(f"waiting for {other} to be deleted before {name} starts")
+        try:
+            created = self.apis[cluster.name].create_job(job)
+        except ClusterUnreachable as exc:
+            self._away(cluster, exc)
+            raise
+        except KubeApiError as exc:
+            # About this request, not the cluster: it stays in service for others.
+            raise SubmitRefused(
+                f"cluster {cluster.name} refused the Job: {exc.api_message or exc}",
+                final=exc.status in FINAL_STATUSES,
+            ) from exc
+        if not created:
+            log.info("Job %s already existed on %s: adopted", name, cluster.name)
+        view.jobs.setdefault(name, job)
+        return Submission(
+            handle=_handle(cluster, name),
+            accelerator=launch.accelerator,
+            placement=cluster.name,
+        )
+
     def cancel(self, handles: Sequence[str]) -> None:
-        self.pending_deletes.update(handles)
+        # Remembered first (in the store, when given one): a cluster that is away, or a
+        # restart, delays the delete but never forgets it.
+        self.actions.add_deletes(handles)
         self._retry_deletes()
 
-    def _retry_deletes(self) -> None:
-        for handle in sorted(self.pending_deletes):
+    def _delete(self, handle: str) -> None:
+        self.actions.add_deletes([handle])
+        self._retry_deletes([handle])
+
+    def _retry_deletes(self, only: Sequence[str] | None = None) -> None:
+        for handle in only if only is not None else self.actions.pending_deletes():
             cluster, _namespace, name = handle.split("/", 2)
             if cluster not in self.apis:
-                self.pending_deletes.discard(handle)
+                self.actions.done_delete(handle)
+                continue
+            if not self.views[cluster].reachable:
                 continue
             try:
-                self.apis[cluster].delete_job(
-                    name, attempts=None if self.views[cluster].reachable else 1
-                )
+                self.apis[cluster].delete_job(name)
+            except ClusterUnreachable as exc:
+                self._away(self.clusters[cluster], exc)
+                continue
             except CamflowError as exc:
                 log.warning("cluster %s: cannot delete Job %s yet: %s", cluster, name, exc)
                 continue
-            self.pending_deletes.discard(handle)
+            self.actions.done_delete(handle)
             self.views[cluster].jobs.pop(name, None)
 
     def log_uri(self, handle: str) -> str:
@@ -219,35 +433,47 @@ class KubernetesExecutor:
             api._client.close()
 
     def describe(self) -> list[dict[str, Any]]:
-        """For ``camflow clusters``: reachability, GPU nodes, Jobs running and queued."""
-        self.refresh()
+        """For ``camflow clusters``: reachability, GPU nodes, Jobs running and queued.
+        Lists every camflow Job (paginated): a command, not the engine's tick."""
         rows = []
-        for cluster in self.clusters:
-            view = self.views[cluster.name]
+        for cluster in self.clusters.values():
             row: dict[str, Any] = {
                 "name": cluster.name,
                 "environment": cluster.environment,
                 "namespace": cluster.namespace,
-                "reachable": view.reachable,
-                "error": view.error,
                 "budget": cluster.budget,
                 "gpu_slots": cluster.gpu.slots if cluster.gpu else 0,
             }
-            if view.reachable:
-                try:
-                    nodes = self.apis[cluster.name].nodes()
-                except CamflowError:
-                    nodes = []
-                resource = cluster.gpu.resource if cluster.gpu else "nvidia.com/gpu"
-                row["gpu_nodes"] = sum(
+            api = self.apis[cluster.name]
+            try:
+                jobs = api.list_jobs(SELECTOR, attempts=1)
+            except CamflowError as exc:
+                rows.append({**row, "reachable": False, "error": str(exc)})
+                continue
+            row |= {"reachable": True, "error": None}
+            try:
+                nodes: list[dict[str, Any]] | None = api.nodes()
+            except KubeApiError as exc:
+                # Nodes are cluster-wide; reading them needs the optional ClusterRole.
+                row["nodes_error"] = exc.api_message or str(exc)
+                nodes = None
+            except CamflowError:
+                nodes = None
+            resource = cluster.gpu.resource if cluster.gpu else "nvidia.com/gpu"
+            row["gpu_nodes"] = (
+                None
+                if nodes is None
+                else sum(
                     1
                     for n in nodes
                     if int((n.get("status") or {}).get("allocatable", {}).get(resource, 0) or 0)
                 )
-                unfinished = [j for j in view.jobs.values() if not _finished(j)]
-                row["running"] = sum(
-                    1 for j in unfinished if (j.get("status") or {}).get("startTime")
-                )
-                row["queued"] = len(unfinished) - row["running"]
+            )
+            unfinished = [j for j in jobs if not finished(j)]
+            row["running"] = sum(1 for j in unfinished if (j.get("status") or {}).get("ready"))
+            row["queued"] = len(unfinished) - row["running"]
             rows.append(row)
         return rows
+
+
+__all__ = ["ANNOTATION_ATTEMPT", "ActionLog", "KubernetesExecutor", "MemoryActionLog", "job_name"]

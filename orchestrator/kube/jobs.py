@@ -18,6 +18,16 @@ MANAGED_BY = "camflow"
 SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
 LABEL_PREFIX = "camflow.io"
 ANNOTATION_ATTEMPT = f"{LABEL_PREFIX}/attempt-id"
+ANNOTATION_ACCELERATOR = f"{LABEL_PREFIX}/accelerator"
+ANNOTATION_FALLBACK = f"{LABEL_PREFIX}/fallback"
+ANNOTATION_FALLBACK_AFTER = f"{LABEL_PREFIX}/fallback-after-seconds"
+ANNOTATION_TIMEOUT = f"{LABEL_PREFIX}/timeout-seconds"
+#: The Job's own name as a label: a set-based selector on it lists just the Jobs camflow
+#: follows, however many finished ones wait for their TTL.
+LABEL_JOB = f"{LABEL_PREFIX}/job"
+#: The Job controller labels each pod with its Job's name (and the older ``job-name``).
+POD_JOB_LABEL = "batch.kubernetes.io/job-name"
+GPU_SUFFIX = "-gpu"
 #: Pods get a uid of the images' own non-root user.
 RUN_AS = 10001
 
@@ -32,7 +42,10 @@ def job_name(launch: StageLaunch) -> str:
     starting a second."""
     digest = hashlib.sha256(launch.attempt_id.encode()).hexdigest()[:8]
     stem = _dns_label(f"{launch.run_id.removeprefix('r-')[:10]}-{launch.stage}")[:40].strip("-")
-    return f"cf-{stem}-{launch.attempt_id.rsplit('-', 1)[-1]}-{digest}"[:63].strip("-")
+    name = f"cf-{stem}-{launch.attempt_id.rsplit('-', 1)[-1]}-{digest}"[:59].strip("-")
+    # A GPU Job that falls back to CPU is replaced by a Job of the same attempt: the
+    # two names differ, so the new create never meets the old Job still being deleted.
+    return f"{name}{GPU_SUFFIX}" if launch.accelerator == "gpu" else name
 
 
 def label_value(text: str) -> str:
@@ -79,8 +92,11 @@ def _env(launch: StageLaunch, cluster: ClusterSettings) -> list[dict[str, Any]]:
     return env
 
 
-def build_job(launch: StageLaunch, cluster: ClusterSettings) -> dict[str, Any]:
-    """The Job that runs one stage attempt on ``cluster``."""
+def build_job(
+    launch: StageLaunch, cluster: ClusterSettings, name: str | None = None
+) -> dict[str, Any]:
+    """The Job that runs one stage attempt on ``cluster`` (named ``name``, else by
+    ``job_name``)."""
     resources = launch.resources
     limits: dict[str, Any] = {"cpu": resources.cpu, "memory": resources.memory}
     pod: dict[str, Any] = {
@@ -89,7 +105,9 @@ def build_job(launch: StageLaunch, cluster: ClusterSettings) -> dict[str, Any]:
         "automountServiceAccountToken": False,
         "priorityClassName": cluster.priority_class,
         "enableServiceLinks": False,
-        # A pod's own deadline is the stage timeout; the Job's covers its retries.
+        # The stage timeout, per pod, counted by the kubelet from when it took the pod:
+        # time spent waiting for a node is not counted. (A Job-level deadline would
+        # count from the Job's startTime, set before any node is found, so there is none.)
         "activeDeadlineSeconds": launch.timeout_seconds,
         "securityContext": {
             "runAsNonRoot": True,
@@ -128,21 +146,26 @@ def build_job(launch: StageLaunch, cluster: ClusterSettings) -> dict[str, Any]:
             {"key": cluster.gpu.taint_key, "operator": "Exists", "effect": cluster.gpu.taint_effect}
         ]
     job_labels = labels(launch)
+    name = name or job_name(launch)
+    annotations = {
+        ANNOTATION_ATTEMPT: launch.attempt_id,
+        ANNOTATION_ACCELERATOR: launch.accelerator,
+        ANNOTATION_TIMEOUT: str(launch.timeout_seconds),
+    }
+    if launch.accelerator == "gpu" and launch.queued_fallback:
+        annotations[ANNOTATION_FALLBACK] = launch.queued_fallback
+        annotations[ANNOTATION_FALLBACK_AFTER] = f"{launch.fallback_after_seconds or 0:g}"
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": job_name(launch),
+            "name": name,
             "namespace": cluster.namespace,
-            "labels": job_labels,
-            "annotations": {
-                ANNOTATION_ATTEMPT: launch.attempt_id,
-                f"{LABEL_PREFIX}/accelerator": launch.accelerator,
-            },
+            "labels": {**job_labels, LABEL_JOB: name},
+            "annotations": annotations,
         },
         "spec": {
             "backoffLimit": launch.retries,
-            "activeDeadlineSeconds": launch.timeout_seconds * (launch.retries + 1) + 60,
             "ttlSecondsAfterFinished": cluster.ttl_seconds_after_finished,
             "podFailurePolicy": {
                 "rules": [

@@ -1,91 +1,260 @@
-"""A Job and its pods -> the stage outcome. Pure: dicts in, ExecStatus out."""
+"""A Job and its pods -> the stage outcome, in words a customer can act on. Pure:
+dicts in, decisions out.
+
+The fields read, and who writes them upstream:
+
+- Job conditions ``Complete``, ``Failed`` (reason ``BackoffLimitExceeded``,
+  ``DeadlineExceeded`` or ``PodFailurePolicy``) and the interim ``FailureTarget``
+  (since 1.31 the Job controller adds it first and ``Failed`` only once every pod has
+  stopped): pkg/controller/job/job_controller.go.
+- Pod ``status.reason`` ``DeadlineExceeded`` (the pod's own activeDeadlineSeconds) and
+  ``Evicted``, container ``state.terminated`` (reason ``OOMKilled``, exit code 137) and
+  ``state.waiting`` (``ErrImagePull``, ``ImagePullBackOff``,
+  ``CreateContainerConfigError``): the kubelet.
+- ``PodScheduled=False`` with reason ``Unschedulable``: the scheduler.
+- The termination message: with ``FallbackToLogsOnError`` the kubelet writes the log's
+  tail (stdout and stderr together, at most 80 lines or 2048 bytes) when the container
+  failed and left no message of its own.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from algorithms.contract import EXIT_BAD_INPUT
 from orchestrator.executors.base import ExecState, ExecStatus
-from orchestrator.kube.jobs import CONTAINER
+from orchestrator.kube.jobs import ANNOTATION_ACCELERATOR, CONTAINER
+
+#: Container waiting reasons that no amount of waiting fixes (the image or the pod's
+#: configuration is wrong); after a short grace the attempt fails with them.
+STUCK_WAITING = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    }
+)
 
 
-def _time(value: str | None) -> datetime | None:
+def parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
-def _condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    for condition in (job.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == kind and condition.get("status") == "True":
-            return condition
+def condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for item in (obj.get("status") or {}).get("conditions") or []:
+        if item.get("type") == kind and item.get("status") == "True":
+            return item
     return None
 
 
-def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
+def finished(job: dict[str, Any]) -> bool:
+    return bool(condition(job, "Complete") or condition(job, "Failed"))
+
+
+def _container(pod: dict[str, Any]) -> dict[str, Any]:
     for status in (pod.get("status") or {}).get("containerStatuses") or []:
         if status.get("name") == CONTAINER:
-            return (status.get("state") or {}).get("terminated")
+            return status
+    return {}
+
+
+def _state(pod: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    return (_container(pod).get("state") or {}).get(kind)
+
+
+def _memory_limit(pod: dict[str, Any]) -> str | None:
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        if container.get("name") == CONTAINER:
+            return ((container.get("resources") or {}).get("limits") or {}).get("memory")
     return None
 
 
-def last_failure(pods: list[dict[str, Any]]) -> tuple[int | None, str | None]:
-    """Exit code and reason of the newest failed pod: its termination message's last
-    line (the stage contract puts the reason there), or why the pod itself failed."""
-    failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
-    if not failed:
-        return None, None
-    pod = max(failed, key=lambda p: p["metadata"].get("creationTimestamp") or "")
-    terminated = _terminated(pod)
-    if terminated is None:
-        status = pod.get("status") or {}
-        return None, status.get("message") or status.get("reason")
-    lines = [ln.strip() for ln in (terminated.get("message") or "").splitlines() if ln.strip()]
-    reason = lines[-1] if lines else terminated.get("reason")
-    return terminated.get("exitCode"), reason
+def container_started(pods: list[dict[str, Any]]) -> datetime | None:
+    """When the stage's code first ran: the earliest container start of any pod. A pod
+    waiting for a node or an image has none."""
+    starts = [
+        parse_time((_state(p, "running") or _state(p, "terminated") or {}).get("startedAt"))
+        for p in pods
+    ]
+    present = [s for s in starts if s is not None]
+    return min(present) if present else None
 
 
-def job_status(job: dict[str, Any], pods: list[dict[str, Any]]) -> ExecStatus:
+def _newest(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return max(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", default=None)
+
+
+def _last_line(message: str | None) -> str | None:
+    lines = [ln.strip() for ln in (message or "").splitlines() if ln.strip()]
+    return lines[-1] if lines else None
+
+
+@dataclass(frozen=True)
+class PodFailure:
+    exit_code: int | None
+    reason: str
+    timed_out: bool = False
+
+
+def pod_failure(pod: dict[str, Any], timeout_seconds: int | None) -> PodFailure:
+    """Why one pod failed, as the kubelet reported it, in words that say what to do."""
+    status = pod.get("status") or {}
+    terminated = _state(pod, "terminated") or {}
+    code = terminated.get("exitCode")
+    if status.get("reason") == "DeadlineExceeded":
+        limit = f"{timeout_seconds} s " if timeout_seconds else ""
+        return PodFailure(
+            code,
+            f"ran past its {limit}timeout (the pod's activeDeadlineSeconds) and was "
+            "stopped: raise timeout_seconds or make the stage faster",
+            timed_out=True,
+        )
+    if status.get("reason") == "Evicted":
+        return PodFailure(
+            code,
+            f"evicted from its node: {status.get('message') or 'no message'}; "
+            "raise resources (memory, scratch) so the node keeps room for it",
+        )
+    if terminated.get("reason") == "OOMKilled":
+        limit = _memory_limit(pod)
+        return PodFailure(
+            code,
+            f"ran out of memory (limit {limit or 'unknown'}): raise resources.memory",
+        )
+    line = _last_line(terminated.get("message"))
+    if line:
+        return PodFailure(code, line)
+    if code is not None:
+        return PodFailure(code, f"exited with code {code}")
+    return PodFailure(None, status.get("message") or status.get("reason") or "the pod failed")
+
+
+def _failed_pods(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
+
+
+def job_status(
+    job: dict[str, Any], pods: list[dict[str, Any]], timeout_seconds: int | None = None
+) -> ExecStatus:
+    """What a Job's conditions and its pods say about the attempt."""
     status = job.get("status") or {}
     tries = int(status.get("failed") or 0) + int(status.get("succeeded") or 0) or None
-    started, finished = _time(status.get("startTime")), _time(status.get("completionTime"))
-    if _condition(job, "Complete"):
+    started = container_started(pods)
+    if condition(job, "Complete"):
         return ExecStatus(
             state=ExecState.SUCCEEDED,
             exit_code=0,
             tries=tries,
-            started_at=started,
-            finished_at=finished,
+            started_at=started or parse_time(status.get("startTime")),
+            finished_at=parse_time(status.get("completionTime")),
         )
-    failed = _condition(job, "Failed")
-    if failed:
-        finished = _time(failed.get("lastTransitionTime")) or finished
-        code, reason = last_failure(pods)
-        why = failed.get("reason")
-        if why == "DeadlineExceeded":
-            return ExecStatus(
-                state=ExecState.FAILED,
-                exit_code=code,
-                timed_out=True,
-                exhausted=True,
-                tries=tries,
-                started_at=started,
-                finished_at=finished,
-                reason=f"the Job ran past its deadline: {failed.get('message')}",
-            )
+    failed = condition(job, "Failed")
+    if failed is None:
+        # FailureTarget: failing, but its pods may still be stopping; the attempt ends
+        # once the Job is Failed, so nothing of it still runs when the engine acts.
+        return ExecStatus(
+            state=ExecState.RUNNING if started else ExecState.QUEUED,
+            started_at=started,
+            tries=tries,
+        )
+    finished_at = parse_time(failed.get("lastTransitionTime"))
+    why = failed.get("reason")
+    newest = _newest(_failed_pods(pods))
+    pod = pod_failure(newest, timeout_seconds) if newest else None
+    if why == "PodFailurePolicy":
+        # Our only FailJob rule is exit code 2: bad input. The condition says so even
+        # when the pods are gone (a TTL, a node), so it is read, not the exit code alone.
         return ExecStatus(
             state=ExecState.FAILED,
-            exit_code=code,
-            # PodFailurePolicy: exit 2, bad input; BackoffLimitExceeded: retries used up.
+            exit_code=EXIT_BAD_INPUT,
             exhausted=True,
             tries=tries,
-            reason=reason or failed.get("message") or why,
+            reason=(pod.reason if pod else None) or failed.get("message") or why,
             started_at=started,
-            finished_at=finished,
+            finished_at=finished_at,
         )
-    running = int(status.get("active") or 0) and any(
-        (p.get("status") or {}).get("phase") == "Running" for p in pods
-    )
+    if why == "DeadlineExceeded":
+        return ExecStatus(
+            state=ExecState.FAILED,
+            exit_code=pod.exit_code if pod else None,
+            timed_out=True,
+            exhausted=True,
+            tries=tries,
+            reason="ran past the Job's deadline (activeDeadlineSeconds) and was stopped: "
+            "raise timeout_seconds or make the stage faster",
+            started_at=started,
+            finished_at=finished_at,
+        )
+    # BackoffLimitExceeded: the Job used its own retries; the engine adds none.
     return ExecStatus(
-        state=ExecState.RUNNING if running or started else ExecState.QUEUED,
-        started_at=started,
+        state=ExecState.FAILED,
+        exit_code=pod.exit_code if pod else None,
+        timed_out=pod.timed_out if pod else False,
+        exhausted=True,
         tries=tries,
+        reason=(pod.reason if pod else None) or failed.get("message") or why,
+        started_at=started,
+        finished_at=finished_at,
     )
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Why an unfinished Job has no running container, and since when."""
+
+    kind: str  # "unschedulable" or "stuck"
+    since: datetime | None
+    reason: str
+    message: str
+
+
+def waiting(pods: list[dict[str, Any]]) -> Waiting | None:
+    """The newest pod's reason to wait: no node can take it (the scheduler's
+    Unschedulable), or its container cannot be created (an image that cannot be pulled,
+    a missing Secret). None when it runs, or waits for nothing in particular."""
+    pending = [p for p in pods if (p.get("status") or {}).get("phase") == "Pending"]
+    pod = _newest(pending)
+    if pod is None:
+        return None
+    created = parse_time(pod["metadata"].get("creationTimestamp"))
+    scheduled = next(
+        (
+            c
+            for c in (pod.get("status") or {}).get("conditions") or []
+            if c.get("type") == "PodScheduled"
+        ),
+        None,
+    )
+    if scheduled and scheduled.get("status") == "False" and scheduled.get("reason"):
+        return Waiting(
+            "unschedulable",
+            parse_time(scheduled.get("lastTransitionTime")) or created,
+            scheduled["reason"],
+            scheduled.get("message") or "",
+        )
+    held = _state(pod, "waiting") or {}
+    if held.get("reason") in STUCK_WAITING:
+        since = parse_time((pod.get("status") or {}).get("startTime")) or created
+        return Waiting("stuck", since, held["reason"], held.get("message") or "")
+    return None
+
+
+def stuck_reason(job: dict[str, Any], wait: Waiting) -> str:
+    """A container that cannot be created, in words that say what to fix."""
+    image = job["spec"]["template"]["spec"]["containers"][0].get("image")
+    detail = f"{wait.reason}: {wait.message}" if wait.message else wait.reason
+    if wait.reason in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"):
+        return (
+            f"the image {image} cannot be pulled ({detail}): check the algorithm's image "
+            "and that the cluster may pull it"
+        )
+    return f"its container cannot be created ({detail}): check the Secrets and ConfigMaps it uses"
+
+
+def accelerator_of(job: dict[str, Any]) -> str:
+    return (job["metadata"].get("annotations") or {}).get(ANNOTATION_ACCELERATOR, "cpu")

@@ -132,7 +132,8 @@ class StageAttempt(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     submitted_at: datetime | None = None
     started_at: datetime | None = None
-    finished_at: datetime | None = None
+    #: Indexed for the newest finished attempts (stage durations on /metrics).
+    finished_at: datetime | None = Field(default=None, index=True)
 
 
 class Checkpoint(SQLModel, table=True):
@@ -185,6 +186,22 @@ class RejectedObject(SQLModel, table=True):
     size: int
     reason: str = Field(sa_column=Column(Text, nullable=False))
     seen_at: datetime = Field(default_factory=utcnow)
+
+
+class ClusterAction(SQLModel, table=True):
+    """Something camflow decided to do on a cluster (delete a cancelled or expired Job)
+    and has not seen done yet: kept until the cluster did it, so that neither a
+    restart nor the cluster being away makes camflow forget it."""
+
+    __tablename__ = "cluster_actions"
+
+    #: ``<kind>:<handle>``: recording the same action twice is one row.
+    id: str = Field(primary_key=True, max_length=600)
+    kind: str = Field(max_length=16)  # "delete"
+    cluster: str = Field(index=True, max_length=64)
+    #: The executor's handle: ``<cluster>/<namespace>/<job name>``.
+    handle: str = Field(max_length=512)
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class Channel(StrEnum):

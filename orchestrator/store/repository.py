@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import event, func, or_, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, SQLModel, col, create_engine, select
+from sqlmodel import Session, col, create_engine, select
 
 from orchestrator.errors import NotFound, StorageError
+from orchestrator.store import migrate
 from orchestrator.store.models import (
     AlgorithmVersion,
     ApiKey,
@@ -20,6 +21,9 @@ from orchestrator.store.models import (
     Channel,
     Checkpoint,
     Clip,
+    Counter,
+    Lease,
+    RejectedObject,
     Run,
     RunStatus,
     StageAttempt,
@@ -27,6 +31,8 @@ from orchestrator.store.models import (
 )
 
 ACTIVE = (RunStatus.PENDING, RunStatus.RUNNING)
+#: The counter behind ``Run.finished_seq``, the event stream's cursor.
+FINISHED_RUNS = "finished_runs"
 Row = TypeVar("Row", StageAttempt, AlgorithmVersion)
 
 
@@ -70,25 +76,11 @@ class Store:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.url = url
         self.engine = _make_engine(url)
-        SQLModel.metadata.create_all(self.engine)
-        self._check_schema()
-
-    def _check_schema(self) -> None:
-        """create_all adds missing tables, not missing columns: say so plainly rather
-        than fail later with an SQL error."""
-        from sqlalchemy import inspect
-
-        inspector = inspect(self.engine)
-        for table in SQLModel.metadata.sorted_tables:
-            have = {c["name"] for c in inspector.get_columns(table.name)}
-            missing = sorted(c.name for c in table.columns if c.name not in have)
-            if missing:
-                raise StorageError(
-                    f"the store at {self.engine.url.render_as_string(hide_password=True)} was "
-                    f"made by an older camflow: table {table.name} lacks {missing}. This "
-                    "pre-release has no migrations: move the old store aside (or point "
-                    "store.url elsewhere) to start a fresh one"
-                )
+        try:
+            migrate.upgrade(self.engine)
+        except BaseException:
+            self.engine.dispose()
+            raise
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -98,32 +90,125 @@ class Store:
 
     # --- watcher ----------------------------------------------------------------------
 
-    def checkpoint(self, checkpoint_id: str) -> str | None:
+    def cursor(self, name: str) -> str | None:
+        """Where the reconciliation sweep named ``name`` resumes (None: at the start)."""
         with self.session() as session:
-            row = session.get(Checkpoint, checkpoint_id)
-            return row.last_key if row else None
+            row = session.get(Checkpoint, name)
+            return row.last_key or None if row else None
 
     def record_clips(
-        self, clips: Sequence[Clip], checkpoint_id: str, last_key: str | None
+        self,
+        clips: Sequence[Clip],
+        rejected: Sequence[RejectedObject] = (),
+        cursor: tuple[str, str | None] | None = None,
     ) -> list[Clip]:
-        """Adds the clips not seen before and moves the checkpoint, in one transaction:
-        a crash leaves either both or neither, so no clip is skipped or doubled."""
+        """Adds the clips (and rejected objects) not recorded before and, with
+        ``cursor``, moves a sweep's cursor, in one transaction: a crash leaves all or
+        none. Returns the clips that are new. Safe against another writer adding the
+        same clip at the same moment (a unique key, and a retry row by row)."""
         with self.session() as session:
-            ids = [clip.id for clip in clips]
-            known = set(
-                session.exec(select(Clip.id).where(col(Clip.id).in_(ids))).all() if ids else []
-            )
-            new = [clip for clip in clips if clip.id not in known]
+            new = self._new_rows(session, Clip, clips)
             session.add_all(new)
-            if last_key is not None:
-                row = session.get(Checkpoint, checkpoint_id)
-                if row is None:
-                    session.add(Checkpoint(id=checkpoint_id, last_key=last_key))
-                elif last_key > row.last_key:
-                    row.last_key, row.updated_at = last_key, utcnow()
-                    session.add(row)
+            session.add_all(self._new_rows(session, RejectedObject, rejected))
+            if cursor is not None:
+                name, key = cursor
+                row = session.get(Checkpoint, name) or Checkpoint(id=name, last_key="")
+                row.last_key, row.updated_at = key or "", utcnow()
+                session.add(row)
+            try:
+                session.commit()
+                return new
+            except IntegrityError:
+                session.rollback()
+        # Someone recorded one of them in between: go one by one, the cursor last.
+        added = [clip for clip in clips if self._insert_new(Clip(**clip.model_dump()))]
+        for row in rejected:
+            self._insert_new(RejectedObject(**row.model_dump()))
+        if cursor is not None:
+            self.record_clips([], (), cursor)
+        return added
+
+    def _insert_new(self, row: Any) -> bool:
+        """Inserts ``row``; False if a row with its key exists already."""
+        with self.session() as session:
+            session.add(row)
+            try:
+                session.commit()
+                return True
+            except IntegrityError:
+                session.rollback()
+                return False
+
+    @staticmethod
+    def _new_rows(session: Session, table: Any, rows: Sequence[Any]) -> list[Any]:
+        ids = list({row.id for row in rows})
+        if not ids:
+            return []
+        known = set(session.exec(select(table.id).where(col(table.id).in_(ids))).all())
+        fresh: dict[str, Any] = {}
+        for row in rows:
+            if row.id not in known:
+                fresh.setdefault(row.id, row)
+        return list(fresh.values())
+
+    def rejected_objects(self, limit: int = 100) -> list[RejectedObject]:
+        with self.session() as session:
+            query = select(RejectedObject).order_by(col(RejectedObject.seen_at).desc())
+            return list(session.exec(query.limit(limit)).all())
+
+    # --- leadership -------------------------------------------------------------------
+
+    def hold_lease(self, name: str, holder: str, now: datetime, until: datetime) -> int | None:
+        """Takes or renews lease ``name`` for ``holder`` until ``until`` if it is free,
+        expired or already ``holder``'s; returns its epoch (which grows with each new
+        holder), or None while another holder has it. One conditional UPDATE, atomic on
+        SQLite and PostgreSQL alike."""
+        with self.session() as session:
+            renewed = session.exec(
+                update(Lease)
+                .where(col(Lease.name) == name, col(Lease.holder) == holder)
+                .values(expires_at=until)
+            )
+            if not renewed.rowcount:
+                taken = session.exec(
+                    update(Lease)
+                    .where(col(Lease.name) == name, col(Lease.expires_at) < now)
+                    .values(
+                        holder=holder,
+                        expires_at=until,
+                        acquired_at=now,
+                        epoch=col(Lease.epoch) + 1,
+                    )
+                )
+                if not taken.rowcount:
+                    if session.get(Lease, name) is not None:
+                        session.rollback()
+                        return None
+                    session.add(
+                        Lease(name=name, holder=holder, epoch=1, acquired_at=now, expires_at=until)
+                    )
+            try:
+                session.commit()
+            except IntegrityError:  # another replica created it at the same moment
+                session.rollback()
+                return None
+            row = session.get(Lease, name)
+            return row.epoch if row is not None and row.holder == holder else None
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Gives the lease up at once (a clean shutdown), so a follower need not wait
+        for it to expire."""
+        with self.session() as session:
+            session.exec(
+                update(Lease)
+                .where(col(Lease.name) == name, col(Lease.holder) == holder)
+                .values(expires_at=datetime(1970, 1, 1, tzinfo=UTC))
+            )
             session.commit()
-            return new
+
+    def lease(self, name: str) -> Lease | None:
+        with self.session() as session:
+            return session.get(Lease, name)
 
     # --- planning ---------------------------------------------------------------------
 
@@ -149,12 +234,15 @@ class Store:
 
     # --- engine -----------------------------------------------------------------------
 
-    def active_runs(self, limit: int = 10_000) -> list[RunWithAttempts]:
+    def active_runs(self, owner: str | None = None, limit: int = 10_000) -> list[RunWithAttempts]:
+        """Active runs driven by ``owner``: None is `camflow serve`, anything else one
+        `camflow process` or `algorithms try` (which drive only their own runs)."""
+        owned = col(Run.owner).is_(None) if owner is None else col(Run.owner) == owner
         with self.session() as session:
             rows = session.exec(
                 select(Run, Clip)
                 .join(Clip, col(Clip.id) == col(Run.clip_id))
-                .where(col(Run.status).in_(ACTIVE))
+                .where(col(Run.status).in_(ACTIVE), owned)
                 .order_by(col(Run.created_at), col(Run.id))
                 .limit(limit)
             ).all()
@@ -233,8 +321,16 @@ class Store:
         at: datetime,
     ) -> bool:
         """Moves an active run to its terminal status exactly once; False if it was
-        already finished (a replayed tick after a crash)."""
+        already finished (a replayed tick after a crash). It takes the next number of
+        the finished-runs sequence in the same transaction (the event stream's cursor)."""
         with self.session() as session:
+            seq = self._bump(session, FINISHED_RUNS)
+            if seq is None:  # the first run to finish in this store
+                session.rollback()
+                self._create_counter(FINISHED_RUNS)
+                seq = self._bump(session, FINISHED_RUNS)
+            if seq is None:
+                raise StorageError(f"counter {FINISHED_RUNS!r} vanished while in use")
             changed = session.exec(
                 update(Run)
                 .where(col(Run.id) == run_id, col(Run.status).in_(ACTIVE))
@@ -244,10 +340,60 @@ class Store:
                     result=result,
                     result_uri=result_uri,
                     finished_at=at,
+                    finished_seq=seq,
                 )
             )
+            if not changed.rowcount:
+                session.rollback()  # and with it the number: no gap for a replay
+                return False
             session.commit()
-            return bool(changed.rowcount)
+            return True
+
+    @staticmethod
+    def _bump(session: Session, name: str) -> int | None:
+        """The counter's next value, or None if it has no row yet. The row stays locked
+        until the caller's commit, so transactions commit in the order of their values:
+        a reader that has seen N never later sees a smaller number appear."""
+        bumped = session.exec(
+            update(Counter)
+            .where(col(Counter.name) == name)
+            .values(value=Counter.value + 1)
+            .returning(Counter.value)
+        )
+        value = bumped.scalar_one_or_none()
+        return None if value is None else int(value)
+
+    def _create_counter(self, name: str) -> None:
+        """Creates the finished-runs counter, after the numbers already given (should
+        its row ever be lost); a concurrent creator wins, harmlessly."""
+        with self.session() as session:
+            highest = session.exec(select(func.max(Run.finished_seq))).one()
+            session.add(Counter(name=name, value=int(highest or 0)))
+            try:
+                session.commit()
+            except IntegrityError:
+                session.rollback()
+
+    def tenant_finished_runs(
+        self, tenant: str, after_seq: int, limit: int = 200, since: datetime | None = None
+    ) -> list[tuple[Run, Clip]]:
+        """A tenant's runs that finished after sequence number ``after_seq``, in the
+        order they finished (and at or after ``since``, if given)."""
+        with self.session() as session:
+            query = (
+                select(Run, Clip)
+                .join(Clip, col(Clip.id) == col(Run.clip_id))
+                .where(col(Clip.tenant) == tenant, col(Run.finished_seq) > after_seq)
+            )
+            if since is not None:
+                query = query.where(col(Run.finished_at) >= since)
+            query = query.order_by(col(Run.finished_seq)).limit(limit)
+            return list(session.exec(query).all())
+
+    def last_finished_seq(self) -> int:
+        """The sequence number of the run that finished last (0: none yet)."""
+        with self.session() as session:
+            return int(session.exec(select(func.max(Run.finished_seq))).one() or 0)
 
     # --- inspection -------------------------------------------------------------------
 
