@@ -70,7 +70,9 @@ def run_demo(
             path.unlink()
     settings = settings.model_copy(
         update={
-            "watcher": settings.watcher.model_copy(update={"interval_seconds": 1.0}),
+            "watcher": settings.watcher.model_copy(
+                update={"wait_seconds": 1, "reconcile_interval_seconds": 5.0}
+            ),
             "engine": settings.engine.model_copy(update={"interval_seconds": 0.5}),
         }
     )

@@ -228,6 +228,7 @@ class Service:
             timezone=UTC, job_defaults={"coalesce": True, "max_instances": 1}
         )
         self._stopping = threading.Event()
+        self._engine_busy = threading.Event()
         self._events: threading.Thread | None = None
 
     def start(self) -> None:
@@ -294,13 +295,23 @@ class Service:
                 self._stopping.wait(min(5, wait or 1))
 
     def _wake_engine(self) -> None:
-        # New clips get their runs now rather than at the next interval.
+        # New clips get their runs now rather than at the next interval (a tick under
+        # way will see them anyway).
+        if self._engine_busy.is_set():
+            return
         with contextlib.suppress(Exception):
             self.scheduler.modify_job("engine", next_run_time=datetime.now(UTC))
 
     def _engine_tick(self) -> None:
         if not self.leadership.leading:
             return
+        self._engine_busy.set()
+        try:
+            self._leader_tick()
+        finally:
+            self._engine_busy.clear()
+
+    def _leader_tick(self) -> None:
         # A tick that raises (the store away) writes no heartbeat: the probes should see
         # it. One whose runs had trouble finished all the same, and says how many.
         report = self.runtime.reconciler.tick()

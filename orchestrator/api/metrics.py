@@ -47,13 +47,19 @@ class StoreCollector:
             buckets.append(("+Inf", len(seconds)))
             durations.add_metric([stage], buckets, sum_value=sum(seconds))
         yield durations
-        newest = self.store.newest_checkpoint()
+        newest = self.store.newest_discovery()
         lag = GaugeMetricFamily(
-            "camflow_watcher_lag_seconds", "Seconds since the watcher last saw a new key."
+            "camflow_watcher_lag_seconds", "Seconds since the watcher last recorded a new clip."
         )
         if newest is not None:
             lag.add_metric([], (self.now - as_utc(newest)).total_seconds())
         yield lag
+        yield GaugeMetricFamily(
+            "camflow_rejected_objects",
+            "Objects a trigger matches that cannot be clips (no tenant/camera in the key); "
+            "`camflow rejected` lists them.",
+            value=self.store.count_rejected(),
+        )
 
 
 def render_metrics(store: Store, now: datetime) -> tuple[bytes, str]:

@@ -105,7 +105,7 @@ class LocalExecutor:
                 )
             if launch.accelerator == "cpu":
                 env["CUDA_VISIBLE_DEVICES"] = ""
-            files.write_json_atomic(
+            claimed = files.create_json_exclusive(
                 directory / files.LAUNCH,
                 {
                     "command": self._command(launch.command),
@@ -117,6 +117,10 @@ class LocalExecutor:
                     "algorithm": launch.algorithm,
                 },
             )
+            if not claimed:
+                # Another engine claimed it in between: adopt, never start it twice.
+                handles[launch.attempt_id] = self._submission(launch)
+                continue
             try:
                 with (directory / "runner.log").open("ab") as log:
                     self._children[launch.attempt_id] = subprocess.Popen(

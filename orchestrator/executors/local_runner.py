@@ -35,6 +35,21 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def create_json_exclusive(path: Path, payload: dict) -> bool:
+    """Publishes ``path`` complete, or not at all if it exists: the claim on an attempt
+    folder, so two engines (a deposed leader that has not noticed yet, say) can never
+    both start the same attempt. False: someone else has it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload))
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
+
+
 def last_line(path: Path, limit: int = 8192) -> str | None:
     try:
         with path.open("rb") as handle:

@@ -77,12 +77,15 @@ class Run(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("clip_id", "pipeline", name="uq_run_clip_pipeline"),
         Index("ix_runs_created", "created_at", "id"),
+        # The engine's active runs: status and owner together, else SQLite walks every
+        # run `camflow serve` owns (owner NULL), finished ones included, on each tick.
+        Index("ix_runs_status_owner", "status", "owner"),
     )
 
     id: str = Field(primary_key=True, max_length=32)
     clip_id: str = Field(foreign_key="clips.id", index=True, max_length=32)
     pipeline: str = Field(max_length=64)
-    status: RunStatus = Field(default=RunStatus.PENDING, index=True, max_length=16)
+    status: RunStatus = Field(default=RunStatus.PENDING, max_length=16)
     error: str | None = Field(default=None, sa_column=Column(Text))
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None

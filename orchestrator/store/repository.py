@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import event, func, or_, update
+from sqlalchemy import ARRAY, String, any_, bindparam, event, func, or_, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, create_engine, select
@@ -248,14 +248,25 @@ class Store:
             ).all()
             run_ids = [run.id for run, _ in rows]
             attempts: dict[str, list[StageAttempt]] = {rid: [] for rid in run_ids}
-            if run_ids:
+            for among in self._among(col(StageAttempt.run_id), run_ids):
                 for attempt in session.exec(
                     select(StageAttempt)
-                    .where(col(StageAttempt.run_id).in_(run_ids))
+                    .where(among)
                     .order_by(col(StageAttempt.stage), col(StageAttempt.attempt))
                 ).all():
                     attempts[attempt.run_id].append(attempt)
             return [RunWithAttempts(run, clip, tuple(attempts[run.id])) for run, clip in rows]
+
+    def _among(self, column: Any, values: list[str]) -> list[Any]:
+        """Conditions that together select ``column IN values``, for up to `active_runs`'
+        ten thousand values. PostgreSQL takes them as one array parameter: as many bound
+        parameters cost more to send and plan than the rows. SQLite before 3.32 allows
+        999 parameters a statement."""
+        if not values:
+            return []
+        if self.engine.dialect.name == "postgresql":
+            return [column == any_(bindparam("among", values, type_=ARRAY(String)))]
+        return [column.in_(values[i : i + 500]) for i in range(0, len(values), 500)]
 
     def count_attempts(self, executor: str, accelerator: str | None = None) -> int:
         """Attempts handed to ``executor`` and not finished: its slots in use."""
@@ -616,9 +627,14 @@ class Store:
             found.setdefault(stage, []).append((finished - started).total_seconds())
         return found
 
-    def newest_checkpoint(self) -> datetime | None:
+    def newest_discovery(self) -> datetime | None:
+        """When the newest clip was recorded: the watcher's lag, for /metrics."""
         with self.session() as session:
-            return session.exec(select(func.max(Checkpoint.updated_at))).one()
+            return session.exec(select(func.max(Clip.discovered_at))).one()
+
+    def count_rejected(self) -> int:
+        with self.session() as session:
+            return int(session.exec(select(func.count()).select_from(RejectedObject)).one())
 
     def tenant_run(self, run_id: str, tenant: str | None) -> tuple[Run, Clip] | None:
         """A run and its clip, if it is ``tenant``'s (any tenant's when None)."""

@@ -36,6 +36,9 @@ def upgrade() -> None:
         batch.create_unique_constraint("runs_finished_seq_key", ["finished_seq"])
         batch.create_index("ix_runs_owner", ["owner"])
         batch.create_index("ix_runs_created", ["created_at", "id"])
+        # Its prefix serves every query ix_runs_status served.
+        batch.drop_index("ix_runs_status")
+        batch.create_index("ix_runs_status_owner", ["status", "owner"])
 
     with op.batch_alter_table("stage_attempts") as batch:
         batch.create_index("ix_stage_attempts_finished_at", ["finished_at"])
@@ -75,6 +78,8 @@ def downgrade() -> None:
     with op.batch_alter_table("stage_attempts") as batch:
         batch.drop_index("ix_stage_attempts_finished_at")
     with op.batch_alter_table("runs") as batch:
+        batch.drop_index("ix_runs_status_owner")
+        batch.create_index("ix_runs_status", ["status"])
         batch.drop_index("ix_runs_created")
         batch.drop_index("ix_runs_owner")
         batch.drop_column("finished_seq")
