@@ -267,6 +267,40 @@ def runs(
 
 
 @app.command()
+def rejected(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 100,
+    json_output: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """List objects a pipeline's trigger matches that cannot be clips, and why."""
+    from orchestrator.store import Store
+    from orchestrator.store.models import iso
+
+    try:
+        rows = Store(settings_from(ctx).store_url).rejected_objects(limit)
+    except CamflowError as exc:
+        raise _fail(exc) from exc
+    payload = [
+        {
+            "uri": f"s3://{row.bucket}/{row.key}",
+            "etag": row.etag,
+            "size": row.size,
+            "seen_at": iso(row.seen_at),
+            "reason": row.reason,
+        }
+        for row in rows
+    ]
+    if json_output:
+        cli_output.print_json(out, payload)
+    elif payload:
+        for item in payload:
+            out.print(f"{item['uri']} ({item['size']} bytes, seen {item['seen_at']})")
+            out.print(f"  {item['reason']}", highlight=False)
+    else:
+        out.print("nothing rejected: every object a trigger matched became a clip")
+
+
+@app.command()
 def results(
     ctx: typer.Context,
     clip: Annotated[str, typer.Argument(help="Clip id (c-...), object key or s3://bucket/key.")],

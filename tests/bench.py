@@ -1,10 +1,9 @@
 """Benchmarks: each of camflow's choices against a baseline measured in the same run.
 
-    python -m tests.bench [--clips 5000]
+    python -m tests.bench
 
 Prints ratios, not absolute targets: machines differ, ratios on one machine don't.
-- watcher tick: incremental listing (StartAfter the checkpoint) vs listing the whole
-  camera prefix and diffing, over S3 on HTTP (moto server);
+- discovery (latency and idle cost) has its own: ``python -m tests.bench_discovery``;
 - decode: seeking with grab() and decoding only sampled frames vs read() of every frame;
 - faces: CenterFace on onnxruntime (what the stage uses) vs OpenCV's DNN module.
 """
@@ -16,7 +15,6 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import cv2
@@ -40,55 +38,6 @@ def report(name: str, ours: float, baseline: float, unit: str = "s") -> None:
     print(
         f"{name:<40} ours {ours:9.4f} {unit:<3}  baseline {baseline:9.4f} {unit:<3}  x{ratio:5.2f}"
     )
-
-
-def bench_watcher(clips: int) -> None:
-    from orchestrator.domain.layout import upload_key
-    from orchestrator.embedded_s3 import EmbeddedS3
-    from orchestrator.service import open_runtime
-    from orchestrator.settings import load_settings
-    from tests.conftest import seed_objects
-
-    server = EmbeddedS3().start()
-    try:
-        with tempfile.TemporaryDirectory() as home:
-            settings = load_settings(
-                home=Path(home),
-                s3={
-                    "endpoint_url": server.endpoint_url,
-                    "embedded": False,
-                    "access_key_id": "bench",
-                    "secret_access_key": "bench",
-                },
-            )
-            with open_runtime(settings) as runtime:
-                now = datetime(2026, 1, 1, tzinfo=UTC)
-                bucket = settings.s3.ingest_bucket
-                seed_objects(
-                    bucket,
-                    [
-                        upload_key("acme", "door", now - timedelta(seconds=10 * i))
-                        for i in range(clips)
-                    ],
-                )
-                runtime.watcher.tick()  # catch up once
-                calls: list[int] = []
-                runtime.s3.client.meta.events.register(
-                    "before-send.s3", lambda **_: calls.append(1)
-                )
-                ours, _ = timed(runtime.watcher.tick)
-                ours_requests = len(calls) // 3
-                calls.clear()
-
-                def full_listing() -> int:
-                    return sum(1 for _ in runtime.s3.list_after(bucket, "acme/door/", None))
-
-                baseline, _ = timed(full_listing)
-                base_requests = len(calls) // 3
-        report(f"watcher tick over {clips} old clips", ours, baseline)
-        print(f"{'':<40} requests per tick: ours {ours_requests}, baseline {base_requests}")
-    finally:
-        server.stop()
 
 
 def bench_decode(path: Path) -> None:
@@ -156,14 +105,12 @@ def bench_faces(path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clips", type=int, default=5000, help="old clips in the bucket")
-    args = parser.parse_args()
+    parser.parse_args()
     from orchestrator.samples import make_clip
 
     with tempfile.TemporaryDirectory() as folder:
         clip = Path(folder) / "face.mp4"
         make_clip(clip, "astronaut", seconds=8)
-        bench_watcher(args.clips)
         bench_decode(clip)
         bench_faces(clip)
 

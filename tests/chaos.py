@@ -196,6 +196,14 @@ class World:
         self.serves.append(proc)
         return proc
 
+    def wait_for_leader(self, timeout: float = 60) -> None:
+        """Until a replica leads: serve has started and reached the store and S3."""
+        deadline = time.monotonic() + timeout
+        while _lease_holder(self.store_url) is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no serve process took the lease within {timeout:g} s")
+            time.sleep(0.2)
+
     def kill(self, proc: subprocess.Popen[bytes]) -> None:
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
@@ -363,6 +371,7 @@ def kill_scenario(clips: int, kills: int, seed: int = 1) -> Outcome:
     started = time.monotonic()
     with _world() as world:
         serve = world.start_serve()
+        world.wait_for_leader()
         uploads = _uploader(world, _clip_keys(clips, rng), gap=0.05)
         for _ in range(kills):
             time.sleep(rng.uniform(0.5, 4.0))
@@ -383,6 +392,7 @@ def replicas_scenario(clips: int, replicas: int, seed: int = 2) -> Outcome:
     with _postgres_schema() as url, _world(url) as world:
         procs = [world.start_serve() for _ in range(replicas)]
         keys = _clip_keys(clips, rng)
+        world.wait_for_leader()
         killed: dict[str, float] = {}
 
         def kill_leader(i: int) -> None:
@@ -395,7 +405,7 @@ def replicas_scenario(clips: int, replicas: int, seed: int = 2) -> Outcome:
                 killed["at"], killed["holder"] = time.monotonic(), holder  # type: ignore[assignment]
                 procs.append(world.start_serve())  # the pod comes back, as a follower
 
-        uploads = _uploader(world, keys, gap=0.01, hook=kill_leader)
+        uploads = _uploader(world, keys, gap=0.03, hook=kill_leader)
         takeover = None
         while uploads.is_alive() or ("at" in killed and takeover is None):
             holder = _lease_holder(url)
@@ -434,6 +444,7 @@ def s3_outage_scenario(clips: int, outage: float, seed: int = 3) -> Outcome:
     started = time.monotonic()
     with _world() as world:
         world.start_serve()
+        world.wait_for_leader()
         keys = _clip_keys(clips, rng)
         half = len(keys) // 2
 
@@ -459,6 +470,7 @@ def sqs_loss_scenario(clips: int, drop: float, dup: float, seed: int = 4) -> Out
     started = time.monotonic()
     with _world(events="driver") as world:
         world.start_serve()
+        world.wait_for_leader()
         late: list[str] = []
         dropped = 0
         for key in _clip_keys(clips, rng):

@@ -38,11 +38,15 @@ def s3_server() -> Iterator[EmbeddedS3]:
 
 
 def seed_objects(bucket: str, keys: list[str], body: bytes = b"x") -> None:
-    """Puts many objects straight into moto's backend (HTTP does ~90 PUT/s here)."""
+    """Puts many objects straight into moto's backend (HTTP does ~90 PUT/s here).
+
+    Seed before notifications are configured: moto would queue a message for each."""
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.s3.models import s3_backends
 
     backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+    if bucket not in backend.buckets:
+        backend.create_bucket(bucket, "us-east-1")
     for key in keys:
         backend.put_object(bucket, key, body)
 

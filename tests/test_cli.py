@@ -20,6 +20,7 @@ COMMANDS = [
     "process",
     "runs",
     "results",
+    "rejected",
     "pipelines",
     "clusters",
     "health",

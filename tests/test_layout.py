@@ -1,11 +1,6 @@
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-from orchestrator.domain.layout import (
-    clip_id,
-    listing_start_after,
-    parse_upload_key,
-    upload_key,
-)
+from orchestrator.domain.layout import clip_id, is_output_key, parse_upload_key, upload_key
 
 
 def test_clip_identity_is_bucket_key_and_etag() -> None:
@@ -30,10 +25,7 @@ def test_keys_outside_the_layout() -> None:
     assert odd is not None and odd.recorded_at is None
 
 
-def test_listing_resumes_a_lookback_before_the_checkpoint() -> None:
-    checkpoint = "acme/door/2026/05/04/030201.mp4"
-    assert listing_start_after(None, timedelta(minutes=5)) is None
-    assert listing_start_after(checkpoint, timedelta(0)) == checkpoint
-    assert listing_start_after(checkpoint, timedelta(minutes=5)) == "acme/door/2026/05/04/025701"
-    # Keys without a time in them resume exactly where they stopped.
-    assert listing_start_after("acme/door/x.mp4", timedelta(minutes=5)) == "acme/door/x.mp4"
+def test_camflow_outputs_are_recognised() -> None:
+    assert is_output_key("acme/door/c-0123456789abcdef/privacy/anonymize/anonymized.mp4")
+    assert not is_output_key("acme/door/2026/05/04/030201.mp4")
+    assert not is_output_key("acme/door/c-notahash/x.mp4")

@@ -106,6 +106,14 @@ def test_a_store_made_by_the_previous_release_is_upgraded_keeping_its_data(
     assert _differences(store_url) == []
 
 
+def test_a_database_shared_with_other_applications_gets_a_new_store(store_url: str) -> None:
+    with _connect(store_url) as connection:
+        connection.execute(text("CREATE TABLE invoices (id INTEGER PRIMARY KEY)"))
+    Store(store_url).close()
+    assert "invoices" in _tables(store_url)
+    assert _revision(store_url) == (migrate.head(),)
+
+
 def test_the_migrations_go_down_to_nothing_and_up_again(store_url: str) -> None:
     Store(store_url).close()
     with _connect(store_url) as connection:

@@ -12,7 +12,9 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import quote_plus
 
 import pytest
+from typer.testing import CliRunner
 
+from orchestrator.cli import app
 from orchestrator.domain.layout import upload_key
 from orchestrator.errors import StorageError
 from orchestrator.service import Runtime, open_runtime
@@ -110,6 +112,15 @@ def test_a_key_without_tenant_and_camera_is_reported_not_dropped(settings: Setti
         assert "<tenant>/<camera>/" in rejected["loose.mp4"]
         runtime.watcher.tick()
         assert len(runtime.store.rejected_objects()) == 2  # reported once
+    result = CliRunner().invoke(
+        app, ["rejected", "--json"], env={"CAMFLOW_STORE__URL": settings.store_url}
+    )
+    assert result.exit_code == 0, result.output
+    listed = json.loads(result.output)
+    assert {item["uri"] for item in listed} == {
+        f"s3://{settings.s3.ingest_bucket}/loose.mp4",
+        f"s3://{settings.s3.ingest_bucket}/acme/loose.mp4",
+    }
 
 
 def test_camflow_outputs_in_a_shared_bucket_are_not_clips(settings: Settings) -> None:
@@ -214,14 +225,15 @@ def _count_requests(runtime: Runtime) -> list[str]:
 
 
 def test_an_idle_event_poll_costs_one_request_over_10000_cameras(settings: Settings) -> None:
+    seed_objects(
+        settings.s3.ingest_bucket,
+        [upload_key(f"t{i % 50}", f"cam{i}", NOW) for i in range(10_000)],
+    )
     with open_runtime(_with_events(settings)) as runtime:
-        seed_objects(
-            settings.s3.ingest_bucket,
-            [upload_key(f"t{i % 50}", f"cam{i}", NOW) for i in range(10_000)],
-        )
         calls = _count_requests(runtime)
         assert runtime.watcher.sweep().new == 10_000
         sweep_requests = len(calls)
+        runtime.watcher.drain(0)  # S3's s3:TestEvent, sent when notifications were set up
         calls.clear()
         assert runtime.watcher.drain(0).new == 0
         assert len(calls) == 1, calls  # one SQS receive, whatever the number of cameras

@@ -114,7 +114,8 @@ def _made_before_migrations(connection: Connection, where: str) -> bool:
     """True for a store that the last release without migrations made: its tables, and
     no alembic_version. Refuses one that an even older pre-release made."""
     inspector = inspect(connection)
-    tables = set(inspector.get_table_names()) - {"alembic_version"}
+    # Only camflow's own: a database may hold other applications' tables too.
+    tables = set(inspector.get_table_names()) & set(_baseline_columns())
     if not tables:
         return False
     problems = []

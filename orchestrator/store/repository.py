@@ -239,23 +239,28 @@ class Store:
         `camflow process` or `algorithms try` (which drive only their own runs)."""
         owned = col(Run.owner).is_(None) if owner is None else col(Run.owner) == owner
         with self.session() as session:
-            rows = session.exec(
-                select(Run, Clip)
-                .join(Clip, col(Clip.id) == col(Run.clip_id))
+            runs = session.exec(
+                select(Run)
                 .where(col(Run.status).in_(ACTIVE), owned)
                 .order_by(col(Run.created_at), col(Run.id))
                 .limit(limit)
             ).all()
-            run_ids = [run.id for run, _ in rows]
-            attempts: dict[str, list[StageAttempt]] = {rid: [] for rid in run_ids}
-            for among in self._among(col(StageAttempt.run_id), run_ids):
+            # Clips and attempts by id, not joined: PostgreSQL joins ten thousand runs
+            # to clips by hashing the whole clips table, which grows with the history.
+            clips: dict[str, Clip] = {}
+            for among in self._among(col(Clip.id), list({run.clip_id for run in runs})):
+                clips.update((clip.id, clip) for clip in session.exec(select(Clip).where(among)))
+            attempts: dict[str, list[StageAttempt]] = {run.id: [] for run in runs}
+            for among in self._among(col(StageAttempt.run_id), list(attempts)):
                 for attempt in session.exec(
                     select(StageAttempt)
                     .where(among)
                     .order_by(col(StageAttempt.stage), col(StageAttempt.attempt))
                 ).all():
                     attempts[attempt.run_id].append(attempt)
-            return [RunWithAttempts(run, clip, tuple(attempts[run.id])) for run, clip in rows]
+            return [
+                RunWithAttempts(run, clips[run.clip_id], tuple(attempts[run.id])) for run in runs
+            ]
 
     def _among(self, column: Any, values: list[str]) -> list[Any]:
         """Conditions that together select ``column IN values``, for up to `active_runs`'

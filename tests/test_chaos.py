@@ -1,0 +1,41 @@
+"""The chaos scenarios at CI size: nothing lost, nothing duplicated.
+
+The full sizes (200 clips and 20 kills, 1,000 clips on 3 replicas, a 60 s S3 outage,
+30 % of notifications lost) run with ``python -m tests.chaos``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests import chaos
+
+pytestmark = pytest.mark.slow
+
+
+def _clean(outcome: chaos.Outcome) -> None:
+    print(chaos.HEADER, outcome.row(), *outcome.notes, sep="\n")
+    assert outcome.lost == 0, outcome
+    assert outcome.duplicated == 0, outcome
+    assert outcome.failed == 0, outcome
+
+
+def test_sigkill_of_serve_at_random_moments_loses_and_repeats_nothing() -> None:
+    outcome = chaos.kill_scenario(clips=24, kills=3)
+    _clean(outcome)
+    # serve's death does not kill running stages (they run under their own
+    # supervisors), so nothing needs to run again.
+    assert outcome.re_executed == 0
+
+
+def test_three_replicas_on_postgresql_run_every_stage_once(postgres_url: str) -> None:
+    outcome = chaos.replicas_scenario(clips=45, replicas=3)
+    _clean(outcome)
+    assert outcome.re_executed == 0
+    assert "another led after ?" not in outcome.notes[0], outcome.notes
+
+
+def test_lost_and_duplicated_notifications_are_covered_by_the_sweep() -> None:
+    outcome = chaos.sqs_loss_scenario(clips=24, drop=0.3, dup=0.3)
+    _clean(outcome)
+    assert outcome.re_executed == 0
