@@ -11,7 +11,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -33,12 +32,8 @@ class Message:
 class EventQueue:
     def __init__(self, access: S3Access, queue: str, client: Any = None) -> None:
         self.access = access
-        self.client = client or boto3.client(
+        self.client = client or access.client(
             "sqs",
-            endpoint_url=access.endpoint_url,
-            region_name=access.region,
-            aws_access_key_id=access.access_key_id,
-            aws_secret_access_key=access.secret_access_key,
             # A long poll holds the connection up to 20 s: read longer than that.
             config=Config(read_timeout=30, retries={"mode": "standard"}),
         )

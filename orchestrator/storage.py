@@ -59,16 +59,23 @@ class S3Access:
             env["AWS_SECRET_ACCESS_KEY"] = self.secret_access_key
         return env
 
+    def client(self, service: str, config: Config) -> Any:
+        """A boto3 client for ``service`` (s3, sqs) at this endpoint, with these keys."""
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+            config=config,
+        )
+
 
 class S3Gateway:
     def __init__(self, access: S3Access, client: Any = None) -> None:
         self.access = access
-        self.client = client or boto3.client(
+        self.client = client or access.client(
             "s3",
-            endpoint_url=access.endpoint_url,
-            region_name=access.region,
-            aws_access_key_id=access.access_key_id,
-            aws_secret_access_key=access.secret_access_key,
             # SigV4: presigned URLs that every AWS region and MinIO accept.
             config=Config(
                 signature_version="s3v4",

@@ -44,11 +44,12 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from urllib.parse import quote_plus
 
-import boto3
 import yaml
+from botocore.config import Config
 
 from orchestrator.domain.layout import upload_key
 from orchestrator.embedded_s3 import EmbeddedS3
+from orchestrator.storage import S3Access
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ROOT / "tests" / "stages"
@@ -120,21 +121,10 @@ class World:
         self.store_url = store_url or f"sqlite:///{folder / 'camflow.db'}"
         self.ingest, self.results = "chaos-ingest", "chaos-results"
         self.queue = f"chaos-{uuid.uuid4().hex[:6]}"
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=self.s3.endpoint_url,
-            region_name="us-east-1",
-            aws_access_key_id="chaos",
-            aws_secret_access_key="chaos",
-        )
+        access = S3Access(self.s3.endpoint_url, "us-east-1", "chaos", "chaos")
+        self.client = access.client("s3", Config(retries={"mode": "standard"}))
         self.client.create_bucket(Bucket=self.ingest)
-        self.sqs = boto3.client(
-            "sqs",
-            endpoint_url=self.s3.endpoint_url,
-            region_name="us-east-1",
-            aws_access_key_id="chaos",
-            aws_secret_access_key="chaos",
-        )
+        self.sqs = access.client("sqs", Config(retries={"mode": "standard"}))
         self.queue_url = self.sqs.create_queue(QueueName=self.queue)["QueueUrl"]
         self.config = folder / "camflow.yaml"
         self.config.write_text(

@@ -126,7 +126,11 @@ def test_a_batch_with_good_and_bad_clips(executor: Executor, clips: SampleClips)
                 "thumbnails",
                 "publish",
             ]
-            assert all(s["seconds"] and s["seconds"] > 0 for s in result["stages"])
+            # The Kubernetes API keeps times to the second (RFC 3339): a stage quicker
+            # than that may read 0 s there, never nothing and never negative.
+            assert all(s["seconds"] is not None and s["seconds"] >= 0 for s in result["stages"])
+            if settings.executor == "local":
+                assert all(s["seconds"] > 0 for s in result["stages"])
 
         quiet = _result(runtime, keys["noface"])
         assert quiet["status"] == "succeeded"

@@ -286,17 +286,13 @@ class Store:
 
     def _insert_or_get(self, row: Row) -> Row:
         """Inserts ``row``; if one with its key exists already, returns that one."""
+        if self._insert_new(row):
+            return row
         with self.session() as session:
-            session.add(row)
-            try:
-                session.commit()
-                return row
-            except IntegrityError:
-                session.rollback()
-                existing = session.get(type(row), row.id)  # type: ignore[attr-defined]
-                if existing is None:
-                    raise
-                return existing
+            existing = session.get(type(row), row.id)  # type: ignore[attr-defined]
+            if existing is None:
+                raise StorageError(f"{type(row).__name__} {row.id} clashes with another row")
+            return existing
 
     def add_attempt(self, attempt: StageAttempt) -> StageAttempt:
         """Inserts the attempt, or returns the one a crash-interrupted tick inserted (the

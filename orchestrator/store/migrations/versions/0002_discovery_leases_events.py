@@ -70,6 +70,21 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("bucket", "key", "etag", name="uq_rejected_identity"),
     )
+    # Runs that ended before the event stream had a sequence get one, in the order they
+    # ended, so a client reading the stream from its start misses none of them.
+    conn = op.get_bind()
+    ended = conn.execute(
+        sa.text("SELECT id FROM runs WHERE finished_at IS NOT NULL ORDER BY finished_at, id")
+    ).all()
+    if ended:
+        conn.execute(
+            sa.text("UPDATE runs SET finished_seq = :seq WHERE id = :id"),
+            [{"seq": n, "id": row[0]} for n, row in enumerate(ended, 1)],
+        )
+    conn.execute(
+        sa.text("INSERT INTO counters (name, value) VALUES ('finished_runs', :value)"),
+        {"value": len(ended)},
+    )
 
 
 def downgrade() -> None:
