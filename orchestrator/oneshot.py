@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
@@ -11,12 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.domain.catalog import Pipeline
+from orchestrator.domain.discovery import FoundObject
 from orchestrator.domain.layout import upload_key
+from orchestrator.errors import StorageError
 from orchestrator.service import Runtime, drive, open_runtime
 from orchestrator.settings import Settings
 from orchestrator.storage import S3Gateway
 from orchestrator.store import Run
-from orchestrator.watcher import found_in_listing, to_clip
+from orchestrator.store.models import AttemptState, RunStatus
+from orchestrator.watcher import to_clip
 
 
 def one_shot_owner() -> str:
@@ -60,23 +64,66 @@ def run_files(
         suffix = path.suffix.lower() or ".bin"
         key = upload_key(tenant, camera, now, suffix, n + 1)
         key = key.removesuffix(suffix) + f"-{_safe_stem(path)}{suffix}"
-        uploaded = runtime.s3.upload_file(path, bucket, key)
-        clip = to_clip(found_in_listing(bucket, uploaded), "upload")
+        # Recorded, planned and owned by us *before* the upload exists: a `serve` on
+        # the same store that hears of it at once finds it known and leaves it to us.
+        expected = FoundObject(bucket, key, _md5(path), path.stat().st_size, now)
+        clip = to_clip(expected, "upload")
         if clip is None:  # cannot happen: the key has tenant and camera
             raise ValueError(f"bad key {key}")
-        # Planned from the start: a `serve` on the same store that sees this upload
-        # finds the clip known and planned, and leaves it to us.
         clip.planned = True
         runtime.store.record_clips([clip])
-        runs.append((path.name, runtime.reconciler.plan_run(clip, pipeline).id))
+        run = runtime.reconciler.plan_run(clip, pipeline)
+        uploaded = runtime.s3.put_file(path, bucket, key)
+        if uploaded.etag != expected.etag:
+            raise StorageError(
+                f"S3 gave s3://{bucket}/{key} the ETag {uploaded.etag}, not the MD5 of its "
+                "bytes (server-side encryption with KMS?): `camflow process` needs an S3 "
+                "whose single-PUT ETags are MD5s; upload to the watched bucket instead"
+            )
+        runs.append((path.name, run.id))
     total = len(runs)
-    drive(
-        runtime,
-        [rid for _, rid in runs],
-        timeout,
-        on_tick=(lambda _r, pending: on_progress(total - pending)) if on_progress else None,
-    )
+    try:
+        drive(
+            runtime,
+            [rid for _, rid in runs],
+            timeout,
+            on_tick=(lambda _r, pending: on_progress(total - pending)) if on_progress else None,
+        )
+    except BaseException as exc:
+        _give_up(runtime, [rid for _, rid in runs], exc)
+        raise
     return [(name, runtime.store.get_run(rid)) for name, rid in runs]
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _give_up(runtime: Runtime, run_ids: list[str], why: BaseException) -> None:
+    """Ends what this command started and will no longer follow (Ctrl-C, its timeout):
+    its stages are stopped and its runs failed, saying why, rather than left active
+    with no one to drive them."""
+    reason = f"camflow process stopped before the run finished ({type(why).__name__}: {why})"
+    now = datetime.now(UTC)
+    for rid in run_ids:
+        try:
+            run = runtime.store.get_run(rid)
+            if RunStatus(run.status).terminal or run.owner != runtime.reconciler.owner:
+                continue
+            handles = [
+                a.handle
+                for a in runtime.store.attempts_of_run(rid)
+                if a.handle and a.state in (AttemptState.PENDING, AttemptState.RUNNING)
+            ]
+            if handles:
+                runtime.executor.cancel(handles)
+            runtime.store.finish_run(rid, RunStatus.FAILED, reason, None, None, now)
+        except Exception:  # best effort on the way out; the error that stopped us wins
+            continue
 
 
 def process_files(

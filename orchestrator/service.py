@@ -229,6 +229,8 @@ class Service:
         )
         self._stopping = threading.Event()
         self._engine_busy = threading.Event()
+        # A leader that loses the lease mid-tick stops acting at its next step.
+        runtime.reconciler.may_act = lambda: self.leadership.leading
         self._events: threading.Thread | None = None
 
     def start(self) -> None:

@@ -192,6 +192,13 @@ class S3Gateway:
         head = self._call("head", self.client.head_object, Bucket=bucket, Key=key)
         return ObjectInfo(key, head["ETag"].strip('"'), int(head["ContentLength"]), None)
 
+    def put_file(self, path: Path, bucket: str, key: str) -> ObjectInfo:
+        """One PUT (no multipart): S3 then gives the object the MD5 of its bytes as its
+        ETag, which the caller can know, and record, before the object exists."""
+        with path.open("rb") as body:
+            reply = self._call("put", self.client.put_object, Bucket=bucket, Key=key, Body=body)
+        return ObjectInfo(key, reply["ETag"].strip('"'), path.stat().st_size, None)
+
     def download_file(self, bucket: str, key: str, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._call(

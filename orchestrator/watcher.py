@@ -122,6 +122,8 @@ class Watcher:
         self.queue = queue
         self.page_size = page_size
         self.pages_per_pass = pages_per_pass
+        #: The target the next sweep pass starts with.
+        self._next = 0
 
     # --- shared -------------------------------------------------------------------------
 
@@ -192,11 +194,22 @@ class Watcher:
         """One reconciliation pass over the watched prefixes, within its page budget."""
         report = SweepReport()
         budget = self.pages_per_pass
-        for target in self.targets:
+        # Each pass starts where the last one ran out of pages, so a big first target
+        # can never starve the others.
+        order = self.targets[self._next :] + self.targets[: self._next]
+        for n, target in enumerate(order):
             if budget <= 0:
                 report.complete = False
-                break
+                self._next = (self._next + n) % len(self.targets)
+                return report
+            before = report.complete
+            report.complete = True
             budget -= self._sweep_target(target, budget, report)
+            if not report.complete:  # this target's listing continues next pass
+                self._next = (self._next + n) % len(self.targets)
+                return report
+            report.complete = before
+        self._next = 0
         return report
 
     def _sweep_target(self, target: WatchTarget, budget: int, report: SweepReport) -> int:

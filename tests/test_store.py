@@ -170,3 +170,54 @@ def test_a_store_upgraded_by_a_newer_camflow_is_refused_with_what_to_do(store_ur
         r"camflow has upgraded it\. Run that camflow version or a later one",
     ):
         Store(store_url)
+
+
+def test_a_dead_one_shot_command_holds_none_of_serves_slots(store_url: str) -> None:
+    store = Store(store_url)
+    clip = _clip("acme/door/1.mp4")
+    store.record_clips([clip])
+    mine = Run(id="r-oneshot", clip_id=clip.id, pipeline="faces", owner="oneshot-1")
+    store.plan(clip.id, [mine])
+    attempt = StageAttempt(
+        id="r-oneshot-decode-1",
+        run_id=mine.id,
+        stage="decode",
+        attempt=1,
+        algorithm="decode@1.0.0",
+        accelerator="cpu",
+        executor="local",
+        state=AttemptState.RUNNING,
+    )
+    store.add_attempt(attempt)
+    assert store.count_attempts("local") == 0  # serve's runs: none
+    assert store.count_attempts("local", owner="oneshot-1") == 1
+    store.close()
+
+
+def test_a_stale_engine_never_moves_an_attempt_back(store_url: str) -> None:
+    store = Store(store_url)
+    clip = _clip("acme/door/1.mp4")
+    store.record_clips([clip])
+    run = Run(id=run_id(clip.id, "faces"), clip_id=clip.id, pipeline="faces")
+    store.plan(clip.id, [run])
+    store.add_attempt(
+        StageAttempt(
+            id="a-1",
+            run_id=run.id,
+            stage="decode",
+            attempt=1,
+            algorithm="decode@1.0.0",
+            accelerator="cpu",
+            executor="kubernetes",
+            state=AttemptState.RUNNING,
+            handle="dev/job-1",
+        )
+    )
+    live = (AttemptState.PENDING, AttemptState.RUNNING)
+    assert store.update_attempt("a-1", live, "dev/job-1", state=AttemptState.SUCCEEDED)
+    # A deposed leader that read the attempt before: its update changes nothing.
+    assert not store.update_attempt("a-1", live, "dev/job-1", state=AttemptState.FAILED)
+    assert not store.update_attempt("a-1", (AttemptState.PENDING,), state=AttemptState.RUNNING)
+    [row] = store.attempts_of_run(run.id)
+    assert row.state == AttemptState.SUCCEEDED
+    store.close()

@@ -241,3 +241,21 @@ def test_an_idle_event_poll_costs_one_request_over_10000_cameras(settings: Setti
         report = runtime.watcher.sweep()
         # A pass lists objects, not cameras: ceil(10000 / 1000) pages.
         assert report.requests == len(calls) == sweep_requests == 10
+
+
+def test_a_big_first_target_never_starves_the_others(settings: Settings) -> None:
+    from orchestrator.domain.pipeline import Trigger
+    from orchestrator.watcher import Watcher
+
+    bucket = settings.s3.ingest_bucket
+    # Exactly a whole number of page budgets under the first prefix.
+    seed_objects(bucket, [upload_key("aaa", f"cam{i:02d}", NOW) for i in range(40)])
+    seed_objects(bucket, [upload_key("bbb", "door", NOW)])
+    with open_runtime(settings) as runtime:
+        triggers = [Trigger(prefix="aaa/"), Trigger(prefix="bbb/")]
+        watcher = Watcher(
+            runtime.store, runtime.s3, triggers, bucket, "results", page_size=10, pages_per_pass=2
+        )
+        found = sum(watcher.sweep().new for _ in range(3))
+        assert found == 41
+        assert "bbb/door/" in " ".join(_known_keys(runtime))

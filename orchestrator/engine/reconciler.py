@@ -61,6 +61,9 @@ from orchestrator.store.repository import RunWithAttempts
 
 log = logging.getLogger("camflow.engine")
 
+#: An attempt an engine may still settle: never move a finished one back.
+IN_FLIGHT = (AttemptState.PENDING, AttemptState.RUNNING)
+
 
 @dataclass
 class TickReport:
@@ -136,6 +139,9 @@ class Reconciler:
         #: Whose runs this engine drives: None for `camflow serve`; a one-shot command
         #: sets its own name so that it and a running serve never drive each other's.
         self.owner: str | None = None
+        #: Whether this engine may still act (a replica checks it holds the lease):
+        #: asked before each run's actions and each start, not only when a tick begins.
+        self.may_act: Callable[[], bool] = lambda: True
         self.executor = executor
         self.s3 = s3
         self.results_bucket = results_bucket
@@ -314,7 +320,8 @@ class Reconciler:
             "permanent": False,
             "finished_at": self.clock(),
         }
-        self.store.update_attempt(attempt.id, **values)
+        if not self.store.update_attempt(attempt.id, IN_FLIGHT, attempt.handle, **values):
+            return  # another engine settled it first
         for key, value in values.items():
             setattr(attempt, key, value)
         self._log_outcome(view, attempt)
@@ -355,7 +362,8 @@ class Reconciler:
                 values.update(state=AttemptState.FAILED, reason=exc.reason, permanent=exc.permanent)
             else:
                 values.update(metrics=manifest.metrics, outputs=manifest.outputs)
-        self.store.update_attempt(attempt.id, **values)
+        if not self.store.update_attempt(attempt.id, IN_FLIGHT, attempt.handle, **values):
+            return  # another engine settled it first
         for key, value in values.items():
             setattr(attempt, key, value)
         self._log_outcome(view, attempt)
@@ -380,7 +388,10 @@ class Reconciler:
             "submitted_at": None,
             "reason": status.reason,
         }
-        self.store.update_attempt(attempt.id, **values)
+        if not self.store.update_attempt(
+            attempt.id, (AttemptState.RUNNING,), attempt.handle, **values
+        ):
+            return  # another engine settled it first
         for key, value in values.items():
             setattr(attempt, key, value)
         log.info(
@@ -444,12 +455,20 @@ class Reconciler:
                 if not any(isinstance(a, FinishRun) for a in decision.actions):
                     starts += decision.starts
         for view, actions in plans:
+            if not self.may_act():
+                log.warning("no longer the leader: this tick stops before acting")
+                return report
             with trouble.isolate(view, "acting on"):
                 for action in actions:
                     self._apply(action, view, report)
-        free = capacity.slots - self.store.count_attempts(self.executor.name)
-        free_gpu = capacity.gpu_slots - self.store.count_attempts(self.executor.name, "gpu")
+        free = capacity.slots - self.store.count_attempts(self.executor.name, None, self.owner)
+        free_gpu = capacity.gpu_slots - self.store.count_attempts(
+            self.executor.name, "gpu", self.owner
+        )
         for start in admit(starts, free, free_gpu):
+            if not self.may_act():
+                log.warning("no longer the leader: this tick stops before starting stages")
+                return report
             view = by_id[start.run_id]
             if view.run.id in trouble:
                 continue
@@ -536,6 +555,7 @@ class Reconciler:
                 self.executor.cancel([action.handle])
             self.store.update_attempt(
                 action.attempt_id,
+                IN_FLIGHT,
                 state=AttemptState.FAILED,
                 reason=action.reason,
                 timed_out=True,
@@ -559,6 +579,9 @@ class Reconciler:
                 executor=self.executor.name,
             )
         )
+        if attempt.state != AttemptState.PENDING or attempt.handle is not None:
+            # It existed already (another engine, a replay): that one is followed.
+            return
         if not self._submit(view, attempt, start.fallback):
             # Nowhere to put it now (no cluster with room, say), and nothing was created:
             # withdraw it, so that the next tick decides afresh, e.g. to fall back to CPU.
@@ -602,6 +625,7 @@ class Reconciler:
             if exc.final:
                 self.store.update_attempt(
                     attempt.id,
+                    (AttemptState.PENDING,),
                     state=AttemptState.FAILED,
                     reason=str(exc),
                     exhausted=True,
@@ -616,8 +640,9 @@ class Reconciler:
             log.warning("clip %s: could not submit %s: %s", _clip_name(view.clip), attempt.id, exc)
             return True
         now = self.clock()
-        self.store.update_attempt(
+        if not self.store.update_attempt(
             attempt.id,
+            (AttemptState.PENDING,),
             state=AttemptState.RUNNING,
             handle=submission.handle,
             accelerator=submission.accelerator,
@@ -626,7 +651,9 @@ class Reconciler:
             image=launch.image,
             reason=None,
             log_uri=self.executor.log_uri(submission.handle),
-        )
+        ):
+            log.warning("attempt %s moved on while it was submitted: left as it is", attempt.id)
+            return True
         self.store.mark_run_started(view.run.id, now)
         log.info(
             "clip %s run %s: stage %s attempt %d submitted on %s (%s)",

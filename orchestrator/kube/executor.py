@@ -141,6 +141,8 @@ class KubernetesExecutor:
         self.apis = {c.name: api_factory(c) for c in clusters}
         self.views = {c.name: ClusterView() for c in clusters}
         self.actions: ActionLog = actions or MemoryActionLog()
+        #: GPU Jobs given back for CPU: their pods must be gone before the CPU Job starts.
+        self._fell_back: set[str] = set()
         self._clock = clock
         self._now = now
 
@@ -285,6 +287,7 @@ class KubernetesExecutor:
         place. Its Job is deleted first (the delete is remembered until done), and a
         create of the same attempt waits for that delete: never two at once."""
         self._delete(_handle(cluster, name))
+        self._fell_back.add(_handle(cluster, name))
         log.info(
             "cluster %s: no node could take GPU Job %s for %.0f s (%s): back for CPU",
             cluster.name,
@@ -375,6 +378,9 @@ class KubernetesExecutor:
             self._retry_deletes([other])
             if other in self.actions.pending_deletes():
                 raise ExecutorError(f"waiting for {other} to be deleted before {name} starts")
+        if launch.accelerator != "gpu" and other in self._fell_back:
+            self._wait_for_pods_gone(cluster, other.split("/", 2)[2], name)
+            self._fell_back.discard(other)
         try:
             created = self.apis[cluster.name].create_job(job)
         except ClusterUnreachable as exc:
@@ -404,6 +410,23 @@ class KubernetesExecutor:
     def _delete(self, handle: str) -> None:
         self.actions.add_deletes([handle])
         self._retry_deletes([handle])
+
+    def _wait_for_pods_gone(self, cluster: ClusterSettings, gpu_job: str, name: str) -> None:
+        """A deleted Job's pods go in the background (batch/v1 with propagationPolicy
+        Background): one the GPU Job started just before its delete may still run.
+        The CPU Job waits until none is left, so one stage never runs twice at once."""
+        try:
+            pods = self.apis[cluster.name].list_pods(f"batch.kubernetes.io/job-name={gpu_job}")
+        except ClusterUnreachable as exc:
+            self._away(cluster, exc)
+            raise
+        alive = [
+            p for p in pods if (p.get("status") or {}).get("phase") in ("Pending", "Running")
+        ]
+        if alive:
+            raise ExecutorError(
+                f"waiting for {len(alive)} pod(s) of {gpu_job} to stop before {name} starts"
+            )
 
     def _retry_deletes(self, only: Sequence[str] | None = None) -> None:
         for handle in only if only is not None else self.actions.pending_deletes():

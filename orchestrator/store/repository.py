@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -273,12 +273,23 @@ class Store:
             return [column == any_(bindparam("among", values, type_=ARRAY(String)))]
         return [column.in_(values[i : i + 500]) for i in range(0, len(values), 500)]
 
-    def count_attempts(self, executor: str, accelerator: str | None = None) -> int:
-        """Attempts handed to ``executor`` and not finished: its slots in use."""
+    def count_attempts(
+        self, executor: str, accelerator: str | None = None, owner: str | None = None
+    ) -> int:
+        """Attempts of ``owner``'s runs handed to ``executor`` and not finished: its slots
+        in use. Per owner, because an engine can only ever see its own runs' attempts
+        finish: a one-shot command that died must not hold `serve`'s slots forever."""
+        owned = col(Run.owner).is_(None) if owner is None else col(Run.owner) == owner
         with self.session() as session:
-            query = select(func.count()).where(
-                col(StageAttempt.executor) == executor,
-                col(StageAttempt.state).in_((AttemptState.PENDING, AttemptState.RUNNING)),
+            query = (
+                select(func.count())
+                .select_from(StageAttempt)
+                .join(Run, col(Run.id) == col(StageAttempt.run_id))
+                .where(
+                    col(StageAttempt.executor) == executor,
+                    col(StageAttempt.state).in_((AttemptState.PENDING, AttemptState.RUNNING)),
+                    owned,
+                )
             )
             if accelerator:
                 query = query.where(col(StageAttempt.accelerator) == accelerator)
@@ -299,12 +310,25 @@ class Store:
         unique key is run, stage, attempt number)."""
         return self._insert_or_get(attempt)
 
-    def update_attempt(self, attempt_id: str, **values: Any) -> None:
+    def update_attempt(
+        self,
+        attempt_id: str,
+        expect: Collection[AttemptState] | None = None,
+        expect_handle: str | None = None,
+        **values: Any,
+    ) -> bool:
+        """Updates an attempt; with ``expect``, only while it is in one of those states,
+        so an engine acting on a stale view (a deposed leader) can never move an
+        attempt backwards. False when nothing was updated."""
+        query = update(StageAttempt).where(col(StageAttempt.id) == attempt_id)
+        if expect is not None:
+            query = query.where(col(StageAttempt.state).in_(tuple(expect)))
+        if expect_handle is not None:  # the status read was of this handle, not a newer one
+            query = query.where(col(StageAttempt.handle) == expect_handle)
         with self.session() as session:
-            session.exec(
-                update(StageAttempt).where(col(StageAttempt.id) == attempt_id).values(**values)
-            )
+            changed = session.exec(query.values(**values))
             session.commit()
+            return bool(changed.rowcount)
 
     def delete_attempt(self, attempt_id: str) -> None:
         """Withdraws an attempt no executor took, so the engine may decide afresh."""
