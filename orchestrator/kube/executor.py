@@ -420,9 +420,7 @@ class KubernetesExecutor:
         except ClusterUnreachable as exc:
             self._away(cluster, exc)
             raise
-        alive = [
-            p for p in pods if (p.get("status") or {}).get("phase") in ("Pending", "Running")
-        ]
+        alive = [p for p in pods if (p.get("status") or {}).get("phase") in ("Pending", "Running")]
         if alive:
             raise ExecutorError(
                 f"waiting for {len(alive)} pod(s) of {gpu_job} to stop before {name} starts"
