@@ -80,7 +80,7 @@ def test_a_customer_sees_a_finished_run_with_its_thumbnails(
         CAMFLOW_HOME=str(tmp_path / "home"),
         CAMFLOW_API__PORT=str(port),
         CAMFLOW_S3__EMBEDDED_PORT=str(_free_port()),
-        CAMFLOW_WATCHER__INTERVAL_SECONDS="0.5",
+        CAMFLOW_WATCHER__WAIT_SECONDS="1",
         CAMFLOW_ENGINE__INTERVAL_SECONDS="0.3",
     )
     # A live camflow, as a user starts it: embedded S3, SQLite, local stages.
