@@ -1,8 +1,10 @@
+import itertools
 from pathlib import Path
 
 import pytest
 
-from orchestrator.domain.catalog import load_catalog
+from orchestrator.domain.algorithm import AlgorithmManifest
+from orchestrator.domain.catalog import Catalog, load_catalog
 from orchestrator.errors import ConfigError
 from orchestrator.settings import PROJECT_ROOT
 
@@ -132,3 +134,69 @@ def test_a_bad_params_schema_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="not a valid JSON Schema"):
         load_catalog([tmp_path / "algos"], [])
+
+
+def _manifest(version: str) -> AlgorithmManifest:
+    return AlgorithmManifest(
+        name="faces", version=version, image="i", command=["run"], accelerators={"cpu": {}}
+    )
+
+
+def _newest(versions: list[str], channel: str = "dev") -> str:
+    catalog = Catalog()
+    for version in versions:
+        catalog.add_algorithm(_manifest(version), "test", channel=channel)
+    return catalog.algorithm("faces", channel).version
+
+
+@pytest.mark.parametrize(
+    ("versions", "newest"),
+    [
+        # Pre-releases come before their release and are ordered among themselves.
+        (["1.0.0-rc1", "1.0.0-rc2"], "1.0.0-rc2"),
+        (["1.0.0", "1.0.0-rc.2"], "1.0.0"),
+        # Numeric identifiers compare as numbers, not text.
+        (["1.0.0-rc.2", "1.0.0-rc.10"], "1.0.0-rc.10"),
+        (["1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-beta", "1.0.0-beta.2"], "1.0.0-beta.2"),
+        (["0.9.9", "1.0.0-rc.1", "0.10.0"], "1.0.0-rc.1"),
+        # Build metadata does not raise precedence.
+        (["1.0.0+build.99", "1.0.1-rc.1"], "1.0.1-rc.1"),
+        (["1.0.0-rc.1+build.5", "1.0.0"], "1.0.0"),
+        # Equal precedence: the higher build metadata, whatever the registration order.
+        (["1.0.0+build.9", "1.0.0+build.10"], "1.0.0+build.10"),
+        (["1.0.0", "1.0.0+build.1"], "1.0.0+build.1"),
+    ],
+)
+@pytest.mark.parametrize("channel", ["dev", "stable"])
+def test_the_newest_version_follows_semver_whatever_the_registration_order(
+    versions: list[str], newest: str, channel: str
+) -> None:
+    for order in itertools.permutations(versions):
+        assert _newest(list(order), channel) == newest, order
+
+
+@pytest.mark.parametrize(
+    ("version", "problem"),
+    [
+        ("1.0", "not a SemVer 2.0 version"),
+        ("one", "not a SemVer 2.0 version"),
+        ("01.0.0", "not a SemVer 2.0 version"),
+        ("1.0.0-rc..1", "not a SemVer 2.0 version"),
+    ],
+)
+def test_a_version_that_is_not_semver_is_refused_saying_so(
+    tmp_path: Path, version: str, problem: str
+) -> None:
+    algo = tmp_path / "algos" / "x"
+    algo.mkdir(parents=True)
+    (algo / "algorithm.yaml").write_text(
+        f"name: x\nversion: '{version}'\nimage: i\ncommand: [run]\naccelerators: {{cpu: {{}}}}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_catalog([tmp_path / "algos"], [])
+    assert caught.value.field == "version"
+    assert problem in caught.value.problem and repr(version) in caught.value.problem
+
+
+def test_a_pre_release_with_build_metadata_is_a_valid_version() -> None:
+    assert _manifest("1.0.0-rc.1+build.7").ref == "faces@1.0.0-rc.1+build.7"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import semver
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator
@@ -12,7 +13,6 @@ from orchestrator.errors import ParamsError
 
 Accelerator = Literal["cpu", "gpu"]
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,39}$"
-SEMVER_PATTERN = r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$"
 
 
 class Resources(BaseModel):
@@ -31,7 +31,7 @@ class AlgorithmManifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=NAME_PATTERN)
-    version: str = Field(pattern=SEMVER_PATTERN)
+    version: str
     description: str = ""
     image: str = Field(min_length=1)
     command: list[str] = Field(min_length=1)
@@ -43,6 +43,19 @@ class AlgorithmManifest(BaseModel):
     timeout_seconds: PositiveInt = 600
     #: Retries after a transient failure (exit code other than 0 and 2).
     retries: NonNegativeInt = 2
+
+    @field_validator("version")
+    @classmethod
+    def _version_is_semver(cls, version: str) -> str:
+        # The catalog orders versions by SemVer precedence, so anything it cannot parse
+        # is refused here rather than guessed at (1.0 -> 1.0.0 would invent a version).
+        if not semver.Version.is_valid(version):
+            raise ValueError(
+                f"{version!r} is not a SemVer 2.0 version: write MAJOR.MINOR.PATCH without "
+                "leading zeros, optionally with -PRERELEASE and +BUILD "
+                "(e.g. 1.0.0, 1.1.0-rc.1, 1.1.0+build.7)"
+            )
+        return version
 
     @field_validator("params_schema")
     @classmethod

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import semver
 import yaml
 from pydantic import BaseModel, ValidationError
 
@@ -262,9 +263,18 @@ class Catalog:
             )
 
 
-def _version_key(version: str) -> tuple[int, ...]:
-    core = version.split("-", 1)[0].split("+", 1)[0]
-    return tuple(int(part) for part in core.split("."))
+def _version_key(version: str) -> tuple[semver.Version, tuple[tuple[int, int | str], ...]]:
+    """Orders versions by SemVer 2.0 precedence (pre-releases before their release,
+    build metadata ignored). Versions of equal precedence differ only in build metadata;
+    those are ordered by it, compared like pre-release identifiers (numbers as numbers),
+    so the pick never depends on the order in which the versions were registered or
+    loaded (the registry hands them over sorted by ref, not by time)."""
+    parsed = semver.Version.parse(version)
+    build = tuple(
+        (0, int(part)) if part.isdigit() else (1, part)
+        for part in (parsed.build.split(".") if parsed.build else ())
+    )
+    return parsed.replace(build=None), build
 
 
 def algorithm_files(directories: Iterable[Path]) -> list[Path]:
