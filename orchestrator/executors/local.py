@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -16,6 +17,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
+
+import psutil
 
 from orchestrator.errors import ExecutorError
 from orchestrator.executors import local_runner as files
@@ -28,18 +32,52 @@ from orchestrator.executors.base import (
     Submission,
 )
 
+log = logging.getLogger("camflow.local")
+
 #: A runner that has not written runner.json this long after launch is presumed dead.
 START_GRACE_SECONDS = 30.0
 
 
-def _pid_alive(pid: int) -> bool:
+#: How far a process's start time may read from the recorded one and still be it:
+#: psutil adds the boot time, which /proc gives in whole seconds, so two reads of one
+#: process can differ by a second. A pid is not reused within that (the runner would
+#: have to exit and the pids wrap around in between).
+START_TIME_TOLERANCE_SECONDS = 1.5
+
+
+class _Unverifiable(Exception):
+    """The pid is alive but runner.json has no start time to tell whose it is."""
+
+
+def _runner_process(runner: Mapping[str, Any]) -> psutil.Process | None:
+    """The runner's process if it is still running; None once it is gone, including
+    when its pid now belongs to a process started since (pids are recycled)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        process = psutil.Process(runner["pid"])
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        recorded = runner.get("pid_create_time")
+        if recorded is None:
+            raise _Unverifiable
+        if abs(process.create_time() - float(recorded)) > START_TIME_TOLERANCE_SECONDS:
+            return None
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.AccessDenied:
+        # Another user's process: never the runner, which runs as this user.
+        return None
+    return process
+
+
+def _runner_alive(runner: Mapping[str, Any]) -> bool:
+    try:
+        return _runner_process(runner) is not None
+    except _Unverifiable:
+        # runner.json from before start times were recorded: almost surely a runner
+        # still going since before an upgrade. Calling it lost would start the stage a
+        # second time beside it; calling it running at worst waits for the engine's run
+        # limit, which expires an attempt that runs past its timeout.
         return True
-    return True
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -172,7 +210,7 @@ class LocalExecutor:
         runner_file = directory / files.RUNNER
         if runner_file.exists():
             runner = json.loads(runner_file.read_text())
-            if _pid_alive(runner["pid"]):
+            if _runner_alive(runner):
                 return ExecStatus(
                     state=ExecState.RUNNING, started_at=_parse_time(runner.get("started_at"))
                 )
@@ -195,9 +233,18 @@ class LocalExecutor:
             if not runner_file.exists():
                 continue
             runner = json.loads(runner_file.read_text())
+            try:
+                process = _runner_process(runner)
+            except _Unverifiable:
+                # The pid may be anyone's by now; the runner's own timeout stops it.
+                log.warning("not cancelling %s: runner.json has no start time", handle)
+                continue
+            if process is None:
+                continue
             # The runner stops the stage's process group and records "cancelled".
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(runner["pid"], signal.SIGTERM)
+            # psutil checks the pid still names that process just before signalling.
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.send_signal(signal.SIGTERM)
 
     def log_uri(self, handle: str) -> str:
         return (self.root / handle).as_uri()

@@ -18,6 +18,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psutil
+
 LAUNCH = "launch.json"
 RUNNER = "runner.json"
 STATUS = "status.json"
@@ -90,7 +92,14 @@ def supervise(directory: Path) -> int:
             start_new_session=True,
         )
     write_json_atomic(
-        directory / RUNNER, {"pid": os.getpid(), "child_pid": process.pid, "started_at": started}
+        directory / RUNNER,
+        {
+            "pid": os.getpid(),
+            # With the pid, names this process and no later one that reuses the pid.
+            "pid_create_time": psutil.Process().create_time(),
+            "child_pid": process.pid,
+            "started_at": started,
+        },
     )
     cancelled = False
 

@@ -1,0 +1,104 @@
+"""The local executor knows a runner by pid and start time: a recycled pid is not it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from orchestrator.domain.algorithm import Resources
+from orchestrator.executors import local_runner as files
+from orchestrator.executors.base import ExecState, StageLaunch
+from orchestrator.executors.local import LocalExecutor
+
+
+@pytest.fixture
+def bystander() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process that has nothing to do with camflow."""
+    process = subprocess.Popen(["sleep", "60"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+def _record(executor: LocalExecutor, handle: str, runner: dict[str, object]) -> None:
+    directory = executor.root / handle
+    directory.mkdir()
+    (directory / files.LAUNCH).write_text("{}")
+    (directory / files.RUNNER).write_text(json.dumps(runner))
+
+
+def _still_running(process: subprocess.Popen[bytes]) -> bool:
+    try:
+        process.wait(timeout=0.5)
+    except subprocess.TimeoutExpired:
+        return True
+    return False
+
+
+def test_a_recycled_pid_is_read_as_dead_and_never_signalled(
+    tmp_path: Path, bystander: subprocess.Popen[bytes]
+) -> None:
+    executor = LocalExecutor(tmp_path)
+    started = psutil.Process(bystander.pid).create_time()
+    # The runner that had this pid started an hour before the process that has it now.
+    _record(
+        executor,
+        "a-1",
+        {"pid": bystander.pid, "pid_create_time": started - 3600, "started_at": None},
+    )
+    assert executor.poll(["a-1"])["a-1"].state == ExecState.LOST
+    executor.cancel(["a-1"])
+    assert _still_running(bystander)
+
+
+def test_a_record_without_a_start_time_is_never_signalled(
+    tmp_path: Path, bystander: subprocess.Popen[bytes]
+) -> None:
+    executor = LocalExecutor(tmp_path)
+    # Written by a runner from before start times were recorded: the pid cannot be
+    # verified, so it still reads as running (the engine's run limit bounds that) ...
+    _record(executor, "a-1", {"pid": bystander.pid, "child_pid": 1, "started_at": None})
+    assert executor.poll(["a-1"])["a-1"].state == ExecState.RUNNING
+    # ... but it is not signalled, since it may be anyone's.
+    executor.cancel(["a-1"])
+    assert _still_running(bystander)
+
+
+def test_a_real_runner_records_its_start_time_and_is_cancelled(tmp_path: Path) -> None:
+    executor = LocalExecutor(tmp_path, kill_grace_seconds=0.5)
+    launch = StageLaunch(
+        attempt_id="a-1",
+        run_id="r-1",
+        stage="s",
+        pipeline="p",
+        tenant="t",
+        clip_id="c-1",
+        algorithm="probe@1.0.0",
+        image="probe",
+        command=["sleep", "60"],
+        env={},
+        accelerator="cpu",
+        resources=Resources(),
+        timeout_seconds=60,
+    )
+    executor.submit([launch])
+    deadline = time.monotonic() + 20
+    while executor.poll(["a-1"])["a-1"].state != ExecState.RUNNING:
+        assert time.monotonic() < deadline, "the runner never started"
+        time.sleep(0.05)
+    runner = json.loads((tmp_path / "a-1" / files.RUNNER).read_text())
+    assert runner["pid_create_time"] == pytest.approx(
+        psutil.Process(runner["pid"]).create_time(), abs=1.5
+    )
+    executor.cancel(["a-1"])
+    while (status := executor.poll(["a-1"])["a-1"]).state == ExecState.RUNNING:
+        assert time.monotonic() < deadline, "the runner was not stopped"
+        time.sleep(0.05)
+    assert status.state == ExecState.FAILED and status.reason == "cancelled"
+    executor.close()
