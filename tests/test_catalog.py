@@ -200,3 +200,51 @@ def test_a_version_that_is_not_semver_is_refused_saying_so(
 
 def test_a_pre_release_with_build_metadata_is_a_valid_version() -> None:
     assert _manifest("1.0.0-rc.1+build.7").ref == "faces@1.0.0-rc.1+build.7"
+
+
+NOT_A_QUANTITY = "is not a Kubernetes quantity"
+
+
+@pytest.mark.parametrize(
+    ("resources", "field", "problem"),
+    [
+        ("{cpu: lots}", "accelerators.cpu.cpu", f"'lots' {NOT_A_QUANTITY}"),
+        ("{cpu: '1.5.5'}", "accelerators.cpu.cpu", f"'1.5.5' {NOT_A_QUANTITY}"),
+        ("{cpu: ' 1'}", "accelerators.cpu.cpu", f"' 1' {NOT_A_QUANTITY}"),
+        ("{cpu: '-1'}", "accelerators.cpu.cpu", "'-1' must be more than zero"),
+        ("{memory: 2 GB}", "accelerators.cpu.memory", f"'2 GB' {NOT_A_QUANTITY}"),
+        ("{memory: 2gi}", "accelerators.cpu.memory", f"'2gi' {NOT_A_QUANTITY}"),
+        ("{memory: ''}", "accelerators.cpu.memory", f"'' {NOT_A_QUANTITY}"),
+        ("{memory: '0'}", "accelerators.cpu.memory", "'0' must be more than zero"),
+    ],
+)
+def test_a_resource_that_is_not_a_kubernetes_quantity_is_refused(
+    tmp_path: Path, resources: str, field: str, problem: str
+) -> None:
+    algo = tmp_path / "algos" / "x"
+    algo.mkdir(parents=True)
+    (algo / "algorithm.yaml").write_text(
+        f"name: x\nversion: 1.0.0\nimage: i\ncommand: [run]\naccelerators: {{cpu: {resources}}}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_catalog([tmp_path / "algos"], [])
+    assert caught.value.field == field
+    assert problem in caught.value.problem
+
+
+@pytest.mark.parametrize(
+    ("cpu", "memory"), [("500m", "512Mi"), ("2", "1Gi"), ("0.5", "1e9"), (2, 1073741824)]
+)
+def test_kubernetes_quantities_are_accepted_as_written(cpu: object, memory: object) -> None:
+    manifest = AlgorithmManifest.model_validate(
+        {
+            "name": "x",
+            "version": "1.0.0",
+            "image": "i",
+            "command": ["run"],
+            "accelerators": {"cpu": {"cpu": cpu, "memory": memory}},
+        }
+    )
+    resources = manifest.accelerators["cpu"]
+    # YAML numbers (cpu: 2) become the quantity's text, as a Job spec carries it.
+    assert (resources.cpu, resources.memory) == (str(cpu), str(memory))

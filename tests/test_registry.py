@@ -205,3 +205,15 @@ def test_an_author_scaffolds_tries_registers_uses_and_promotes(
     shown = json.loads(_camflow(tmp_path, "algorithms", "show", "brightness", "--json").stdout)
     assert shown[0]["channel"] == "stable"
     assert shown[0]["params_schema"]["properties"]["dark_below"]["default"] == 40
+
+
+def test_registering_a_bad_resource_quantity_is_refused_naming_the_field(
+    tmp_path: Path,
+) -> None:
+    folder = _copy_algorithm(tmp_path, "faces", "1.1.0", **{'cpu: "2"': "cpu: lots"})
+    refused = _camflow(tmp_path, "algorithms", "register", str(folder))
+    assert refused.returncode == 1, refused.stdout
+    message = " ".join(refused.stderr.split())
+    assert "accelerators.cpu.cpu" in message and "'lots' is not a Kubernetes quantity" in message
+    listed = _camflow(tmp_path, "algorithms", "list", "--json")
+    assert "1.1.0" not in {row["version"] for row in json.loads(listed.stdout)}

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import semver
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator
+from kubernetes.utils import parse_quantity
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    field_validator,
+)
 
 from orchestrator.errors import ParamsError
 
@@ -15,13 +25,41 @@ Accelerator = Literal["cpu", "gpu"]
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,39}$"
 
 
+def _quantity(value: object) -> object:
+    # YAML reads `cpu: 2` as a number; a Job spec carries the quantity as text.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def _positive_quantity(value: str) -> str:
+    """Refused here, a bad quantity would instead fail every Job created from it, on
+    whichever clusters the stage is sent to."""
+    try:
+        amount = parse_quantity(value)
+    except ValueError:
+        amount = None
+    # parse_quantity forgives surrounding spaces; the API server does not.
+    if amount is None or value != value.strip():
+        raise ValueError(
+            f"{value!r} is not a Kubernetes quantity: write e.g. 500m or 2 (cpu), "
+            "512Mi or 2Gi (memory)"
+        )
+    if amount <= 0:
+        raise ValueError(f"{value!r} must be more than zero")
+    return value
+
+
+Quantity = Annotated[str, BeforeValidator(_quantity), AfterValidator(_positive_quantity)]
+
+
 class Resources(BaseModel):
     """Requests (and equal limits) for one accelerator, in Kubernetes quantities."""
 
     model_config = ConfigDict(extra="forbid")
 
-    cpu: str = "500m"
-    memory: str = "512Mi"
+    cpu: Quantity = "500m"
+    memory: Quantity = "512Mi"
     gpu: NonNegativeInt = 0
     #: An image built for this accelerator (e.g. with CUDA), instead of the default one.
     image: str | None = None
