@@ -211,6 +211,10 @@ NOT_A_QUANTITY = "is not a Kubernetes quantity"
         ("{cpu: lots}", "accelerators.cpu.cpu", f"'lots' {NOT_A_QUANTITY}"),
         ("{cpu: '1.5.5'}", "accelerators.cpu.cpu", f"'1.5.5' {NOT_A_QUANTITY}"),
         ("{cpu: ' 1'}", "accelerators.cpu.cpu", f"' 1' {NOT_A_QUANTITY}"),
+        ('{cpu: "1\\n"}', "accelerators.cpu.cpu", f"'1\\n' {NOT_A_QUANTITY}"),
+        ("{cpu: .inf}", "accelerators.cpu.cpu", f"'inf' {NOT_A_QUANTITY}"),
+        ("{cpu: Infinity}", "accelerators.cpu.cpu", f"'Infinity' {NOT_A_QUANTITY}"),
+        ("{cpu: NaN}", "accelerators.cpu.cpu", f"'NaN' {NOT_A_QUANTITY}"),
         ("{cpu: '-1'}", "accelerators.cpu.cpu", "'-1' must be more than zero"),
         ("{memory: 2 GB}", "accelerators.cpu.memory", f"'2 GB' {NOT_A_QUANTITY}"),
         ("{memory: 2gi}", "accelerators.cpu.memory", f"'2gi' {NOT_A_QUANTITY}"),
@@ -233,7 +237,15 @@ def test_a_resource_that_is_not_a_kubernetes_quantity_is_refused(
 
 
 @pytest.mark.parametrize(
-    ("cpu", "memory"), [("500m", "512Mi"), ("2", "1Gi"), ("0.5", "1e9"), (2, 1073741824)]
+    ("cpu", "memory"),
+    [
+        ("500m", "512Mi"),
+        ("2", "1Gi"),
+        ("0.5", "1e9"),
+        ("+.5", "1E"),
+        (2, 1073741824),
+        (0.25, "64M"),
+    ],
 )
 def test_kubernetes_quantities_are_accepted_as_written(cpu: object, memory: object) -> None:
     manifest = AlgorithmManifest.model_validate(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
 from typing import Annotated, Any, Literal
 
 import semver
@@ -23,6 +25,9 @@ from orchestrator.errors import ParamsError
 
 Accelerator = Literal["cpu", "gpu"]
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,39}$"
+#: The quantity grammar of Kubernetes' resource.Quantity (number, then a binary SI,
+#: decimal SI or exponent suffix).
+QUANTITY_PATTERN = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[KMGTPE]i|[mkMGTPE]|[eE][+-]?\d+)?")
 
 
 def _quantity(value: object) -> object:
@@ -35,12 +40,12 @@ def _quantity(value: object) -> object:
 def _positive_quantity(value: str) -> str:
     """Refused here, a bad quantity would instead fail every Job created from it, on
     whichever clusters the stage is sent to."""
-    try:
-        amount = parse_quantity(value)
-    except ValueError:
-        amount = None
-    # parse_quantity forgives surrounding spaces; the API server does not.
-    if amount is None or value != value.strip():
+    amount = None
+    # parse_quantity also takes what the API server does not: spaces, inf, Infinity.
+    if QUANTITY_PATTERN.fullmatch(value):
+        with contextlib.suppress(ValueError, ArithmeticError):
+            amount = parse_quantity(value)
+    if amount is None:
         raise ValueError(
             f"{value!r} is not a Kubernetes quantity: write e.g. 500m or 2 (cpu), "
             "512Mi or 2Gi (memory)"
