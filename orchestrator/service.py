@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -23,6 +22,7 @@ from orchestrator.engine.reconciler import Reconciler, TickReport
 from orchestrator.event_queue import EventQueue
 from orchestrator.executors.base import Executor
 from orchestrator.executors.local import LocalExecutor
+from orchestrator.fileio import write_json_atomic
 from orchestrator.leadership import Leadership
 from orchestrator.registry import CatalogCache, Registry
 from orchestrator.settings import PROJECT_ROOT, Settings
@@ -345,9 +345,7 @@ def write_heartbeat(home: Path, report: TickReport | None = None) -> None:
             "errors": report.errors,
         }
     # Replaced whole, so that a probe never reads half a file and calls us dead.
-    partial = home / f".{HEARTBEAT}.{os.getpid()}"
-    partial.write_text(json.dumps(beat))
-    os.replace(partial, home / HEARTBEAT)
+    write_json_atomic(home / HEARTBEAT, beat)
 
 
 def read_heartbeat(home: Path) -> dict[str, Any] | None:

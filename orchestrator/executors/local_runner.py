@@ -20,6 +20,8 @@ from pathlib import Path
 
 import psutil
 
+from orchestrator.fileio import write_json_atomic
+
 LAUNCH = "launch.json"
 RUNNER = "runner.json"
 STATUS = "status.json"
@@ -29,12 +31,6 @@ STDERR = "stderr.log"
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload))
-    os.replace(tmp, path)
 
 
 def create_json_exclusive(path: Path, payload: dict) -> bool:

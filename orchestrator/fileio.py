@@ -1,0 +1,31 @@
+"""Files that readers in other processes poll: replaced whole, never written in place."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Replaces ``path`` whole, so a reader sees the old content or the new, never part
+    of either. The temporary name is unique per call: writers in two threads (or two
+    processes) must not write into each other's file before it is published. The data
+    reaches the disk before the rename, so a crash cannot publish an empty file."""
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with temporary.open("wb") as out:
+            out.write(data.encode() if isinstance(data, str) else data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
+    write_atomic(path, json.dumps(payload))
