@@ -1,0 +1,175 @@
+"""P4's engine ceiling: clips planned, dispatched and recorded through the 4-stage faces
+pipeline with an executor that completes every attempt at once, on SQLite and on
+PostgreSQL. S3 is moto in-process (no HTTP), so the figure is camflow's own cost: the
+store, the engine's decisions, and the manifest reads it makes per stage."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+from algorithms.contract import ENV_OUTPUT, MANIFEST_NAME
+from bench.environment import bench_settings
+from bench.report import Figure
+from orchestrator.domain.discovery import FoundObject
+from orchestrator.domain.layout import upload_key
+from orchestrator.executors.base import (
+    Capacity,
+    ExecState,
+    ExecStatus,
+    Placement,
+    StageLaunch,
+    Submission,
+)
+from orchestrator.service import open_runtime
+from orchestrator.watcher import to_clip
+
+
+class InstantExecutor:
+    """Every attempt succeeds the moment it is submitted, having written the manifest a
+    stage writes last."""
+
+    name = "instant"
+    retries_itself = False
+
+    def __init__(self, s3: Any) -> None:
+        self.s3 = s3
+        self.submitted = 0
+
+    def capacity(self) -> Capacity:
+        return Capacity(slots=1_000_000, gpu_slots=1_000_000)
+
+    def place(self, launches: Sequence[StageLaunch]) -> dict[str, Placement]:
+        return {
+            launch.attempt_id: Placement(placement="instant", accelerator=launch.accelerator)
+            for launch in launches
+        }
+
+    def submit(self, launches: Sequence[StageLaunch]) -> dict[str, Submission]:
+        for launch in launches:
+            bucket, prefix = launch.env[ENV_OUTPUT].removeprefix("s3://").split("/", 1)
+            key = f"{prefix.rstrip('/')}/{MANIFEST_NAME}"
+            self.s3.put_object(Bucket=bucket, Key=key, Body=json.dumps({"outputs": {}}))
+        self.submitted += len(launches)
+        return {
+            launch.attempt_id: Submission(
+                handle=launch.attempt_id, accelerator=launch.accelerator, placement="instant"
+            )
+            for launch in launches
+        }
+
+    def poll(self, handles: Sequence[str]) -> dict[str, ExecStatus]:
+        now = datetime.now(UTC)
+        return {
+            handle: ExecStatus(
+                state=ExecState.SUCCEEDED, exit_code=0, started_at=now, finished_at=now
+            )
+            for handle in handles
+        }
+
+    def cancel(self, handles: Sequence[str]) -> None:
+        return None
+
+    def log_uri(self, handle: str) -> str:
+        return f"instant://{handle}"
+
+    def close(self) -> None:
+        return None
+
+
+@contextmanager
+def postgres_schema() -> Iterator[str | None]:
+    """A fresh schema in the local PostgreSQL (None when there is none), dropped after."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    from tests.conftest import POSTGRES_URL
+
+    schema = f"camflow_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(POSTGRES_URL)
+    try:
+        with admin.begin() as conn:
+            conn.execute(text(f"CREATE SCHEMA {schema}"))
+    except OperationalError:
+        admin.dispose()
+        yield None
+        return
+    try:
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+def clips_per_minute(store_url: str, clips: int) -> tuple[float, int]:
+    """Clips/min through the faces pipeline with the instant executor, and ticks taken."""
+    from moto import mock_aws
+
+    with TemporaryDirectory(prefix="camflow-bench-") as tmp, mock_aws():
+        settings = bench_settings(Path(tmp) / "home", None, store={"url": store_url})
+        with open_runtime(settings, executor=InstantExecutor(None)) as runtime:
+            runtime.executor.s3 = runtime.s3.client  # type: ignore[attr-defined]
+            now = datetime.now(UTC)
+            found = [
+                FoundObject(
+                    settings.s3.ingest_bucket,
+                    upload_key("bench", f"cam{n % 100}", now, ".mp4", n),
+                    uuid.uuid4().hex,
+                    1000,
+                    now,
+                )
+                for n in range(clips)
+            ]
+            runtime.store.record_clips([c for c in map(to_clip, found, ["upload"] * clips) if c])
+            start = time.perf_counter()
+            ticks = 0
+            while True:
+                runtime.reconciler.tick()
+                ticks += 1
+                _, runs = runtime.store.counts()
+                if runs.get("succeeded", 0) + runs.get("failed", 0) >= clips:
+                    break
+            wall = time.perf_counter() - start
+            if runs.get("failed"):
+                raise RuntimeError(f"{runs['failed']} runs failed with an instant executor")
+    return clips / wall * 60, ticks
+
+
+def measure(clips: int) -> list[Figure]:
+    figures = []
+    with TemporaryDirectory(prefix="camflow-bench-") as tmp:
+        sqlite, ticks = clips_per_minute(f"sqlite:///{Path(tmp) / 'camflow.db'}", clips)
+    figures.append(
+        Figure(
+            key="P4",
+            name="engine ceiling, faces pipeline, instant executor, SQLite",
+            unit="clips/min",
+            ours=sqlite,
+            better="higher",
+            note=f"{clips} clips in {ticks} ticks",
+        )
+    )
+    with postgres_schema() as url:
+        if url is None:
+            return [*figures]
+        postgres, ticks = clips_per_minute(url, clips)
+    figures.append(
+        Figure(
+            key="P4",
+            name="engine ceiling, faces pipeline, instant executor, PostgreSQL",
+            unit="clips/min",
+            ours=postgres,
+            better="higher",
+            goal=10_000,
+            note=f"{clips} clips in {ticks} ticks",
+        )
+    )
+    return figures
