@@ -19,7 +19,7 @@ SIZES = {
     "overhead_clips": (10, 2),
     "throughput_clips": (60, 8),
     "faces_clips": (5, 1),
-    "engine_clips": (1000, 40),
+    "engine_clips": (300, 40),
     "kube_clips": (40, 4),
     "active_runs": (10_000, 500),
     "finished_runs": (50_000, 1_000),
