@@ -17,6 +17,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from orchestrator import telemetry
 from orchestrator.domain.discovery import (
     BadNotification,
     FoundObject,
@@ -151,6 +152,7 @@ class Watcher:
     def _record(self, found: Sorted, cursor: tuple[str, str | None] | None = None) -> list[Clip]:
         new = self.store.record_clips(found.clips, found.rejected, cursor)
         for clip in new:
+            telemetry.clip_discovered(clip.discovered_by)
             log.info(
                 "clip %s discovered by %s: s3://%s/%s (%d bytes, tenant %s, camera %s)",
                 clip.id,

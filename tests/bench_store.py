@@ -154,7 +154,7 @@ def hot_queries(store: Store) -> dict[str, Callable[[], object]]:
         "list_runs": store.list_runs,
         "list_runs by status": lambda: store.list_runs(status="failed"),
         "in_flight": store.in_flight,
-        "recent_durations": store.recent_durations,
+        "active_run_counts": store.active_run_counts,
     }
 
 

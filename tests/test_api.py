@@ -107,8 +107,8 @@ def test_openapi_and_operations(world: dict[str, Any]) -> None:
     write_heartbeat(world["runtime"].settings.home)
     assert client.get("/readyz").json()["status"] == "ready"
     metrics = client.get("/metrics").text
-    assert "camflow_clips_discovered 2.0" in metrics
-    assert 'camflow_runs{status="succeeded"} 2.0' in metrics
+    assert "# TYPE camflow_clips_discovered_total counter" in metrics
+    assert 'camflow_runs_active{status="running"} 0.0' in metrics  # both seeded runs ended
     assert "# TYPE camflow_stage_duration_seconds histogram" in metrics
     assert "# TYPE camflow_watcher_lag_seconds gauge" in metrics
     assert "# TYPE camflow_stage_attempts_in_flight gauge" in metrics

@@ -1,59 +1,74 @@
-"""/metrics in Prometheus text format, read from the store at scrape time, so that it
-is right whichever process did the work."""
+"""/metrics in Prometheus text format: what this process did, and the state of the
+store it shares with the other replicas.
+
+- **Counters and histograms** (``*_total``, ``camflow_stage_duration_seconds``) are
+  this process's own, observed where the event happens (orchestrator.telemetry says
+  why): cumulative, so ``rate()`` and ``histogram_quantile()`` are right; they start
+  again at zero when the process does, which Prometheus handles. Only the leader
+  discovers clips and runs the engine: aggregate them over pods with ``sum``.
+- **Gauges** of current state are read from the store at each scrape, so every
+  replica, leader or follower, reports the same figures: aggregate them with ``max``,
+  never ``sum``. Each is an aggregate over a bounded part of the store (active runs,
+  unfinished attempts) so that a scrape costs the same however long the history.
+- The default registry's process and Python metrics (``process_*``, ``python_*``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
+import orchestrator.telemetry  # noqa: F401  (registers the in-process metrics)
 from orchestrator.store import Store
 from orchestrator.store.models import as_utc
+from orchestrator.store.repository import ACTIVE
 
-BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
+#: The placement label of an attempt that no executor has placed yet.
+UNPLACED = "unplaced"
 
 
-class StoreCollector:
+class StoreCollector(Collector):
+    """The store's current state, read at each scrape."""
+
     def __init__(self, store: Store, now: datetime) -> None:
         self.store, self.now = store, now
 
-    def collect(self):  # type: ignore[no-untyped-def]
-        clips, runs = self.store.counts()
-        yield GaugeMetricFamily(
-            "camflow_clips_discovered", "Clips the watcher has recorded.", value=clips
+    def collect(self) -> Iterator[Metric]:
+        runs = self.store.active_run_counts()
+        active = GaugeMetricFamily(
+            "camflow_runs_active", "Runs waiting or under way, by status.", labels=["status"]
         )
-        by_status = GaugeMetricFamily("camflow_runs", "Runs by status.", labels=["status"])
-        for status, count in sorted(runs.items()):
-            by_status.add_metric([status], count)
-        yield by_status
+        for status in ACTIVE:  # both always, so that "none running" is a 0, not absent
+            active.add_metric([str(status)], runs.get(str(status), 0))
+        yield active
+
+        in_flight: dict[tuple[str, str], int] = {}
+        for (placement, accelerator), count in self.store.in_flight().items():
+            key = (placement or UNPLACED, accelerator)
+            in_flight[key] = in_flight.get(key, 0) + count
         queue = GaugeMetricFamily(
             "camflow_stage_attempts_in_flight",
-            "Stage attempts handed to an executor and not finished, by "
-            "where they run (local or the cluster).",
+            "Stage attempts recorded and not finished, by where they were placed (local, "
+            f"a cluster's name, or {UNPLACED} before any) and accelerator.",
             labels=["placement", "accelerator"],
         )
-        for (placement, accelerator), count in sorted(self.store.in_flight().items()):
-            queue.add_metric([placement or "unplaced", accelerator], count)
+        for labels, count in sorted(in_flight.items()):
+            queue.add_metric(list(labels), count)
         yield queue
-        durations = HistogramMetricFamily(
-            "camflow_stage_duration_seconds",
-            "Run time of finished stage attempts (last 1000).",
-            labels=["stage"],
-        )
-        for stage, seconds in sorted(self.store.recent_durations().items()):
-            buckets = [(str(b), sum(1 for s in seconds if s <= b)) for b in BUCKETS]
-            buckets.append(("+Inf", len(seconds)))
-            durations.add_metric([stage], buckets, sum_value=sum(seconds))
-        yield durations
-        newest = self.store.newest_discovery()
+
         lag = GaugeMetricFamily(
             "camflow_watcher_lag_seconds", "Seconds since the watcher last recorded a new clip."
         )
+        newest = self.store.newest_discovery()
         if newest is not None:
             lag.add_metric([], (self.now - as_utc(newest)).total_seconds())
         yield lag
+
         yield GaugeMetricFamily(
             "camflow_rejected_objects",
             "Objects a trigger matches that cannot be clips (no tenant/camera in the key); "
@@ -62,7 +77,16 @@ class StoreCollector:
         )
 
 
+class _ThisProcess(Collector):
+    """The default registry's metrics (camflow's counters, process and Python), read
+    next to the store's in one exposition."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield from REGISTRY.collect()
+
+
 def render_metrics(store: Store, now: datetime) -> tuple[bytes, str]:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(store, now))  # type: ignore[arg-type]
+    registry.register(_ThisProcess())
+    registry.register(StoreCollector(store, now))
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from algorithms.contract import MANIFEST_NAME
+from orchestrator import telemetry
 from orchestrator.domain.catalog import Catalog, Pipeline
 from orchestrator.domain.layout import attempt_id, result_key, run_id, stage_prefix
 from orchestrator.engine.decide import (
@@ -324,6 +325,7 @@ class Reconciler:
             return  # another engine settled it first
         for key, value in values.items():
             setattr(attempt, key, value)
+        telemetry.attempt_finished(attempt, ran=False)  # how long we followed it: no run time
         self._log_outcome(view, attempt)
 
     def _observe_attempt(
@@ -366,6 +368,7 @@ class Reconciler:
             return  # another engine settled it first
         for key, value in values.items():
             setattr(attempt, key, value)
+        telemetry.attempt_finished(attempt)
         self._log_outcome(view, attempt)
 
     def _wrote_manifest(self, view: RunWithAttempts, stage: str) -> bool:
@@ -421,6 +424,16 @@ class Reconciler:
     def tick(self, only: Collection[str] | None = None) -> TickReport:
         """One round of observe, decide, act; ``only`` limits it to those runs (the
         one-shot ``process`` path, which must not drive anyone else's runs)."""
+        telemetry.ENGINE_TICKS.inc()
+        try:
+            report = self._tick(only)
+        except Exception:
+            telemetry.ENGINE_TICK_FAILURES.inc()
+            raise
+        telemetry.ENGINE_LAST_TICK.set_to_current_time()
+        return report
+
+    def _tick(self, only: Collection[str] | None) -> TickReport:
         report = TickReport()
         self.catalog = self._catalog_source()
         if only is None and self.owner is None:
@@ -539,6 +552,7 @@ class Reconciler:
             view.run.id, RunStatus.FAILED, reason, None, None, self.clock()
         )
         if done:
+            telemetry.run_finished(view.run.pipeline, RunStatus.FAILED)
             log.warning("clip %s run %s: failed: %s", _clip_name(view.clip), view.run.id, reason)
         return done
 
@@ -553,15 +567,19 @@ class Reconciler:
         elif isinstance(action, ExpireAttempt):
             if action.handle:
                 self.executor.cancel([action.handle])
-            self.store.update_attempt(
-                action.attempt_id,
-                IN_FLIGHT,
-                state=AttemptState.FAILED,
-                reason=action.reason,
-                timed_out=True,
-                exhausted=action.exhausted,
-                finished_at=self.clock(),
-            )
+            values: dict[str, Any] = {
+                "state": AttemptState.FAILED,
+                "reason": action.reason,
+                "timed_out": True,
+                "exhausted": action.exhausted,
+                "finished_at": self.clock(),
+            }
+            if self.store.update_attempt(action.attempt_id, IN_FLIGHT, **values):
+                for attempt in view.attempts:
+                    if attempt.id == action.attempt_id:
+                        for key, value in values.items():
+                            setattr(attempt, key, value)
+                        telemetry.attempt_finished(attempt)
         elif isinstance(action, FinishRun):
             finished = self._finish(view, action)
             if finished is not None:
@@ -623,14 +641,16 @@ class Reconciler:
             submission = self.executor.submit([launch])[launch.attempt_id]
         except SubmitRefused as exc:
             if exc.final:
-                self.store.update_attempt(
-                    attempt.id,
-                    (AttemptState.PENDING,),
-                    state=AttemptState.FAILED,
-                    reason=str(exc),
-                    exhausted=True,
-                    finished_at=self.clock(),
-                )
+                values: dict[str, Any] = {
+                    "state": AttemptState.FAILED,
+                    "reason": str(exc),
+                    "exhausted": True,
+                    "finished_at": self.clock(),
+                }
+                if self.store.update_attempt(attempt.id, (AttemptState.PENDING,), **values):
+                    for key, value in values.items():
+                        setattr(attempt, key, value)
+                    telemetry.attempt_finished(attempt, ran=False)
             else:  # held where it was placed; the reason shows why it waits
                 self.store.update_attempt(attempt.id, reason=str(exc))
             log.warning("clip %s: %s refused: %s", _clip_name(view.clip), attempt.id, exc)
@@ -725,6 +745,7 @@ class Reconciler:
             return None
         if not self.store.finish_run(view.run.id, status, error, result, uri, now):
             return None
+        telemetry.run_finished(view.run.pipeline, status)
         if status == RunStatus.SUCCEEDED:
             log.info(
                 "clip %s run %s: succeeded, result at %s", _clip_name(view.clip), view.run.id, uri

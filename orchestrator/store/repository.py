@@ -616,7 +616,7 @@ class Store:
             return list(session.exec(query.limit(limit)).all())
 
     def counts(self) -> tuple[int, dict[str, int]]:
-        """Clips discovered, and runs by status: for /metrics."""
+        """Clips recorded, and runs by status (every one: a scan of the history)."""
         with self.session() as session:
             clips = int(session.exec(select(func.count()).select_from(Clip)).one())
             by_status = {
@@ -627,7 +627,19 @@ class Store:
             }
             return clips, by_status
 
+    def active_run_counts(self) -> dict[str, int]:
+        """Runs pending and running, by status, for /metrics: a range of the status
+        index, so the cost follows the work in hand, never the finished history."""
+        with self.session() as session:
+            rows = session.exec(
+                select(Run.status, func.count())
+                .where(col(Run.status).in_(ACTIVE))
+                .group_by(Run.status)
+            ).all()
+            return {str(status): int(count) for status, count in rows}
+
     def in_flight(self) -> dict[tuple[str | None, str], int]:
+        """Attempts not finished, by placement (None: not placed yet) and accelerator."""
         with self.session() as session:
             rows = session.exec(
                 select(StageAttempt.placement, StageAttempt.accelerator, func.count())
@@ -635,22 +647,6 @@ class Store:
                 .group_by(StageAttempt.placement, StageAttempt.accelerator)
             ).all()
             return {(placement, accelerator): int(n) for placement, accelerator, n in rows}
-
-    def recent_durations(self, limit: int = 1000) -> dict[str, list[float]]:
-        with self.session() as session:
-            rows = session.exec(
-                select(StageAttempt.stage, StageAttempt.started_at, StageAttempt.finished_at)
-                .where(
-                    col(StageAttempt.finished_at).is_not(None),
-                    col(StageAttempt.started_at).is_not(None),
-                )
-                .order_by(col(StageAttempt.finished_at).desc())
-                .limit(limit)
-            ).all()
-        found: dict[str, list[float]] = {}
-        for stage, started, finished in rows:
-            found.setdefault(stage, []).append((finished - started).total_seconds())
-        return found
 
     def newest_discovery(self) -> datetime | None:
         """When the newest clip was recorded: the watcher's lag, for /metrics."""
