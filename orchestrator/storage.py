@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Iterator
@@ -84,12 +85,17 @@ class S3Gateway:
             ),
         )
 
-    def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
+    @contextlib.contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
         try:
-            return fn(**kwargs)
+            yield
         except (ClientError, BotoCoreError) as exc:
             where = self.access.endpoint_url or "AWS"
             raise StorageError(f"S3 {what} failed at {where}: {exc}") from exc
+
+    def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
+        with self._errors(what):
+            return fn(**kwargs)
 
     def ensure_bucket(self, bucket: str) -> None:
         try:
@@ -106,16 +112,22 @@ class S3Gateway:
         self, bucket: str, prefix: str, start_after: str | None, page_size: int = 1000
     ) -> Iterator[ListedPage]:
         """Pages of objects under ``prefix`` whose keys sort after ``start_after``; one
-        LIST request each."""
-        token = None
+        LIST request each, sent only when the page is asked for (the watcher stops when
+        its page budget is spent)."""
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        if start_after:
+            kwargs["StartAfter"] = start_after
+        pages = iter(
+            self.client.get_paginator("list_objects_v2").paginate(
+                **kwargs, PaginationConfig={"PageSize": page_size}
+            )
+        )
         while True:
-            kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
-            if token:
-                kwargs["ContinuationToken"] = token
-            elif start_after:
-                kwargs["StartAfter"] = start_after
-            page = self._call("list", self.client.list_objects_v2, **kwargs)
-            truncated = bool(page.get("IsTruncated"))
+            # The paginator sends the request as it is iterated, so failures come here.
+            with self._errors("list"):
+                page = next(pages, None)
+            if page is None:
+                return
             yield ListedPage(
                 [
                     ObjectInfo(
@@ -126,11 +138,8 @@ class S3Gateway:
                     )
                     for item in page.get("Contents", [])
                 ],
-                truncated,
+                bool(page.get("IsTruncated")),
             )
-            if not truncated:
-                return
-            token = page["NextContinuationToken"]
 
     def list_after(
         self, bucket: str, prefix: str, start_after: str | None, page_size: int = 1000

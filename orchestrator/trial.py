@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from algorithms.contract import MANIFEST_NAME
 from orchestrator.domain.algorithm import AlgorithmManifest
@@ -16,6 +18,7 @@ from orchestrator.executors.local_runner import STDERR
 from orchestrator.oneshot import one_shot_owner, run_files
 from orchestrator.service import Runtime, open_runtime
 from orchestrator.settings import Settings
+from orchestrator.storage import S3Gateway
 
 #: Inputs ``try`` knows how to provide, and from what.
 CLIP_INPUTS = {"video", "clip"}
@@ -82,19 +85,9 @@ def try_algorithm(
         trial = [a for a in attempts if a.stage == "trial"]
         prefix = stage_prefix(found.tenant, found.camera, found.id, pipeline.name, "trial")
         bucket = settings.s3.results_bucket
-        outputs, manifest_json = [], None
-        listing = runtime.s3.client.list_objects_v2(Bucket=bucket, Prefix=prefix)
         target = out_dir / manifest.name
-        for item in listing.get("Contents", []):
-            relative = item["Key"].removeprefix(prefix)
-            outputs.append({"path": relative, "bytes": item["Size"]})
-            runtime.s3.download_file(bucket, item["Key"], target / relative)
-            if relative == MANIFEST_NAME:
-                manifest_json = runtime.s3.get_json(bucket, item["Key"])
-        log = ""
-        if trial and trial[-1].log_uri:
-            stderr = Path(trial[-1].log_uri.removeprefix("file://")) / STDERR
-            log = stderr.read_text(errors="replace") if stderr.exists() else ""
+        outputs, manifest_json = save_outputs(runtime.s3, bucket, prefix, target)
+        log = stage_log(trial[-1].log_uri) if trial and trial[-1].log_uri else ""
         return {
             "algorithm": manifest.ref,
             "status": str(run.status),
@@ -105,3 +98,26 @@ def try_algorithm(
             "log": log[-4000:],
             "saved_to": str(target),
         }
+
+
+def save_outputs(
+    s3: S3Gateway, bucket: str, prefix: str, target: Path
+) -> tuple[list[dict[str, Any]], Any]:
+    """Downloads what the stage wrote under ``prefix`` into ``target``: the outputs
+    (path, bytes) and the stage's manifest, if it wrote one."""
+    outputs, manifest_json = [], None
+    # Every page of the listing: a stage may write more than the 1,000 keys of one.
+    for item in s3.list_after(bucket, prefix, None):
+        relative = item.key.removeprefix(prefix)
+        outputs.append({"path": relative, "bytes": item.size})
+        s3.download_file(bucket, item.key, target / relative)
+        if relative == MANIFEST_NAME:
+            manifest_json = s3.get_json(bucket, item.key)
+    return outputs, manifest_json
+
+
+def stage_log(log_uri: str) -> str:
+    """The stderr a local attempt left in its folder (``log_uri`` is its file: URI,
+    percent-encoded where the path has spaces and the like)."""
+    stderr = Path(url2pathname(urlparse(log_uri).path)) / STDERR
+    return stderr.read_text(errors="replace") if stderr.exists() else ""
