@@ -1,8 +1,8 @@
 """CenterFace, a pretrained anchor-free face detector, run with onnxruntime.
 
 The network predicts, on a grid 4x coarser than its input, a face-centre heatmap,
-log box sizes (``scale``) and sub-cell centre offsets. Decoding and NMS are pure
-NumPy so they can be tested on hand-made tensors.
+log box sizes (``scale``) and sub-cell centre offsets. Decoding is pure NumPy so it
+can be tested on hand-made tensors; NMS is OpenCV's.
 """
 
 from __future__ import annotations
@@ -66,23 +66,18 @@ def decode(
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy non-maximum suppression; returns the indices kept, best first."""
+    """Greedy non-maximum suppression of x1, y1, x2, y2 boxes; the indices kept, best
+    first (equal scores: the earlier box)."""
     if boxes.shape[0] == 0:
         return np.zeros((0,), np.int64)
-    x1, y1, x2, y2 = boxes.T
-    areas = np.maximum(0, x2 - x1) * np.maximum(0, y2 - y1)
-    order = np.argsort(-scores, kind="stable")
-    keep: list[int] = []
-    while order.size:
-        best, rest = order[0], order[1:]
-        keep.append(int(best))
-        inter_w = np.maximum(0, np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]))
-        inter_h = np.maximum(0, np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]))
-        inter = inter_w * inter_h
-        union = areas[best] + areas[rest] - inter
-        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-        order = rest[iou < iou_threshold]
-    return np.asarray(keep, np.int64)
+    # Float x, y, w, h picks OpenCV's Rect2d overload; integer boxes would be rounded.
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+    # Scores come from decode(), above a threshold of at least 0, so a 0 score floor
+    # (OpenCV's minimum) drops none of them.
+    keep = cv2.dnn.NMSBoxes(
+        xywh.astype(np.float32), scores.astype(np.float32), 0.0, float(iou_threshold)
+    )
+    return np.asarray(keep, np.int64).reshape(-1)
 
 
 def network_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
