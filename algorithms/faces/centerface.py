@@ -7,7 +7,11 @@ can be tested on hand-made tensors; NMS is OpenCV's.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
+import os
+import uuid
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -92,11 +96,67 @@ def network_size(width: int, height: int, max_side: int | None) -> tuple[int, in
     )
 
 
-def _dynamic_model_bytes(path: Path) -> bytes:
+#: Bump when _dynamic_model_bytes changes what it makes of a model, so that models
+#: rewritten by an older version are not taken from the cache.
+REWRITE_VERSION = 1
+
+
+def model_cache_dir() -> Path | None:
+    """Where rewritten models are kept between stage starts: under $XDG_CACHE_HOME (an
+    image can point it at a folder it filled when built), else ~/.cache."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"))
+    # Relative: without a home directory "~" stays as it is (and XDG says to ignore a
+    # relative XDG_CACHE_HOME); no cache then rather than one in the working directory.
+    return base / "camflow" / "models" if base.is_absolute() else None
+
+
+def dynamic_model_bytes(path: Path) -> bytes:
+    """The model at ``path`` with symbolic input sizes. Rewriting it takes importing
+    onnx and the rewrite itself, at every stage start; so it is done once per model
+    (by the SHA-256 of its bytes) and kept. Where the cache cannot be written (a
+    read-only container), the model is rewritten in memory each time instead."""
+    source = path.read_bytes()
+    folder = model_cache_dir()
+    cached = None
+    if folder is not None:
+        digest = hashlib.sha256(source).hexdigest()
+        cached = folder / f"centerface-{digest}-dynamic-v{REWRITE_VERSION}.onnx"
+        with contextlib.suppress(OSError):
+            return cached.read_bytes()
+    model = _dynamic_model_bytes(source)
+    if cached is not None:
+        try:
+            _write_atomic(cached, model)
+        except OSError as exc:
+            log.info(
+                "cannot cache the rewritten model in %s (%s); rewriting it each start",
+                folder,
+                exc.strerror or exc,
+            )
+    return model
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    # Stage images carry algorithms/ alone, so orchestrator.fileio is not at hand. Whole
+    # and on disk before it is published: a cut-short model would fail every start.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with temporary.open("xb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _dynamic_model_bytes(source: bytes) -> bytes:
     """The shipped graph has a fixed 10x3x32x32 input; make batch and size symbolic."""
     import onnx
 
-    model = onnx.load(str(path))
+    model = onnx.load_model_from_string(source)
     initializers = {init.name for init in model.graph.initializer}
     # Old exporters listed weights as graph inputs too, which blocks constant folding.
     graph_inputs = [i for i in model.graph.input if i.name not in initializers]
@@ -151,7 +211,7 @@ class CenterFace:
         if threads:
             options.intra_op_num_threads = threads
         self.session = onnxruntime.InferenceSession(
-            _dynamic_model_bytes(model_path or default_model_path()),
+            dynamic_model_bytes(model_path or default_model_path()),
             sess_options=options,
             providers=providers_for(accelerator),
         )
