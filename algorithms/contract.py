@@ -15,6 +15,17 @@ ENV_ACCELERATOR = "CAMFLOW_ACCELERATOR"
 #: the clip must match its ETag: a newer upload under the same key is another clip.
 ENV_CLIP = "CAMFLOW_CLIP"
 
+#: The batch form: several clips for one process. A JSON list (inline, or in the file
+#: CAMFLOW_BATCH_FILE names) of items ``{"env": {CAMFLOW_INPUTS: ..., ...}, "report":
+#: PATH?}``: each item's ``env`` is the single-clip contract for that clip. A program
+#: that takes batches (``batch: true`` in its manifest; the SDK's run_stage does)
+#: processes every item, writes each one's manifest as usual, and, where an item names
+#: a ``report`` file, writes ``{"exit_code", "reason", "started_at", "finished_at"}``
+#: there when that clip is done. Exit 0 once every item is reported, whatever their
+#: outcome: a bad clip fails alone.
+ENV_BATCH = "CAMFLOW_BATCH"
+ENV_BATCH_FILE = "CAMFLOW_BATCH_FILE"
+
 #: Written last under CAMFLOW_OUTPUT: its presence means the stage's outputs are complete.
 MANIFEST_NAME = "_manifest.json"
 

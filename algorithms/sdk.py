@@ -22,7 +22,7 @@ import shutil
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,32 +194,153 @@ class StageReport:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def run_stage(main: Callable[[StageContext], StageReport]) -> None:
-    """Runs ``main`` under the stage contract and exits with the contract's code."""
+Main = Callable[[StageContext], StageReport]
+
+
+def _write_manifest(ctx: StageContext, report: StageReport, started: float) -> None:
+    report.metrics.setdefault("seconds", round(time.monotonic() - started, 3))
+    manifest = {
+        "stage": ctx.stage,
+        "run_id": ctx.run_id,
+        "accelerator": ctx.accelerator,
+        "outputs": report.outputs,
+        "metrics": report.metrics,
+    }
+    ctx.put_json(contract.MANIFEST_NAME, manifest)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:1000]
+
+
+def run_stage(main: Main) -> None:
+    """Runs ``main`` under the stage contract and exits with the contract's code: once
+    for one clip, or once per clip of a batch (CAMFLOW_BATCH_FILE / CAMFLOW_BATCH) in
+    this one process, so that imports and models (cache them, e.g. functools.cache)
+    are paid once per batch rather than once per clip."""
     logging.basicConfig(
         level=os.environ.get("CAMFLOW_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    items = batch_items(os.environ)
+    if items is not None:
+        sys.exit(_run_batch(main, items))
     started = time.monotonic()
     try:
         ctx = StageContext.from_env()
-        report = main(ctx)
-        report.metrics.setdefault("seconds", round(time.monotonic() - started, 3))
-        manifest = {
-            "stage": ctx.stage,
-            "run_id": ctx.run_id,
-            "accelerator": ctx.accelerator,
-            "outputs": report.outputs,
-            "metrics": report.metrics,
-        }
-        ctx.put_json(contract.MANIFEST_NAME, manifest)
+        _write_manifest(ctx, main(ctx), started)
     except BadInput as exc:
         # The contract: the reason is the last line of stderr, on one line.
-        print(" ".join(str(exc).split()), file=sys.stderr, flush=True)
+        print(_one_line(str(exc)), file=sys.stderr, flush=True)
         sys.exit(contract.EXIT_BAD_INPUT)
     except Exception as exc:
         traceback.print_exc()
-        print(f"{type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+        print(f"{type(exc).__name__}: {_one_line(str(exc))}", file=sys.stderr, flush=True)
         sys.exit(1)
     sys.exit(contract.EXIT_OK)
+
+
+# --- the batch form -----------------------------------------------------------------------
+
+
+def batch_items(environ: Mapping[str, str]) -> list[dict[str, Any]] | None:
+    """The batch this process was given, or None for the single-clip contract."""
+    if environ.get(contract.ENV_BATCH_FILE):
+        raw = Path(environ[contract.ENV_BATCH_FILE]).read_text()
+    elif environ.get(contract.ENV_BATCH):
+        raw = environ[contract.ENV_BATCH]
+    else:
+        return None
+    items = json.loads(raw)
+    if not isinstance(items, list) or not all(
+        isinstance(item, dict) and isinstance(item.get("env"), dict) for item in items
+    ):
+        raise SystemExit(f"{contract.ENV_BATCH}: not a list of {{'env': {{...}}}} items")
+    return items
+
+
+class _LastLine:
+    """Passes stderr through and remembers its last non-empty line: a clip's reason
+    when its code printed one and then exited (the contract's reason, per clip)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.last = stream, ""
+
+    def write(self, text: str) -> int:
+        lines = [line for line in text.splitlines() if line.strip()]
+        if lines:
+            self.last = lines[-1]
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def _run_item(main: Main, environ: Mapping[str, str], s3: Any) -> tuple[int, str | None]:
+    started = time.monotonic()
+    errors = sys.stderr = _LastLine(sys.__stderr__)
+    ctx = None
+    try:
+        ctx = StageContext.from_env(dict(environ))
+        ctx._s3 = s3 or ctx.s3
+        _write_manifest(ctx, main(ctx), started)
+        return contract.EXIT_OK, None
+    except BadInput as exc:
+        return contract.EXIT_BAD_INPUT, _one_line(str(exc))
+    except SystemExit as exc:  # a stage that exits for one clip must not end the batch
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if code == contract.EXIT_OK:
+            return 1, "the stage exited (code 0) before writing its manifest"
+        reason = _one_line(str(exc.code)) if isinstance(exc.code, str) else None
+        return code, reason or _one_line(errors.last) or f"exited with code {code}"
+    except Exception as exc:
+        traceback.print_exc()
+        return 1, f"{type(exc).__name__}: {_one_line(str(exc))}"
+    finally:
+        sys.stderr = sys.__stderr__
+        if ctx is not None:  # a batch must not fill the disk with its clips' scratch
+            shutil.rmtree(ctx.scratch, ignore_errors=True)
+
+
+def _write_report(path: str, payload: dict[str, Any]) -> None:
+    # Atomic: the executor reads it as soon as it exists.
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload))
+    os.replace(tmp, target)
+
+
+def _run_batch(main: Main, items: list[dict[str, Any]]) -> int:
+    s3 = None
+    for n, item in enumerate(items, 1):
+        env = item["env"]
+        started_at = _utc_now()
+        print(
+            f"camflow batch: clip {n}/{len(items)} "
+            f"(run {env.get(contract.ENV_RUN_ID)}, stage {env.get(contract.ENV_STAGE)})",
+            file=sys.stderr,
+            flush=True,
+        )
+        if s3 is None:
+            s3 = s3_client()
+        code, reason = _run_item(main, env, s3)
+        if code != contract.EXIT_OK:
+            print(f"camflow batch: clip {n} failed (exit {code}): {reason}", file=sys.stderr)
+        if item.get("report"):
+            _write_report(
+                item["report"],
+                {
+                    "exit_code": code,
+                    "reason": reason,
+                    "started_at": started_at,
+                    "finished_at": _utc_now(),
+                },
+            )
+    return contract.EXIT_OK
+
+
+def _utc_now() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat()

@@ -38,6 +38,7 @@ class InstantExecutor:
 
     name = "instant"
     retries_itself = False
+    batches = False
 
     def __init__(self, s3: Any) -> None:
         self.s3 = s3

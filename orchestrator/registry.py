@@ -29,9 +29,19 @@ class RegistryError(CamflowError):
     """A registration or promotion was refused."""
 
 
+#: Manifest fields added after versions were first registered, with their defaults: left
+#: out of the digest while at the default, so that what an earlier camflow registered
+#: keeps its digest (and is not refused as "different content") after an upgrade.
+_ADDED_LATER = {"batch": False}
+
+
 def content_digest(manifest: AlgorithmManifest, image_digest: str | None) -> str:
+    fields = manifest.model_dump(mode="json")
+    for name, default in _ADDED_LATER.items():
+        if fields.get(name) == default:
+            del fields[name]
     canonical = json.dumps(
-        {"manifest": manifest.model_dump(mode="json"), "image_digest": image_digest},
+        {"manifest": fields, "image_digest": image_digest},
         sort_keys=True,
         separators=(",", ":"),
     )

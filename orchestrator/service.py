@@ -199,6 +199,8 @@ def open_runtime(
         max_result_bytes=settings.engine.max_result_bytes,
         max_manifest_bytes=settings.engine.max_manifest_bytes,
         max_erroring_ticks=settings.engine.max_erroring_ticks,
+        batch_max_size=settings.engine.batch_max_size,
+        batch_max_wait_seconds=settings.engine.batch_max_wait_seconds,
     )
     return Runtime(settings, catalogs, store, s3, executor, watcher, reconciler, embedded)
 

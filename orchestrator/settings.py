@@ -104,6 +104,13 @@ class EngineSettings(_Group):
     #: A run whose handling raises unexpectedly this many ticks in a row is failed
     #: with the error, rather than retried forever.
     max_erroring_ticks: PositiveInt = 10
+    #: Ready attempts of one stage (same algorithm version, params and accelerator) run
+    #: together in one process, up to this many clips, where the algorithm takes
+    #: batches and the executor runs them (local). A pipeline stage may override it.
+    batch_max_size: PositiveInt = 8
+    #: How long a ready attempt may wait for others to fill its batch (0: batch only
+    #: what is ready at the same tick; it never delays a lone clip).
+    batch_max_wait_seconds: float = Field(default=0, ge=0)
 
 
 class LocalExecutorSettings(_Group):

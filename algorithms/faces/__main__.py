@@ -11,6 +11,7 @@ Runs on onnxruntime's CUDA provider when placed on a GPU, its CPU provider other
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -41,6 +42,12 @@ def frames_to_analyse(ctx: StageContext, entries: list[dict[str, Any]]) -> list[
     return look
 
 
+@functools.cache
+def _detector(accelerator: str) -> CenterFace:
+    """Loaded once per process: a batch of clips shares one session."""
+    return CenterFace(accelerator=accelerator)
+
+
 def main(ctx: StageContext) -> StageReport:
     frames_prefix = ctx.input("frames")
     threshold = float(ctx.params.get("threshold", 0.5))
@@ -61,7 +68,7 @@ def main(ctx: StageContext) -> StageReport:
         )
     )
 
-    detector = CenterFace(accelerator=ctx.accelerator)
+    detector = _detector(ctx.accelerator)
     started = time.monotonic()
     results: list[dict[str, Any]] = []
     last: list[dict[str, Any]] = []

@@ -86,6 +86,10 @@ class AlgorithmManifest(BaseModel):
     timeout_seconds: PositiveInt = 600
     #: Retries after a transient failure (exit code other than 0 and 2).
     retries: NonNegativeInt = 2
+    #: The program takes several clips in one process (CAMFLOW_BATCH_FILE or
+    #: CAMFLOW_BATCH, as the SDK's run_stage does), so camflow may batch its attempts;
+    #: ``timeout_seconds`` is then per clip. False: one clip per process.
+    batch: bool = False
 
     @field_validator("version")
     @classmethod

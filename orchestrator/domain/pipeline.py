@@ -39,6 +39,18 @@ class Placement(BaseModel):
     fallback_after_seconds: float = Field(default=300, ge=0)
 
 
+class BatchSpec(BaseModel):
+    """How a stage's attempts are batched (for algorithms that take batches); unset
+    fields take the engine's settings (engine.batch_max_size, batch_max_wait_seconds)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Clips per process at most; 1 turns batching off for this stage.
+    max_size: PositiveInt | None = None
+    #: How long a ready attempt may wait for others to fill its batch.
+    max_wait_seconds: float | None = Field(default=None, ge=0)
+
+
 class StageSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -53,6 +65,7 @@ class StageSpec(BaseModel):
     placement: Placement = Field(default_factory=Placement)
     timeout_seconds: PositiveInt | None = None
     retries: NonNegativeInt | None = None
+    batch: BatchSpec = Field(default_factory=BatchSpec)
 
     @property
     def depends_on(self) -> set[str]:

@@ -7,7 +7,9 @@ keys, submitting a submitted attempt adopts it, and a run finishes exactly once.
 
 from __future__ import annotations
 
+import json
 import logging
+import uuid
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from algorithms.contract import MANIFEST_NAME
 from orchestrator import telemetry
 from orchestrator.domain.catalog import Catalog, Pipeline
 from orchestrator.domain.layout import attempt_id, result_key, run_id, stage_prefix
+from orchestrator.engine.batching import Candidate, plan_executions
 from orchestrator.engine.decide import (
     Action,
     CancelAttempts,
@@ -53,6 +56,7 @@ from orchestrator.executors.base import (
     ExecStatus,
     Executor,
     StageLaunch,
+    Submission,
     SubmitRefused,
 )
 from orchestrator.storage import S3Gateway
@@ -130,6 +134,8 @@ class Reconciler:
         max_result_bytes: int = 16 * 2**20,
         max_manifest_bytes: int = 2**20,
         max_erroring_ticks: int = 10,
+        batch_max_size: int = 8,
+        batch_max_wait_seconds: float = 0.0,
     ) -> None:
         self.store = store
         #: A fixed catalog, or where to get the current one (the registry can change).
@@ -157,6 +163,11 @@ class Reconciler:
         #: be written on every erroring tick to guard against what is almost always a
         #: bug that recurs within a few ticks of any start.
         self._erroring: dict[str, int] = {}
+        self.batch_max_size = batch_max_size
+        self.batch_max_wait_seconds = batch_max_wait_seconds
+        #: (run, stage, attempt) -> when it was first seen ready to start, for the
+        #: batch wait. In memory: a restart only starts its wait over.
+        self._ready_since: dict[tuple[str, str, int], datetime] = {}
 
     # --- plan ---------------------------------------------------------------------------
 
@@ -478,16 +489,19 @@ class Reconciler:
         free_gpu = capacity.gpu_slots - self.store.count_attempts(
             self.executor.name, "gpu", self.owner
         )
-        for start in admit(starts, free, free_gpu):
+        for execution in self._executions(starts, by_id, free, free_gpu, now):
             if not self.may_act():
                 log.warning("no longer the leader: this tick stops before starting stages")
                 return report
-            view = by_id[start.run_id]
-            if view.run.id in trouble:
-                continue
-            with trouble.isolate(view, "starting a stage of"):
-                self._start(start, view)
-                report.started += 1
+            execution = [s for s in execution if s.run_id not in trouble]
+            if len(execution) == 1:
+                [start] = execution
+                view = by_id[start.run_id]
+                with trouble.isolate(view, "starting a stage of"):
+                    self._start(start, view)
+                    report.started += 1
+            elif execution:
+                report.started += self._start_batch(execution, by_id, trouble)
         self._settle(views, trouble, report)
         report.active = len(views) - len(report.finished)
         return report
@@ -585,7 +599,86 @@ class Reconciler:
             if finished is not None:
                 report.finished.append((action.run_id, finished))
 
-    def _start(self, start: StartAttempt, view: RunWithAttempts) -> None:
+    def _executions(
+        self,
+        starts: list[StartAttempt],
+        by_id: dict[str, RunWithAttempts],
+        free: int,
+        free_gpu: int,
+        now: datetime,
+    ) -> list[list[StartAttempt]]:
+        """What starts now: lone attempts as ``admit`` chooses them, or, for an executor
+        that runs batches, batches of a stage's ready attempts (see batching)."""
+        if not getattr(self.executor, "batches", False):
+            return [[start] for start in admit(starts, free, free_gpu)]
+        seen = {(s.run_id, s.stage, s.attempt) for s in starts}
+        for key in list(self._ready_since):
+            if key not in seen:
+                del self._ready_since[key]
+        candidates = []
+        for start in starts:
+            ready = self._ready_since.setdefault((start.run_id, start.stage, start.attempt), now)
+            resolved = self._pipeline(by_id[start.run_id]).stages[start.stage]
+            max_size = resolved.spec.batch.max_size or self.batch_max_size
+            max_wait = resolved.spec.batch.max_wait_seconds
+            key = None
+            if resolved.algorithm.batch and max_size > 1:
+                key = (
+                    resolved.algorithm.ref,
+                    json.dumps(resolved.params, sort_keys=True),
+                    start.accelerator,
+                    start.fallback,
+                    resolved.timeout_seconds,
+                )
+            candidates.append(
+                Candidate(
+                    start,
+                    key,
+                    max_size,
+                    self.batch_max_wait_seconds if max_wait is None else max_wait,
+                    (now - ready).total_seconds(),
+                )
+            )
+        return plan_executions(candidates, free, free_gpu)
+
+    def _start_batch(
+        self, starts: list[StartAttempt], by_id: dict[str, RunWithAttempts], trouble: _Trouble
+    ) -> int:
+        """Records the attempts of one batch, then starts them in one submit. One that
+        cannot be handed over stays recorded where it was placed, and a later tick's
+        Resubmit starts it on its own."""
+        batch = f"b-{uuid.uuid4().hex[:16]}"
+        members: list[tuple[RunWithAttempts, StageAttempt, StageLaunch]] = []
+        for start in starts:
+            view = by_id[start.run_id]
+            with trouble.isolate(view, "starting a stage of"):
+                attempt = self._add_attempt(start, view, batch)
+                if attempt is None:
+                    continue
+                if not self._place(view, attempt, start.fallback):
+                    self.store.delete_attempt(attempt.id)
+                    continue
+                launch = self._launch(view, attempt).model_copy(
+                    update={"placement": attempt.placement, "batch": batch}
+                )
+                members.append((view, attempt, launch))
+        if not members:
+            return 0
+        try:
+            submissions = self.executor.submit([launch for _, _, launch in members])
+        except CamflowError as exc:
+            log.warning("could not submit batch %s of %d clips: %s", batch, len(members), exc)
+            return 0
+        for view, attempt, launch in members:
+            with trouble.isolate(view, "starting a stage of"):
+                self._record_submission(view, attempt, launch, submissions[attempt.id])
+        return len(members)
+
+    def _add_attempt(
+        self, start: StartAttempt, view: RunWithAttempts, batch: str | None = None
+    ) -> StageAttempt | None:
+        """The new attempt, recorded; None if it existed already (another engine, a
+        replay): that one is followed."""
         attempt = self.store.add_attempt(
             StageAttempt(
                 id=attempt_id(view.run.id, start.stage, start.attempt),
@@ -595,10 +688,18 @@ class Reconciler:
                 algorithm=self._pipeline(view).stages[start.stage].algorithm.ref,
                 accelerator=start.accelerator,
                 executor=self.executor.name,
+                batch=batch,
             )
         )
         if attempt.state != AttemptState.PENDING or attempt.handle is not None:
-            # It existed already (another engine, a replay): that one is followed.
+            return None
+        if batch is not None and attempt.batch != batch:
+            return None  # recorded earlier, alone or in another batch
+        return attempt
+
+    def _start(self, start: StartAttempt, view: RunWithAttempts) -> None:
+        attempt = self._add_attempt(start, view)
+        if attempt is None:
             return
         if not self._submit(view, attempt, start.fallback):
             # Nowhere to put it now (no cluster with room, say), and nothing was created:
@@ -626,16 +727,8 @@ class Reconciler:
     ) -> bool:
         """Places the attempt (once), records where, then creates it there. False only
         when it has no place and nothing was created."""
-        if attempt.placement is None:
-            placed = self.executor.place([self._launch(view, attempt, fallback)]).get(attempt.id)
-            if placed is None:
-                return False
-            # Recorded before the create: a create that timed out after the server made
-            # the Job is retried at this place (where a 409 adopts it), never elsewhere.
-            self.store.update_attempt(
-                attempt.id, placement=placed.placement, accelerator=placed.accelerator
-            )
-            attempt.placement, attempt.accelerator = placed.placement, placed.accelerator
+        if not self._place(view, attempt, fallback):
+            return False
         launch = self._launch(view, attempt).model_copy(update={"placement": attempt.placement})
         try:
             submission = self.executor.submit([launch])[launch.attempt_id]
@@ -659,6 +752,33 @@ class Reconciler:
             # Its place is recorded: a Resubmit tries there again, and only there.
             log.warning("clip %s: could not submit %s: %s", _clip_name(view.clip), attempt.id, exc)
             return True
+        self._record_submission(view, attempt, launch, submission)
+        return True
+
+    def _place(
+        self, view: RunWithAttempts, attempt: StageAttempt, fallback: str | None = None
+    ) -> bool:
+        """Chooses where the attempt goes, once, and records it; False: nowhere now."""
+        if attempt.placement is not None:
+            return True
+        placed = self.executor.place([self._launch(view, attempt, fallback)]).get(attempt.id)
+        if placed is None:
+            return False
+        # Recorded before the create: a create that timed out after the server made
+        # the Job is retried at this place (where a 409 adopts it), never elsewhere.
+        self.store.update_attempt(
+            attempt.id, placement=placed.placement, accelerator=placed.accelerator
+        )
+        attempt.placement, attempt.accelerator = placed.placement, placed.accelerator
+        return True
+
+    def _record_submission(
+        self,
+        view: RunWithAttempts,
+        attempt: StageAttempt,
+        launch: StageLaunch,
+        submission: Submission,
+    ) -> None:
         now = self.clock()
         if not self.store.update_attempt(
             attempt.id,
@@ -673,18 +793,18 @@ class Reconciler:
             log_uri=self.executor.log_uri(submission.handle),
         ):
             log.warning("attempt %s moved on while it was submitted: left as it is", attempt.id)
-            return True
+            return
         self.store.mark_run_started(view.run.id, now)
         log.info(
-            "clip %s run %s: stage %s attempt %d submitted on %s (%s)",
+            "clip %s run %s: stage %s attempt %d submitted on %s (%s)%s",
             _clip_name(view.clip),
             view.run.id,
             attempt.stage,
             attempt.attempt,
             submission.accelerator,
             submission.placement,
+            f" in batch {launch.batch}" if launch.batch else "",
         )
-        return True
 
     def _pipeline(self, view: RunWithAttempts) -> Pipeline:
         pipeline = self.pipeline_of(view.run)

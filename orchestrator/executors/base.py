@@ -50,6 +50,10 @@ class StageLaunch(BaseModel):
     #: Where it must go, as ``place`` chose and the store recorded before the create:
     #: a retried create goes to the same place, never a second one. None: choose now.
     placement: str | None = None
+    #: Launches of one submit that share a batch id run together, in one process (an
+    #: executor with ``batches``); None: on its own. The engine groups only attempts of
+    #: one stage with the same algorithm version, params and accelerator.
+    batch: str | None = None
 
 
 class Submission(BaseModel):
@@ -120,6 +124,10 @@ class Executor(Protocol):
     #: The executor retries a failed attempt by itself (a Job's backoffLimit), so the
     #: engine must not retry on top of it.
     retries_itself: bool
+
+    #: The executor runs a batch of launches in one process (see StageLaunch.batch);
+    #: for one without it, the engine submits one launch at a time.
+    batches: bool
 
     def capacity(self) -> Capacity: ...
 

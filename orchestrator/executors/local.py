@@ -21,6 +21,7 @@ from typing import Any
 
 import psutil
 
+from algorithms import contract
 from orchestrator.errors import ExecutorError
 from orchestrator.executors import local_runner as files
 from orchestrator.executors.base import (
@@ -87,6 +88,7 @@ def _parse_time(value: str | None) -> datetime | None:
 class LocalExecutor:
     name = "local"
     retries_itself = False
+    batches = True
 
     def __init__(
         self,
@@ -124,60 +126,106 @@ class LocalExecutor:
         }
 
     def submit(self, launches: Sequence[StageLaunch]) -> dict[str, Submission]:
-        handles = {}
+        """Starts each launch in a process of its own, or each batch (launches sharing
+        ``batch``) in one process that takes the clips one after another."""
+        handles: dict[str, Submission] = {}
+        batches: dict[str, list[StageLaunch]] = {}
         for launch in launches:
-            directory = self.root / launch.attempt_id
-            if (directory / files.LAUNCH).exists():
-                # Submitted before a crash: adopt it rather than start it twice.
-                handles[launch.attempt_id] = self._submission(launch)
-                continue
-            directory.mkdir(parents=True, exist_ok=True)
-            # The orchestrator's own settings (a database URL with its password, say)
-            # are none of a stage's business.
-            inherited = {k: v for k, v in os.environ.items() if not k.startswith("CAMFLOW_")}
-            env = {**inherited, **self.base_env, **launch.env}
-            if launch.workdir:
-                # A registered algorithm's own modules import from its folder's parent.
-                env["PYTHONPATH"] = os.pathsep.join(
-                    p for p in (launch.workdir, env.get("PYTHONPATH")) if p
-                )
-            if launch.accelerator == "cpu":
-                env["CUDA_VISIBLE_DEVICES"] = ""
-            claimed = files.create_json_exclusive(
-                directory / files.LAUNCH,
-                {
-                    "command": self._command(launch.command),
-                    "timeout_seconds": launch.timeout_seconds,
-                    "kill_grace_seconds": self.kill_grace_seconds,
-                    "cwd": launch.workdir or (str(self.cwd) if self.cwd else None),
-                    "stage": launch.stage,
-                    "run_id": launch.run_id,
-                    "algorithm": launch.algorithm,
-                },
-            )
-            if not claimed:
-                # Another engine claimed it in between: adopt, never start it twice.
-                handles[launch.attempt_id] = self._submission(launch)
-                continue
-            try:
-                with (directory / "runner.log").open("ab") as log:
-                    self._children[launch.attempt_id] = subprocess.Popen(
-                        [
-                            sys.executable,
-                            "-m",
-                            "orchestrator.executors.local_runner",
-                            str(directory),
-                        ],
-                        env=env,
-                        stdin=subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
-            except OSError as exc:
-                raise ExecutorError(f"could not start the local runner: {exc}") from exc
-            handles[launch.attempt_id] = self._submission(launch)
+            if launch.batch:
+                batches.setdefault(launch.batch, []).append(launch)
+            else:
+                handles.update(self._submit_one(launch))
+        for batch, members in batches.items():
+            handles.update(self._submit_batch(batch, members))
         return handles
+
+    def _stage_env(self, launch: StageLaunch) -> dict[str, str]:
+        # The orchestrator's own settings (a database URL with its password, say)
+        # are none of a stage's business.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("CAMFLOW_")}
+        env = {**inherited, **self.base_env}
+        if launch.workdir:
+            # A registered algorithm's own modules import from its folder's parent.
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (launch.workdir, env.get("PYTHONPATH")) if p
+            )
+        if launch.accelerator == "cpu":
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        return env
+
+    def _runner_launch(self, launch: StageLaunch, timeout: float) -> dict[str, Any]:
+        return {
+            "command": self._command(launch.command),
+            "timeout_seconds": timeout,
+            "kill_grace_seconds": self.kill_grace_seconds,
+            "cwd": launch.workdir or (str(self.cwd) if self.cwd else None),
+            "stage": launch.stage,
+            "algorithm": launch.algorithm,
+        }
+
+    def _submit_one(self, launch: StageLaunch) -> dict[str, Submission]:
+        directory = self.root / launch.attempt_id
+        if (directory / files.LAUNCH).exists():
+            # Submitted before a crash: adopt it rather than start it twice.
+            return {launch.attempt_id: self._submission(launch)}
+        directory.mkdir(parents=True, exist_ok=True)
+        spec = self._runner_launch(launch, launch.timeout_seconds) | {"run_id": launch.run_id}
+        if not files.create_json_exclusive(directory / files.LAUNCH, spec):
+            # Another engine claimed it in between: adopt, never start it twice.
+            return {launch.attempt_id: self._submission(launch)}
+        child = self._start_runner(directory, {**self._stage_env(launch), **launch.env})
+        self._children[launch.attempt_id] = child
+        return {launch.attempt_id: self._submission(launch)}
+
+    def _submit_batch(self, batch: str, launches: list[StageLaunch]) -> dict[str, Submission]:
+        """One process for the clips of ``launches``. Each attempt folder is claimed as
+        for a single attempt (pointing at the batch), so none is ever started twice;
+        the stage reports each clip into its attempt's status.json as it finishes."""
+        directory = self.root / "batches" / batch
+        claimed: list[StageLaunch] = []
+        for launch in launches:
+            attempt_dir = self.root / launch.attempt_id
+            attempt_dir.mkdir(parents=True, exist_ok=True)
+            pointer = {"batch": batch, "stage": launch.stage, "run_id": launch.run_id}
+            if files.create_json_exclusive(attempt_dir / files.LAUNCH, pointer):
+                claimed.append(launch)
+        handles = {launch.attempt_id: self._submission(launch) for launch in launches}
+        if not claimed:
+            return handles
+        directory.mkdir(parents=True, exist_ok=True)
+        items = [
+            {"env": launch.env, "report": str(self.root / launch.attempt_id / files.STATUS)}
+            for launch in claimed
+        ]
+        (directory / files.BATCH_ITEMS).write_text(json.dumps(items))
+        first = claimed[0]
+        # The stage's timeout is per clip: the batch has one for each of its clips.
+        spec = self._runner_launch(first, first.timeout_seconds * len(claimed)) | {
+            "batch": batch,
+            "attempts": [str(self.root / launch.attempt_id) for launch in claimed],
+        }
+        if not files.create_json_exclusive(directory / files.LAUNCH, spec):
+            return handles  # a replay of a batch already started
+        env = self._stage_env(first) | {contract.ENV_BATCH_FILE: str(directory / files.BATCH_ITEMS)}
+        child = self._start_runner(directory, env)
+        for launch in claimed:
+            self._children[launch.attempt_id] = child
+        log.info("batch %s: %d clips of stage %s in one process", batch, len(claimed), first.stage)
+        return handles
+
+    def _start_runner(self, directory: Path, env: dict[str, str]) -> subprocess.Popen:
+        try:
+            with (directory / "runner.log").open("ab") as runner_log:
+                return subprocess.Popen(
+                    [sys.executable, "-m", "orchestrator.executors.local_runner", str(directory)],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=runner_log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+        except OSError as exc:
+            raise ExecutorError(f"could not start the local runner: {exc}") from exc
 
     def _submission(self, launch: StageLaunch) -> Submission:
         return Submission(

@@ -27,6 +27,8 @@ RUNNER = "runner.json"
 STATUS = "status.json"
 STDOUT = "stdout.log"
 STDERR = "stderr.log"
+#: A batch's items (the CAMFLOW_BATCH_FILE the stage reads), in the batch's folder.
+BATCH_ITEMS = "batch.json"
 
 
 def _now() -> str:
@@ -87,16 +89,21 @@ def supervise(directory: Path) -> int:
             cwd=launch.get("cwd") or None,
             start_new_session=True,
         )
-    write_json_atomic(
-        directory / RUNNER,
-        {
-            "pid": os.getpid(),
-            # With the pid, names this process and no later one that reuses the pid.
-            "pid_create_time": psutil.Process().create_time(),
-            "child_pid": process.pid,
-            "started_at": started,
-        },
-    )
+    runner = {
+        "pid": os.getpid(),
+        # With the pid, names this process and no later one that reuses the pid.
+        "pid_create_time": psutil.Process().create_time(),
+        "child_pid": process.pid,
+        "started_at": started,
+    }
+    members = [Path(p) for p in launch.get("attempts", [])]
+    for folder in members:
+        # Each clip's attempt reads as running, with the batch's log as its own.
+        for name in (STDOUT, STDERR):
+            with contextlib.suppress(FileExistsError):
+                (folder / name).symlink_to(directory / name)
+        write_json_atomic(folder / RUNNER, runner | {"batch": launch.get("batch")})
+    write_json_atomic(directory / RUNNER, runner)
     cancelled = False
 
     def _on_term(_signum: int, _frame: object) -> None:
@@ -126,18 +133,31 @@ def supervise(directory: Path) -> int:
         reason = "cancelled"
     elif code != 0:
         reason = last_line(directory / STDERR) or f"exited with code {code} and printed nothing"
-    write_json_atomic(
-        directory / STATUS,
-        {
-            "exit_code": 124 if timed_out else code,
-            "timed_out": timed_out,
-            "cancelled": cancelled,
-            "reason": reason,
-            "started_at": started,
-            "finished_at": _now(),
-        },
-    )
+    status = {
+        "exit_code": 124 if timed_out else code,
+        "timed_out": timed_out,
+        "cancelled": cancelled,
+        "reason": reason,
+        "started_at": started,
+        "finished_at": _now(),
+    }
+    for folder in members:
+        # The stage reported the clips it finished; the others end as the batch did.
+        if not (folder / STATUS).exists():
+            write_json_atomic(folder / STATUS, _unreported(status))
+    write_json_atomic(directory / STATUS, status)
     return 0
+
+
+def _unreported(batch: dict) -> dict:
+    """A clip of a batch that ended before the stage reported it."""
+    if batch["timed_out"] or batch["cancelled"] or batch["exit_code"] != 0:
+        return batch
+    return batch | {
+        "exit_code": 1,
+        "reason": "the batch's process exited before reporting this clip "
+        "(does the program take batches? only SDK stages declare batch: true)",
+    }
 
 
 if __name__ == "__main__":

@@ -123,6 +123,7 @@ class ClusterView:
 class KubernetesExecutor:
     name = "kubernetes"
     retries_itself = True
+    batches = False  # Indexed Jobs, one per batch, are still to come
 
     def __init__(
         self,

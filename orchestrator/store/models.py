@@ -53,6 +53,8 @@ class Clip(SQLModel, table=True):
         UniqueConstraint("bucket", "key", "etag", name="uq_clip_identity"),
         # The API lists a tenant's clips newest first.
         Index("ix_clips_tenant_discovered", "tenant", "discovered_at"),
+        # The newest discovery (the watcher-lag gauge) without a scan of every clip.
+        Index("ix_clips_discovered", "discovered_at"),
     )
 
     id: str = Field(primary_key=True, max_length=32)
@@ -129,13 +131,16 @@ class StageAttempt(SQLModel, table=True):
     tries: int | None = None
     #: Where it ran: "local", or the cluster's name.
     placement: str | None = Field(default=None, max_length=64)
+    #: The batch it ran in, with other clips' attempts of the same stage, in one
+    #: process; None when it ran alone. A batch takes one of the executor's slots.
+    batch: str | None = Field(default=None, max_length=64)
     log_uri: str | None = Field(default=None, max_length=2048)
     metrics: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     outputs: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     created_at: datetime = Field(default_factory=utcnow)
     submitted_at: datetime | None = None
     started_at: datetime | None = None
-    #: Indexed for the newest finished attempts (stage durations on /metrics).
+    #: Indexed for the event stream and the newest finished attempts.
     finished_at: datetime | None = Field(default=None, index=True)
 
 

@@ -276,13 +276,15 @@ class Store:
     def count_attempts(
         self, executor: str, accelerator: str | None = None, owner: str | None = None
     ) -> int:
-        """Attempts of ``owner``'s runs handed to ``executor`` and not finished: its slots
-        in use. Per owner, because an engine can only ever see its own runs' attempts
-        finish: a one-shot command that died must not hold `serve`'s slots forever."""
+        """Executions of ``owner``'s runs handed to ``executor`` and not finished: its
+        slots in use. A batch (several clips' attempts in one process) is one execution.
+        Per owner, because an engine can only ever see its own runs' attempts finish: a
+        one-shot command that died must not hold `serve`'s slots forever."""
         owned = col(Run.owner).is_(None) if owner is None else col(Run.owner) == owner
+        execution = func.coalesce(col(StageAttempt.batch), col(StageAttempt.id))
         with self.session() as session:
             query = (
-                select(func.count())
+                select(func.count(func.distinct(execution)))
                 .select_from(StageAttempt)
                 .join(Run, col(Run.id) == col(StageAttempt.run_id))
                 .where(
