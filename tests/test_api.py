@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
+from unittest.mock import ANY
 
 import httpx
 import pytest
@@ -16,55 +17,24 @@ from fastapi.testclient import TestClient
 
 from orchestrator.api.app import create_app
 from orchestrator.api.keys import create_key, revoke
+from orchestrator.api.problems import PROBLEM
+from orchestrator.cli_algorithms import version_json
 from orchestrator.domain.catalog import load_algorithm
 from orchestrator.domain.layout import clip_id, upload_key
-from orchestrator.service import Runtime, open_runtime, write_heartbeat
+from orchestrator.service import open_runtime, write_heartbeat
 from orchestrator.settings import PROJECT_ROOT, Settings
-from orchestrator.store import Clip, Run
-from orchestrator.store.models import Role, RunStatus, utcnow
-
-T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
-
-
-def _seed(runtime: Runtime, tenant: str, camera: str) -> Clip:
-    """A clip with a finished run whose result names a thumbnail in S3."""
-    bucket, results = runtime.settings.s3.ingest_bucket, runtime.settings.s3.results_bucket
-    key = upload_key(tenant, camera, T0)
-    runtime.s3.client.put_object(Bucket=bucket, Key=key, Body=b"clip")
-    thumb = f"{tenant}/{camera}/thumb.jpg"
-    runtime.s3.client.put_object(Bucket=results, Key=thumb, Body=b"jpeg")
-    clip = Clip(
-        id=clip_id(bucket, key, tenant),
-        bucket=bucket,
-        key=key,
-        etag=tenant,
-        size=4,
-        tenant=tenant,
-        camera=camera,
-    )
-    runtime.store.record_clips([clip])
-    run = Run(id=f"r-{tenant[:8]:0<8}{camera[:8]:0<8}"[:18], clip_id=clip.id, pipeline="faces")
-    runtime.store.plan(clip.id, [run])
-    runtime.store.finish_run(
-        run.id,
-        RunStatus.SUCCEEDED,
-        None,
-        {
-            "clip_id": clip.id,
-            "status": "succeeded",
-            "frames": [],
-            "artifacts": {"thumbnails": [{"t": 0.0, "uri": f"s3://{results}/{thumb}"}]},
-        },
-        None,
-        utcnow(),
-    )
-    return clip
+from orchestrator.store import Clip
+from orchestrator.store.models import Role
+from tests.api_world import T0, seed_clip
 
 
 @pytest.fixture
 def world(settings: Settings) -> Iterator[dict[str, Any]]:
     with open_runtime(settings) as runtime:
-        clips = {"a": _seed(runtime, "tenant-a", "door"), "b": _seed(runtime, "tenant-b", "gate")}
+        clips = {
+            "a": seed_clip(runtime, "tenant-a", "door"),
+            "b": seed_clip(runtime, "tenant-b", "gate"),
+        }
         made = {}
         for name, tenant, role, camera in [
             ("camera_a", "tenant-a", Role.CAMERA, "door"),
@@ -135,6 +105,78 @@ def test_no_key_or_a_bad_key_is_refused(world: dict[str, Any], method: str, path
     _problem(world["client"].request(method, url, headers=bad), 401)
 
 
+def _text(headers: dict[str, str]) -> str:
+    return headers["Authorization"].removeprefix("Bearer ")
+
+
+def test_a_key_is_taken_as_bearer_in_any_case_or_as_x_api_key(world: dict[str, Any]) -> None:
+    client, text = world["client"], _text(world["keys"]["customer_a"])
+    for headers in (
+        {"Authorization": f"bearer {text}"},
+        {"Authorization": f"BEARER {text}"},
+        {"X-API-Key": text},
+    ):
+        assert client.get("/v1/clips", headers=headers).status_code == 200, headers
+    refused = client.get("/v1/clips", headers={"Authorization": f"Basic {text}"})
+    assert _problem(refused, 401)["instance"] == "/v1/clips"
+    assert refused.headers["www-authenticate"] == "Bearer"
+
+
+def test_the_document_declares_the_key_schemes_and_every_error(world: dict[str, Any]) -> None:
+    spec = world["client"].get("/openapi.json").json()
+    assert spec["components"]["securitySchemes"] == {
+        "bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "cfk_<id>_<secret>",
+            "description": ANY,
+        },
+        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": ANY},
+    }
+    problem = {"$ref": "#/components/schemas/ProblemDetails"}
+    assert {"type", "title", "status", "detail", "instance"} <= set(
+        spec["components"]["schemas"]["ProblemDetails"]["properties"]
+    )
+    assert {"/healthz", "/v1/clips", "/v1/events", "/v1/algorithms"} <= set(spec["paths"])
+    operations = [
+        (path, method, operation)
+        for path, item in spec["paths"].items()
+        for method, operation in item.items()
+    ]
+    for path, method, operation in operations:
+        where = f"{method.upper()} {path}"
+        named = {p["name"].lower() for p in operation.get("parameters", [])}
+        assert not named & {"authorization", "x-api-key"}, where
+        if path.startswith("/v1/"):
+            assert operation["security"] == [{"bearer": []}, {"apiKey": []}], where
+            assert {"401", "403"} <= set(operation["responses"]), where
+        for status, response in operation["responses"].items():
+            if status >= "400":
+                assert response["content"] == {PROBLEM: {"schema": problem}}, (where, status)
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+
+
+def test_a_method_a_path_lacks_is_a_405_that_names_those_it_has(world: dict[str, Any]) -> None:
+    client, author = world["client"], world["keys"]["author_a"]
+    response = client.delete("/v1/algorithms", headers=author)
+    _problem(response, 405)
+    assert response.headers["allow"] == "GET, POST"
+    response = client.request("TRACE", "/healthz")
+    _problem(response, 405)
+    assert response.headers["allow"] == "GET"
+
+
+def test_bodies_are_what_the_cli_prints_and_what_the_store_holds(world: dict[str, Any]) -> None:
+    client, keys, runtime = world["client"], world["keys"], world["runtime"]
+    listed = client.get("/v1/algorithms", headers=keys["admin"]).json()
+    assert listed == [version_json(row) for row in runtime.store.algorithm_versions()]
+    a = world["clips"]["a"]
+    [run] = runtime.store.runs_of_clip(a.id)
+    assert client.get(f"/v1/clips/{a.id}/results", headers=keys["customer_a"]).json() == [
+        run.result
+    ]
+
+
 def test_tenant_a_cannot_read_list_sign_or_promote_tenant_b(world: dict[str, Any]) -> None:
     client, keys, b = world["client"], world["keys"], world["clips"]["b"]
     a = keys["customer_a"]
@@ -152,9 +194,11 @@ def test_tenant_a_cannot_read_list_sign_or_promote_tenant_b(world: dict[str, Any
     names = {v["name"] for v in client.get("/v1/algorithms", headers=author_a).json()}
     assert "b-secret-sauce" not in names and "faces" in names
     _problem(client.get("/v1/algorithms/b-secret-sauce", headers=author_a), 404)
-    _problem(
-        client.post("/v1/algorithms/b-secret-sauce/versions/1.0.0/promote", headers=author_a), 404
-    )
+    # Versions as the algorithm files say (publish's is b-secret-sauce's too).
+    b_version = world["manifest"].version
+    faces_version = world["runtime"].store.algorithm_versions("faces")[0].version
+    b_promote = f"/v1/algorithms/b-secret-sauce/versions/{b_version}/promote"
+    _problem(client.post(b_promote, headers=author_a), 404)
     stolen = world["manifest"].model_copy(update={"name": "b-secret-sauce", "version": "9.0.0"})
     _problem(
         client.post(
@@ -163,10 +207,11 @@ def test_tenant_a_cannot_read_list_sign_or_promote_tenant_b(world: dict[str, Any
         403,
     )
     # Nor the operator's built-ins.
-    _problem(client.post("/v1/algorithms/faces/versions/1.0.0/promote", headers=author_a), 403)
-    promoted = client.post(
-        "/v1/algorithms/b-secret-sauce/versions/1.0.0/promote", headers=keys["author_b"]
+    _problem(
+        client.post(f"/v1/algorithms/faces/versions/{faces_version}/promote", headers=author_a),
+        403,
     )
+    promoted = client.post(b_promote, headers=keys["author_b"])
     assert promoted.json()["channel"] == "stable"
 
 
@@ -218,6 +263,32 @@ def test_odd_camera_names_are_refused(world: dict[str, Any], camera: str) -> Non
 def test_nothing_a_caller_sends_makes_a_500(world: dict[str, Any], path: str) -> None:
     response = world["client"].get(path, headers=world["keys"]["customer_a"])
     assert 400 <= response.status_code < 500, (path, response.status_code, response.text)
+
+
+def _encoded(value: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "abc",  # not base64
+        "-_-_",  # base64 of no JSON
+        _encoded([1, 2]),
+        _encoded({"at": "2026-03-01T12:00:00Z"}),
+        _encoded(["2026-03-01T12:00:00", "c-0"]),  # no offset
+        _encoded(["0001-01-01T00:00:00+01:00", "c-0"]),  # before year 1 in UTC
+        _encoded(["2026-03-01T12:00:00Z", "c-0", "extra"]),
+    ],
+)
+def test_a_well_formed_cursor_this_api_never_handed_out_is_a_400(
+    world: dict[str, Any], cursor: str
+) -> None:
+    for path in ("/v1/clips", "/v1/runs"):
+        response = world["client"].get(
+            path, params={"cursor": cursor}, headers=world["keys"]["customer_a"]
+        )
+        assert "cursor" in _problem(response, 400)["detail"]
 
 
 def test_bad_bodies_are_4xx_problems(world: dict[str, Any]) -> None:
@@ -316,8 +387,8 @@ def test_finished_runs_stream_as_server_sent_events(world: dict[str, Any]) -> No
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
     time.sleep(0.5)
-    _seed(runtime, "tenant-b", "gate2")  # another tenant's: must not arrive
-    fresh = _seed(runtime, "tenant-a", "yard")
+    seed_clip(runtime, "tenant-b", "gate2")  # another tenant's: must not arrive
+    fresh = seed_clip(runtime, "tenant-a", "yard")
     listener.join(timeout=10)
     server.should_exit = True
     assert [e["clip_id"] for e in events] == [fresh.id]

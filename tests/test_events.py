@@ -9,12 +9,15 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
+from orchestrator.api.app import create_app
 from orchestrator.api.keys import create_key, revoke
 from orchestrator.service import Runtime, open_runtime
 from orchestrator.settings import Settings
@@ -244,3 +247,54 @@ def test_a_last_event_id_we_never_sent_is_a_400(api: dict[str, Any], bad: str) -
     )
     assert response.status_code == 400
     assert "Last-Event-ID" in response.json()["detail"]
+
+
+@contextmanager
+def _serving(app: Any) -> Iterator[str]:
+    """``app`` on a free port over real HTTP; its base URL."""
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_an_idle_stream_pings_within_the_keepalive_interval(settings: Settings) -> None:
+    keepalive = 0.5
+    # Polls far apart: the pings keep their own time.
+    settings = settings.model_copy(
+        update={"api": settings.api.model_copy(update={"events_poll_seconds": 30.0})}
+    )
+    with open_runtime(settings) as runtime:
+        _, text = create_key(runtime.store, "tenant-a", Role.CUSTOMER)
+        app = create_app(runtime, events_keepalive_seconds=keepalive)
+        with (
+            _serving(app) as base,
+            httpx.stream(
+                "GET", f"{base}/v1/events", headers={"Authorization": f"Bearer {text}"}, timeout=5
+            ) as response,
+        ):
+            # What proxies read to leave the stream alone: not cached, not buffered.
+            assert response.headers["cache-control"] == "no-cache"
+            assert response.headers["x-accel-buffering"] == "no"
+            lines = response.iter_lines()
+            assert next(lines) == ": camflow events"
+            last, gaps = time.monotonic(), []
+            for line in lines:
+                if not line:
+                    continue
+                assert line == ": ping"
+                gaps.append(time.monotonic() - last)
+                last = time.monotonic()
+                if len(gaps) == 3:
+                    break
+    # Each within the interval (and the time it takes to send), none much sooner.
+    assert all(keepalive * 0.8 <= gap < keepalive + 0.5 for gap in gaps), gaps
