@@ -455,7 +455,10 @@ class Reconciler:
         # Past this point each run is handled on its own: what one run's handling
         # raises is kept in ``trouble`` and the tick goes on for the others.
         trouble = _Trouble()
-        self.observe(views, trouble)
+        # Each phase's store writes commit together: one commit for a tick's hundreds
+        # of attempt updates, not one each.
+        with self.store.batch():
+            self.observe(views, trouble)
         now = self.clock()
         capacity = self.executor.capacity()
         plans: list[tuple[RunWithAttempts, list[Action]]] = []
@@ -478,30 +481,32 @@ class Reconciler:
                 plans.append((view, decision.actions))
                 if not any(isinstance(a, FinishRun) for a in decision.actions):
                     starts += decision.starts
-        for view, actions in plans:
-            if not self.may_act():
-                log.warning("no longer the leader: this tick stops before acting")
-                return report
-            with trouble.isolate(view, "acting on"):
-                for action in actions:
-                    self._apply(action, view, report)
+        with self.store.batch():
+            for view, actions in plans:
+                if not self.may_act():
+                    log.warning("no longer the leader: this tick stops before acting")
+                    return report
+                with trouble.isolate(view, "acting on"):
+                    for action in actions:
+                        self._apply(action, view, report)
         free = capacity.slots - self.store.count_attempts(self.executor.name, None, self.owner)
         free_gpu = capacity.gpu_slots - self.store.count_attempts(
             self.executor.name, "gpu", self.owner
         )
-        for execution in self._executions(starts, by_id, free, free_gpu, now):
-            if not self.may_act():
-                log.warning("no longer the leader: this tick stops before starting stages")
-                return report
-            execution = [s for s in execution if s.run_id not in trouble]
-            if len(execution) == 1:
-                [start] = execution
-                view = by_id[start.run_id]
-                with trouble.isolate(view, "starting a stage of"):
-                    self._start(start, view)
-                    report.started += 1
-            elif execution:
-                report.started += self._start_batch(execution, by_id, trouble)
+        with self.store.batch():
+            for execution in self._executions(starts, by_id, free, free_gpu, now):
+                if not self.may_act():
+                    log.warning("no longer the leader: this tick stops before starting stages")
+                    return report
+                execution = [s for s in execution if s.run_id not in trouble]
+                if len(execution) == 1:
+                    [start] = execution
+                    view = by_id[start.run_id]
+                    with trouble.isolate(view, "starting a stage of"):
+                        self._start(start, view)
+                        report.started += 1
+                elif execution:
+                    report.started += self._start_batch(execution, by_id, trouble)
         self._settle(views, trouble, report)
         report.active = len(views) - len(report.finished)
         return report
@@ -664,6 +669,8 @@ class Reconciler:
                 members.append((view, attempt, launch))
         if not members:
             return 0
+        if getattr(self.executor, "durable_before_submit", True):
+            self.store.checkpoint()
         try:
             submissions = self.executor.submit([launch for _, _, launch in members])
         except CamflowError as exc:
@@ -730,6 +737,8 @@ class Reconciler:
         if not self._place(view, attempt, fallback):
             return False
         launch = self._launch(view, attempt).model_copy(update={"placement": attempt.placement})
+        if getattr(self.executor, "durable_before_submit", True):
+            self.store.checkpoint()
         try:
             submission = self.executor.submit([launch])[launch.attempt_id]
         except SubmitRefused as exc:

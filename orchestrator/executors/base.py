@@ -129,6 +129,11 @@ class Executor(Protocol):
     #: for one without it, the engine submits one launch at a time.
     batches: bool
 
+    #: The attempt and its placement must be committed before submit: a create may
+    #: take effect even when its answer is lost, and a retry must go to the same place.
+    #: False where submitting the same attempt id again can only adopt it (one machine).
+    durable_before_submit: bool
+
     def capacity(self) -> Capacity: ...
 
     def place(self, launches: Sequence[StageLaunch]) -> dict[str, Placement]:

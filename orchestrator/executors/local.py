@@ -89,6 +89,7 @@ class LocalExecutor:
     name = "local"
     retries_itself = False
     batches = True
+    durable_before_submit = False
 
     def __init__(
         self,

@@ -44,6 +44,8 @@ class StoreActionLog:
                         )
                     )
             session.commit()
+        # Durable before the delete is sent, also inside an engine batch.
+        self.store.checkpoint()
 
     def done_delete(self, handle: str) -> None:
         with self.store.session() as session:

@@ -124,6 +124,7 @@ class KubernetesExecutor:
     name = "kubernetes"
     retries_itself = True
     batches = False  # Indexed Jobs, one per batch, are still to come
+    durable_before_submit = True
 
     def __init__(
         self,

@@ -1,8 +1,11 @@
-"""The Store: every read and write of camflow's state, in short transactions."""
+"""The Store: every read and write of camflow's state, in short transactions, or in
+one per engine phase (``Store.batch``) where a tick writes many rows."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+import threading
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -49,11 +52,53 @@ def _before(at_column: Any, id_column: Any, cursor: tuple[datetime, str]) -> Any
     return or_(at_column < at, (at_column == at) & (id_column < ident))
 
 
+class _Borrowed:
+    """The session of the ``Store.batch`` this thread is in, lent to one store method:
+    its commit only flushes (the batch commits once, at its end) and closing it leaves
+    it open for the next method."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        return None
+
+    def commit(self) -> None:
+        self._session.flush()
+
+    def rollback(self) -> None:
+        # It would undo the whole batch, other runs' writes included.
+        raise RuntimeError("a store method rolled back inside Store.batch: use a savepoint")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
+def _all_or_nothing(session: Session, work: Callable[[], bool | None]) -> bool | None:
+    """Keeps what ``work`` wrote if it answers True, undoes it otherwise: a transaction
+    of its own, or a savepoint in a batch (whose other writes must stay)."""
+    if isinstance(session, _Borrowed):
+        savepoint = session.begin_nested()
+        try:
+            done = work()
+        except BaseException:
+            savepoint.rollback()
+            raise
+        (savepoint.commit if done else savepoint.rollback)()
+        return done
+    done = work()
+    (session.commit if done else session.rollback)()
+    return done
+
+
 def _make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=True
-        )
+        # No pre-ping: a file has no server to restart under an idle connection, and
+        # a ping per checkout was a round trip for every short transaction.
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(connection: Any, _record: Any) -> None:
@@ -76,6 +121,7 @@ class Store:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.url = url
         self.engine = _make_engine(url)
+        self._batch = threading.local()
         try:
             migrate.upgrade(self.engine)
         except BaseException:
@@ -83,7 +129,41 @@ class Store:
             raise
 
     def session(self) -> Session:
+        shared = getattr(self._batch, "session", None)
+        if shared is not None:
+            return _Borrowed(shared)  # type: ignore[return-value]
         return Session(self.engine, expire_on_commit=False)
+
+    def checkpoint(self) -> None:
+        """Commits what this thread's batch wrote so far (and goes on batching): for
+        writes that must be durable before an outside effect, such as an attempt's
+        placement before a create on a cluster that may land even if its answer is
+        lost. Outside a batch, every write is committed already."""
+        shared = getattr(self._batch, "session", None)
+        if shared is not None:
+            shared.commit()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """The store writes of this thread, until the block ends, in one transaction:
+        one commit for a tick's hundreds of attempt updates instead of one each. Other
+        threads (the API, the watcher) keep their own short transactions. A crash
+        before the commit loses the block's writes together, which the engine's
+        replay handles as it handles a crash between two of them."""
+        if getattr(self._batch, "session", None) is not None:
+            yield  # already in one: the outer block commits
+            return
+        session = Session(self.engine, expire_on_commit=False)
+        self._batch.session = session
+        try:
+            yield
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            self._batch.session = None
+            session.close()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -131,6 +211,14 @@ class Store:
     def _insert_new(self, row: Any) -> bool:
         """Inserts ``row``; False if a row with its key exists already."""
         with self.session() as session:
+            if isinstance(session, _Borrowed):
+                # In a batch: a savepoint, so that a clash undoes this insert only.
+                try:
+                    with session.begin_nested():
+                        session.add(row)
+                    return True
+                except IntegrityError:
+                    return False
             session.add(row)
             try:
                 session.commit()
@@ -361,31 +449,33 @@ class Store:
         """Moves an active run to its terminal status exactly once; False if it was
         already finished (a replayed tick after a crash). It takes the next number of
         the finished-runs sequence in the same transaction (the event stream's cursor)."""
-        with self.session() as session:
-            seq = self._bump(session, FINISHED_RUNS)
-            if seq is None:  # the first run to finish in this store
-                session.rollback()
-                self._create_counter(FINISHED_RUNS)
-                seq = self._bump(session, FINISHED_RUNS)
-            if seq is None:
-                raise StorageError(f"counter {FINISHED_RUNS!r} vanished while in use")
-            changed = session.exec(
-                update(Run)
-                .where(col(Run.id) == run_id, col(Run.status).in_(ACTIVE))
-                .values(
-                    status=status,
-                    error=error,
-                    result=result,
-                    result_uri=result_uri,
-                    finished_at=at,
-                    finished_seq=seq,
-                )
-            )
-            if not changed.rowcount:
-                session.rollback()  # and with it the number: no gap for a replay
-                return False
-            session.commit()
-            return True
+        values = {
+            "status": status,
+            "error": error,
+            "result": result,
+            "result_uri": result_uri,
+            "finished_at": at,
+        }
+        for _ in range(2):
+            with self.session() as session:
+                done = _all_or_nothing(session, lambda: self._finish_once(session, run_id, values))
+            if done is not None:
+                return done
+            self._create_counter(FINISHED_RUNS)  # the first run to finish in this store
+        raise StorageError(f"counter {FINISHED_RUNS!r} vanished while in use")
+
+    def _finish_once(self, session: Session, run_id: str, values: dict[str, Any]) -> bool | None:
+        """None: no counter yet; False: not active (and the number is given back, so a
+        replay leaves no gap)."""
+        seq = self._bump(session, FINISHED_RUNS)
+        if seq is None:
+            return None
+        changed = session.exec(
+            update(Run)
+            .where(col(Run.id) == run_id, col(Run.status).in_(ACTIVE))
+            .values(**values, finished_seq=seq)
+        )
+        return bool(changed.rowcount)
 
     @staticmethod
     def _bump(session: Session, name: str) -> int | None:
@@ -406,11 +496,7 @@ class Store:
         its row ever be lost); a concurrent creator wins, harmlessly."""
         with self.session() as session:
             highest = session.exec(select(func.max(Run.finished_seq))).one()
-            session.add(Counter(name=name, value=int(highest or 0)))
-            try:
-                session.commit()
-            except IntegrityError:
-                session.rollback()
+        self._insert_new(Counter(name=name, value=int(highest or 0)))
 
     def tenant_finished_runs(
         self, tenant: str, after_seq: int, limit: int = 200, since: datetime | None = None
