@@ -172,6 +172,9 @@ class ApiSettings(_Group):
     upload_url_seconds: int = Field(default=300, ge=30, le=3600)
     download_url_seconds: int = Field(default=900, ge=30, le=86400)
     events_poll_seconds: PositiveFloat = 1.0
+    #: An idle event stream sends a comment this often, so that proxies (whose idle
+    #: timeouts are often 60 s) keep the connection.
+    events_keepalive_seconds: PositiveFloat = 15.0
     #: /readyz fails when the engine has not finished a tick for this long.
     ready_max_age_seconds: PositiveFloat = 60
 

@@ -48,10 +48,6 @@ from orchestrator.store.models import AlgorithmVersion, Role, RunStatus, as_utc
 log = logging.getLogger("camflow.api")
 #: Camera and tenant names in keys and paths: no slashes, no dots first, no surprises.
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
-#: Seconds an idle event stream waits before a keep-alive comment; proxies commonly
-#: drop connections silent for 30-60 s.
-EVENTS_KEEPALIVE_SECONDS = 15.0
-
 #: The errors every authenticated operation can answer.
 AUTHENTICATED = (401, 403)
 
@@ -59,9 +55,11 @@ AUTHENTICATED = (401, 403)
 def create_app(
     runtime: Runtime,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    events_keepalive_seconds: float = EVENTS_KEEPALIVE_SECONDS,
+    events_keepalive_seconds: float | None = None,
 ) -> FastAPI:
     settings, store, s3 = runtime.settings, runtime.store, runtime.s3
+    if events_keepalive_seconds is None:
+        events_keepalive_seconds = settings.api.events_keepalive_seconds
     app = FastAPI(
         title="camflow",
         version="0.1.0",
@@ -155,7 +153,7 @@ def create_app(
     def readyz() -> schemas.Readiness:
         beat = read_heartbeat(settings.home)
         age = heartbeat_age(settings.home)
-        store.counts()  # the store answers
+        store.ping()  # the store answers (a count of every row was a scan per probe)
         if beat is None or age is None or age > settings.api.ready_max_age_seconds:
             raise Problem(503, "the engine has not finished a tick recently")
         # What the last tick did, errors included (runs whose handling raised).

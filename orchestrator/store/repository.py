@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import ARRAY, String, any_, bindparam, event, func, or_, update
+from sqlalchemy import ARRAY, String, any_, bindparam, event, func, literal, or_, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, create_engine, select
@@ -167,6 +167,11 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def ping(self) -> None:
+        """Raises if the database does not answer."""
+        with self.session() as session:
+            session.exec(select(literal(1))).one()
 
     # --- watcher ----------------------------------------------------------------------
 
