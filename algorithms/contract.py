@@ -25,6 +25,16 @@ ENV_CLIP = "CAMFLOW_CLIP"
 #: outcome: a bad clip fails alone.
 ENV_BATCH = "CAMFLOW_BATCH"
 ENV_BATCH_FILE = "CAMFLOW_BATCH_FILE"
+#: With a batch whose items name no ``report``, the item this process runs (an Indexed
+#: Job's pod: the Job controller sets it to the pod's completion index). The program
+#: runs only that item, under the single-clip contract: its exit code is that clip's
+#: outcome (2 bad input, anything else but 0 transient), so the Job retries or fails
+#: that index alone.
+ENV_BATCH_INDEX = "JOB_COMPLETION_INDEX"
+
+#: Optional, set by a local executor: a file where the program may also write its
+#: manifest, once written to S3, so that camflow need not read it back (the SDK does).
+ENV_MANIFEST_COPY = "CAMFLOW_MANIFEST_COPY"
 
 #: Written last under CAMFLOW_OUTPUT: its presence means the stage's outputs are complete.
 MANIFEST_NAME = "_manifest.json"

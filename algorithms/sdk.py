@@ -197,7 +197,7 @@ class StageReport:
 Main = Callable[[StageContext], StageReport]
 
 
-def _write_manifest(ctx: StageContext, report: StageReport, started: float) -> None:
+def _write_manifest(ctx: StageContext, report: StageReport, started: float) -> dict[str, Any]:
     report.metrics.setdefault("seconds", round(time.monotonic() - started, 3))
     manifest = {
         "stage": ctx.stage,
@@ -207,6 +207,7 @@ def _write_manifest(ctx: StageContext, report: StageReport, started: float) -> N
         "metrics": report.metrics,
     }
     ctx.put_json(contract.MANIFEST_NAME, manifest)
+    return manifest
 
 
 def _one_line(text: str) -> str:
@@ -225,11 +226,22 @@ def run_stage(main: Main) -> None:
     )
     items = batch_items(os.environ)
     if items is not None:
-        sys.exit(_run_batch(main, items))
+        index = os.environ.get(contract.ENV_BATCH_INDEX)
+        # Items with reports are a local batch: a JOB_COMPLETION_INDEX inherited from
+        # wherever the orchestrator runs must not cut it to one clip.
+        if index is None or any(item.get("report") for item in items):
+            sys.exit(_run_batch(main, items))
+        # An Indexed Job's pod: one clip of the batch, as if it had been given alone,
+        # so that this process's exit code is that clip's outcome.
+        os.environ.update(batch_item(items, index)["env"])
+        os.environ.pop(contract.ENV_BATCH, None)
     started = time.monotonic()
     try:
         ctx = StageContext.from_env()
-        _write_manifest(ctx, main(ctx), started)
+        manifest = _write_manifest(ctx, main(ctx), started)
+        if os.environ.get(contract.ENV_MANIFEST_COPY):
+            # Written to S3 first: the copy only spares camflow reading it back.
+            _write_report(os.environ[contract.ENV_MANIFEST_COPY], manifest)
     except BadInput as exc:
         # The contract: the reason is the last line of stderr, on one line.
         print(_one_line(str(exc)), file=sys.stderr, flush=True)
@@ -260,6 +272,15 @@ def batch_items(environ: Mapping[str, str]) -> list[dict[str, Any]] | None:
     return items
 
 
+def batch_item(items: list[dict[str, Any]], index: str) -> dict[str, Any]:
+    """The item ``index`` (JOB_COMPLETION_INDEX) names."""
+    if not index.isdecimal() or int(index) >= len(items):
+        raise SystemExit(
+            f"{contract.ENV_BATCH_INDEX}={index!r}: not an item of this batch of {len(items)}"
+        )
+    return items[int(index)]
+
+
 class _LastLine:
     """Passes stderr through and remembers its last non-empty line: a clip's reason
     when its code printed one and then exited (the contract's reason, per clip)."""
@@ -277,26 +298,28 @@ class _LastLine:
         return getattr(self.stream, name)
 
 
-def _run_item(main: Main, environ: Mapping[str, str], s3: Any) -> tuple[int, str | None]:
+Outcome = tuple[int, str | None, dict[str, Any] | None]  # exit code, reason, manifest
+
+
+def _run_item(main: Main, environ: Mapping[str, str], s3: Any) -> Outcome:
     started = time.monotonic()
     errors = sys.stderr = _LastLine(sys.__stderr__)
     ctx = None
     try:
         ctx = StageContext.from_env(dict(environ))
         ctx._s3 = s3 or ctx.s3
-        _write_manifest(ctx, main(ctx), started)
-        return contract.EXIT_OK, None
+        return contract.EXIT_OK, None, _write_manifest(ctx, main(ctx), started)
     except BadInput as exc:
-        return contract.EXIT_BAD_INPUT, _one_line(str(exc))
+        return contract.EXIT_BAD_INPUT, _one_line(str(exc)), None
     except SystemExit as exc:  # a stage that exits for one clip must not end the batch
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if code == contract.EXIT_OK:
-            return 1, "the stage exited (code 0) before writing its manifest"
+            return 1, "the stage exited (code 0) before writing its manifest", None
         reason = _one_line(str(exc.code)) if isinstance(exc.code, str) else None
-        return code, reason or _one_line(errors.last) or f"exited with code {code}"
+        return code, reason or _one_line(errors.last) or f"exited with code {code}", None
     except Exception as exc:
         traceback.print_exc()
-        return 1, f"{type(exc).__name__}: {_one_line(str(exc))}"
+        return 1, f"{type(exc).__name__}: {_one_line(str(exc))}", None
     finally:
         sys.stderr = sys.__stderr__
         if ctx is not None:  # a batch must not fill the disk with its clips' scratch
@@ -324,7 +347,7 @@ def _run_batch(main: Main, items: list[dict[str, Any]]) -> int:
         )
         if s3 is None:
             s3 = s3_client()
-        code, reason = _run_item(main, env, s3)
+        code, reason, manifest = _run_item(main, env, s3)
         if code != contract.EXIT_OK:
             print(f"camflow batch: clip {n} failed (exit {code}): {reason}", file=sys.stderr)
         if item.get("report"):
@@ -335,6 +358,7 @@ def _run_batch(main: Main, items: list[dict[str, Any]]) -> int:
                     "reason": reason,
                     "started_at": started_at,
                     "finished_at": _utc_now(),
+                    "manifest": manifest,
                 },
             )
     return contract.EXIT_OK

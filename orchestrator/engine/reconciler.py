@@ -244,17 +244,24 @@ class Reconciler:
             ) from None
         return check_result(raw, name)
 
-    def _check_outputs(self, view: RunWithAttempts, stage: str) -> StageManifest:
+    def _check_outputs(
+        self, view: RunWithAttempts, stage: str, reported: dict[str, Any] | None = None
+    ) -> StageManifest:
         """The manifest of a stage that exited 0, and its result output, checked against
         the contract (BrokenContract if not). A StorageError (S3 away) is raised: the
-        attempt then stays running and is looked at again next tick."""
-        try:
-            raw = self._stage_json(view, stage, MANIFEST_NAME, "max_manifest_bytes")
-        except ObjectMissing:
-            raise BrokenContract(
-                f"exited 0 but wrote no {MANIFEST_NAME} (the stage contract requires it last)",
-                permanent=False,
-            ) from None
+        attempt then stays running and is looked at again next tick. ``reported``: the
+        manifest as the stage handed it to the executor after writing it to S3 (one S3
+        read less per attempt); held to the same size limit."""
+        if reported is not None and len(json.dumps(reported)) <= self.max_manifest_bytes:
+            raw: Any = reported
+        else:
+            try:
+                raw = self._stage_json(view, stage, MANIFEST_NAME, "max_manifest_bytes")
+            except ObjectMissing:
+                raise BrokenContract(
+                    f"exited 0 but wrote no {MANIFEST_NAME} (the stage contract requires it last)",
+                    permanent=False,
+                ) from None
         manifest = check_manifest(raw)
         if RESULT_OUTPUT in manifest.outputs:
             self._read_result(view, stage, manifest.outputs[RESULT_OUTPUT])
@@ -351,11 +358,11 @@ class Reconciler:
             status = ExecStatus(
                 state=ExecState.SUCCEEDED, exit_code=0, started_at=status.started_at
             )
-        if status.started_at and not attempt.started_at:
-            self.store.update_attempt(attempt.id, started_at=status.started_at)
-            attempt.started_at = status.started_at
         result = outcome(status)
         if result is None:
+            if status.started_at and not attempt.started_at:
+                self.store.update_attempt(attempt.id, started_at=status.started_at)
+                attempt.started_at = status.started_at
             return
         values: dict[str, Any] = {
             "state": result.state,
@@ -370,7 +377,7 @@ class Reconciler:
         }
         if result.state == AttemptState.SUCCEEDED:
             try:
-                manifest = self._check_outputs(view, attempt.stage)
+                manifest = self._check_outputs(view, attempt.stage, status.manifest)
             except BrokenContract as exc:
                 values.update(state=AttemptState.FAILED, reason=exc.reason, permanent=exc.permanent)
             else:
@@ -660,9 +667,6 @@ class Reconciler:
                 attempt = self._add_attempt(start, view, batch)
                 if attempt is None:
                     continue
-                if not self._place(view, attempt, start.fallback):
-                    self.store.delete_attempt(attempt.id)
-                    continue
                 launch = self._launch(view, attempt).model_copy(
                     update={"placement": attempt.placement, "batch": batch}
                 )
@@ -684,20 +688,25 @@ class Reconciler:
     def _add_attempt(
         self, start: StartAttempt, view: RunWithAttempts, batch: str | None = None
     ) -> StageAttempt | None:
-        """The new attempt, recorded; None if it existed already (another engine, a
-        replay): that one is followed."""
-        attempt = self.store.add_attempt(
-            StageAttempt(
-                id=attempt_id(view.run.id, start.stage, start.attempt),
-                run_id=view.run.id,
-                stage=start.stage,
-                attempt=start.attempt,
-                algorithm=self._pipeline(view).stages[start.stage].algorithm.ref,
-                accelerator=start.accelerator,
-                executor=self.executor.name,
-                batch=batch,
-            )
+        """The new attempt, placed and recorded with its place in one write; None if it
+        has no place now (nothing is recorded: the next tick decides afresh, e.g. to fall
+        back to CPU) or existed already (another engine, a replay: that one is
+        followed)."""
+        new = StageAttempt(
+            id=attempt_id(view.run.id, start.stage, start.attempt),
+            run_id=view.run.id,
+            stage=start.stage,
+            attempt=start.attempt,
+            algorithm=self._pipeline(view).stages[start.stage].algorithm.ref,
+            accelerator=start.accelerator,
+            executor=self.executor.name,
+            batch=batch,
         )
+        placed = self.executor.place([self._launch(view, new, start.fallback)]).get(new.id)
+        if placed is None:
+            return None
+        new.placement, new.accelerator = placed.placement, placed.accelerator
+        attempt = self.store.add_attempt(new)
         if attempt.state != AttemptState.PENDING or attempt.handle is not None:
             return None
         if batch is not None and attempt.batch != batch:
@@ -708,10 +717,7 @@ class Reconciler:
         attempt = self._add_attempt(start, view)
         if attempt is None:
             return
-        if not self._submit(view, attempt, start.fallback):
-            # Nowhere to put it now (no cluster with room, say), and nothing was created:
-            # withdraw it, so that the next tick decides afresh, e.g. to fall back to CPU.
-            self.store.delete_attempt(attempt.id)
+        self._submit(view, attempt)
 
     def _launch(
         self, view: RunWithAttempts, attempt: StageAttempt, fallback: str | None = None
@@ -736,7 +742,9 @@ class Reconciler:
         when it has no place and nothing was created."""
         if not self._place(view, attempt, fallback):
             return False
-        launch = self._launch(view, attempt).model_copy(update={"placement": attempt.placement})
+        launch = self._launch(view, attempt).model_copy(
+            update={"placement": attempt.placement, "recorded_batch": attempt.batch}
+        )
         if getattr(self.executor, "durable_before_submit", True):
             self.store.checkpoint()
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -54,6 +54,11 @@ class StageLaunch(BaseModel):
     #: executor with ``batches``); None: on its own. The engine groups only attempts of
     #: one stage with the same algorithm version, params and accelerator.
     batch: str | None = None
+    #: The batch this attempt was recorded in, when it is submitted on its own (a
+    #: Resubmit: the engine stopped, or the batch's submit failed, before its handle
+    #: was recorded). An executor that names its unit of work after the batch (one
+    #: Indexed Job per batch) looks there first, so that the attempt never runs twice.
+    recorded_batch: str | None = None
 
 
 class Submission(BaseModel):
@@ -105,6 +110,9 @@ class ExecStatus(BaseModel):
     #: When the code itself began (a container started, not a pod queued for a node).
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    #: The manifest the stage wrote to S3, as it also handed it to the executor (the
+    #: SDK does, locally): the engine then need not read it back. None: read it.
+    manifest: dict[str, Any] | None = None
     #: The executor gave the attempt back, to be submitted again on this accelerator at
     #: the same place (a GPU Job no node could take within the stage's fallback wait;
     #: its Job is deleted first, so the two never run at once).

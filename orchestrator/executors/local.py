@@ -174,7 +174,9 @@ class LocalExecutor:
         if not files.create_json_exclusive(directory / files.LAUNCH, spec):
             # Another engine claimed it in between: adopt, never start it twice.
             return {launch.attempt_id: self._submission(launch)}
-        child = self._start_runner(directory, {**self._stage_env(launch), **launch.env})
+        env = {**self._stage_env(launch), **launch.env}
+        env[contract.ENV_MANIFEST_COPY] = str(directory / files.MANIFEST_COPY)
+        child = self._start_runner(directory, env)
         self._children[launch.attempt_id] = child
         return {launch.attempt_id: self._submission(launch)}
 
@@ -255,6 +257,7 @@ class LocalExecutor:
                 timed_out=bool(status.get("timed_out")),
                 started_at=_parse_time(status.get("started_at")),
                 finished_at=_parse_time(status.get("finished_at")),
+                manifest=status.get("manifest") if code == 0 else None,
             )
         runner_file = directory / files.RUNNER
         if runner_file.exists():

@@ -29,6 +29,8 @@ STDOUT = "stdout.log"
 STDERR = "stderr.log"
 #: A batch's items (the CAMFLOW_BATCH_FILE the stage reads), in the batch's folder.
 BATCH_ITEMS = "batch.json"
+#: Where a lone stage leaves a copy of its manifest (CAMFLOW_MANIFEST_COPY).
+MANIFEST_COPY = "manifest.json"
 
 
 def _now() -> str:
@@ -141,6 +143,9 @@ def supervise(directory: Path) -> int:
         "started_at": started,
         "finished_at": _now(),
     }
+    if code == 0 and not timed_out and not cancelled:
+        with contextlib.suppress(OSError, ValueError):
+            status["manifest"] = json.loads((directory / MANIFEST_COPY).read_text())
     for folder in members:
         # The stage reported the clips it finished; the others end as the batch did.
         if not (folder / STATUS).exists():
@@ -151,6 +156,7 @@ def supervise(directory: Path) -> int:
 
 def _unreported(batch: dict) -> dict:
     """A clip of a batch that ended before the stage reported it."""
+    batch = {k: v for k, v in batch.items() if k != "manifest"}
     if batch["timed_out"] or batch["cancelled"] or batch["exit_code"] != 0:
         return batch
     return batch | {
