@@ -389,4 +389,10 @@ def drive(
             return
         if time.monotonic() > deadline:
             raise TimeoutError(f"{len(pending)} run(s) still unfinished after {timeout:g} s")
-        time.sleep(interval)
+        # An executor that can tell when a stage finishes wakes us then (the next stage
+        # starts at once); otherwise the next look is an interval away.
+        wait = getattr(runtime.executor, "wait", None)
+        if wait is not None:
+            wait(interval)
+        else:
+            time.sleep(interval)

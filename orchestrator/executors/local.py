@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +38,8 @@ log = logging.getLogger("camflow.local")
 
 #: A runner that has not written runner.json this long after launch is presumed dead.
 START_GRACE_SECONDS = 30.0
+#: How often ``wait`` looks for a finished attempt: a few stat calls each time.
+WAIT_STEP_SECONDS = 0.02
 
 
 #: How far a process's start time may read from the recorded one and still be it:
@@ -109,6 +112,8 @@ class LocalExecutor:
         self.base_env = dict(base_env or {})
         self.cwd = cwd
         self._children: dict[str, subprocess.Popen] = {}
+        #: status.json of the attempts the last poll saw queued or running.
+        self._unfinished: list[Path] = []
 
     def capacity(self) -> Capacity:
         return Capacity(slots=self.max_parallel, gpu_slots=min(self.gpus, self.max_parallel))
@@ -242,7 +247,23 @@ class LocalExecutor:
 
     def poll(self, handles: Sequence[str]) -> dict[str, ExecStatus]:
         self._reap()
-        return {handle: self._status(handle) for handle in handles}
+        statuses = {handle: self._status(handle) for handle in handles}
+        self._unfinished = [
+            self.root / handle / files.STATUS
+            for handle, status in statuses.items()
+            if status.state in (ExecState.QUEUED, ExecState.RUNNING)
+        ]
+        return statuses
+
+    def wait(self, timeout: float) -> None:
+        """Returns when an attempt the last poll saw unfinished has finished, or after
+        ``timeout``: a foreground engine (camflow process) then starts the next stage
+        at once instead of at its next interval."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(path.exists() for path in self._unfinished):
+                return
+            time.sleep(min(WAIT_STEP_SECONDS, max(0.0, deadline - time.monotonic())))
 
     def _status(self, handle: str) -> ExecStatus:
         directory = self.root / handle
