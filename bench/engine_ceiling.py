@@ -29,6 +29,7 @@ from orchestrator.executors.base import (
 )
 from orchestrator.service import open_runtime
 from orchestrator.watcher import to_clip
+from tests.postgres import fresh_schema
 
 MANIFEST = {"outputs": {}, "metrics": {}}
 
@@ -99,26 +100,13 @@ class InstantExecutor:
 @contextmanager
 def postgres_schema() -> Iterator[str | None]:
     """A fresh schema in the local PostgreSQL (None when there is none), dropped after."""
-    from sqlalchemy import create_engine, text
     from sqlalchemy.exc import OperationalError
 
-    from tests.conftest import POSTGRES_URL
-
-    schema = f"camflow_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(POSTGRES_URL)
     try:
-        with admin.begin() as conn:
-            conn.execute(text(f"CREATE SCHEMA {schema}"))
+        with fresh_schema("camflow_bench") as url:
+            yield url
     except OperationalError:
-        admin.dispose()
         yield None
-        return
-    try:
-        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
 
 
 def clips_per_minute(store_url: str, clips: int) -> tuple[float, int]:

@@ -13,10 +13,8 @@ with history. ``--explain`` also prints each hot query's plan, with the history.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
@@ -28,10 +26,8 @@ from sqlalchemy.exc import OperationalError
 
 from orchestrator.store import Store
 from orchestrator.store.models import AttemptState, Clip, Run, RunStatus, StageAttempt
+from tests.postgres import POSTGRES_URL, fresh_schema
 
-POSTGRES_URL = os.environ.get(
-    "CAMFLOW_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 START = datetime(2026, 1, 1, tzinfo=UTC)
 TENANTS = 20
 UNPLANNED = 200
@@ -170,18 +166,12 @@ def sqlite_store() -> Iterator[Store]:
 
 @contextmanager
 def postgres_store() -> Iterator[Store]:
-    schema = f"camflow_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(POSTGRES_URL)
-    with admin.begin() as connection:
-        connection.execute(text(f"CREATE SCHEMA {schema}"))
-    store = Store(f"{POSTGRES_URL}?options=-csearch_path%3D{schema}")
-    try:
-        yield store
-    finally:
-        store.close()
-        with admin.begin() as connection:
-            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+    with fresh_schema("camflow_bench") as url:
+        store = Store(url)
+        try:
+            yield store
+        finally:
+            store.close()
 
 
 def explain(store: Store) -> None:

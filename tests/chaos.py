@@ -50,13 +50,11 @@ from botocore.config import Config
 from orchestrator.domain.layout import upload_key
 from orchestrator.embedded_s3 import EmbeddedS3
 from orchestrator.storage import S3Access
+from tests.postgres import fresh_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ROOT / "tests" / "stages"
 PIPELINES = ROOT / "tests" / "chaos_pipelines"
-POSTGRES_URL = os.environ.get(
-    "CAMFLOW_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 SERVE = [sys.executable, "-c", "from orchestrator.cli import app; app()"]
 
 
@@ -336,22 +334,6 @@ def _uploader(
     return thread
 
 
-@contextmanager
-def _postgres_schema() -> Iterator[str]:
-    from sqlalchemy import create_engine, text
-
-    schema = f"chaos_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(POSTGRES_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    try:
-        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
-
-
 # --- scenarios ------------------------------------------------------------------------
 
 
@@ -379,7 +361,7 @@ def replicas_scenario(clips: int, replicas: int, seed: int = 2) -> Outcome:
     the time until another replica leads is measured."""
     rng = random.Random(seed)
     started = time.monotonic()
-    with _postgres_schema() as url, _world(url) as world:
+    with fresh_schema("chaos") as url, _world(url) as world:
         procs = [world.start_serve() for _ in range(replicas)]
         keys = _clip_keys(clips, rng)
         world.wait_for_leader()

@@ -12,15 +12,12 @@ import pytest
 from orchestrator.embedded_s3 import EmbeddedS3
 from orchestrator.samples import PHOTOS, Shot, make_clip
 from orchestrator.settings import Settings, load_settings
+from tests.postgres import POSTGRES_URL
 
 # Any credentials do for moto; set before boto3 looks.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-
-POSTGRES_URL = os.environ.get(
-    "CAMFLOW_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 
 
 @pytest.fixture(autouse=True)
