@@ -41,6 +41,29 @@ Each behaviour -> where upstream does it:
   bytes) when the container failed -> kuberuntime_container.go
 - the TTL controller deletes a finished Job ttlSecondsAfterFinished after, its pods
   first (Foreground) -> pkg/controller/ttlafterfinished
+- defaults: completions and parallelism 1, backoffLimit 6 (MaxInt32 with
+  backoffLimitPerIndex), completionMode NonIndexed -> pkg/apis/batch/v1/defaults.go
+- Indexed Jobs: ``completions`` required; ``backoffLimitPerIndex`` and
+  ``maxFailedIndexes`` only with completionMode Indexed, ``maxFailedIndexes`` only with
+  ``backoffLimitPerIndex`` and at most ``completions``; podFailurePolicy ``FailIndex``
+  only with ``backoffLimitPerIndex`` (422 otherwise) -> pkg/apis/batch/validation/validation.go
+- an Indexed Job's pods: up to ``parallelism`` at once for the lowest pending indexes
+  (firstPendingIndexes), named ``<job>-<index>-<random>``, the index as the
+  ``batch.kubernetes.io/job-completion-index`` annotation and label, hostname
+  ``<job>-<index>``, ``JOB_COMPLETION_INDEX`` from that label (fieldRef, resolved as the
+  kubelet's downward API does: pkg/fieldpath), and the index's failures so far in
+  ``batch.kubernetes.io/job-index-failure-count`` (and ``-ignored-failure-count``)
+  -> pkg/controller/job/indexed_job_utils.go, job_controller.go (manageJob)
+- ``status.completedIndexes`` / ``failedIndexes`` as intervals ("1,3-5", two neighbours
+  "3,4"); an index fails at its ``backoffLimitPerIndex``-th counted failure or at once
+  on a ``FailIndex`` rule (isIndexFailed), is retried alone after its own backoff
+  (getRemainingTimePerIndex: 10 s doubling with the index's failures), and the Job
+  ends ``FailureTarget`` then ``Failed`` with reason ``FailedIndexes`` once every index
+  succeeded or failed and some failed (``MaxFailedIndexesExceeded`` past
+  maxFailedIndexes), ``SuccessCriteriaMet`` then ``Complete`` when all succeeded
+  -> indexed_job_utils.go, backoff_utils.go, job_controller.go (syncJob)
+- podFailurePolicy rules in order, the first match deciding (FailJob, FailIndex,
+  Ignore, Count) -> pkg/controller/job/pod_failure_policy.go (matchPodFailurePolicy)
 
 Timers that upstream counts in minutes (pod-failure backoff, TTL) are multiplied by
 the runner's ``time_scale`` so tests stay fast; deadlines are real seconds.
@@ -71,6 +94,15 @@ from urllib.parse import parse_qs, urlparse
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 JOB_LABEL = "batch.kubernetes.io/job-name"
+#: An Indexed Job's pod: its index (annotation and label), the failures of its index
+#: before it, counted and ignored (annotations), and the variable the controller adds
+#: to its containers: pkg/controller/job/indexed_job_utils.go.
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+INDEX_FAILURES = "batch.kubernetes.io/job-index-failure-count"
+INDEX_IGNORED_FAILURES = "batch.kubernetes.io/job-index-ignored-failure-count"
+COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"
+#: apiserver storage/names: a generated name's prefix leaves 5 characters of suffix.
+MAX_GENERATED_NAME = 63 - 5
 GPU = "nvidia.com/gpu"
 #: The kubelet's FallbackToLogsOnError tail: at most this many lines and bytes.
 LOG_LINES, LOG_BYTES = 80, 2048
@@ -477,6 +509,9 @@ class Emulator:
                 status_object(409, "AlreadyExists", f'jobs.batch "{job_name}" already exists'),
                 {},
             )
+        # Defaults first, as the apiserver decodes a body, then validation.
+        body = copy.deepcopy(body)
+        _set_job_defaults(body["spec"])
         problems = []
         # validation.go: a Job's name becomes a label value on its pods: a DNS-1123
         # label of at most 63 characters.
@@ -488,6 +523,7 @@ class Emulator:
         for index, container in enumerate(body["spec"]["template"]["spec"]["containers"]):
             if not container.get("image"):
                 problems.append(f"spec.template.spec.containers[{index}].image: Required value")
+        problems += _validate_completion_mode(body["spec"])
         if problems:
             return (
                 422,
@@ -512,7 +548,7 @@ class Emulator:
                 ),
                 {},
             )
-        job = self.stamp(copy.deepcopy(body), namespace)
+        job = self.stamp(body, namespace)
         job["status"] = {}
         self.jobs[(namespace, job_name)] = job
         return 201, copy.deepcopy(job), {}
@@ -539,6 +575,91 @@ class Emulator:
                 self.pods.pop(key)
             else:  # Orphan: the pod stays, and runs on, without an owner
                 self.pods[key]["metadata"]["ownerReferences"] = []
+
+
+def _validate_completion_mode(spec: dict[str, Any]) -> list[str]:
+    """pkg/apis/batch/validation/validation.go (validateJobSpec and
+    validatePodFailurePolicyRule): what an Indexed Job and its per-index limits need."""
+    problems = []
+    mode = spec.get("completionMode")
+    per_index, max_failed = spec.get("backoffLimitPerIndex"), spec.get("maxFailedIndexes")
+    if mode not in (None, "NonIndexed", "Indexed"):
+        problems.append(
+            f'spec.completionMode: Unsupported value: "{mode}": supported values: '
+            '"NonIndexed", "Indexed"'
+        )
+    if max_failed is not None and per_index is None:
+        problems.append(
+            "spec.backoffLimitPerIndex: Required value: when maxFailedIndexes is specified"
+        )
+    if mode == "Indexed":
+        if spec.get("completions") is None:
+            problems.append("spec.completions: Required value: when completion mode is Indexed")
+        elif max_failed is not None and max_failed > spec["completions"]:
+            problems.append(
+                f"spec.maxFailedIndexes: Invalid value: {max_failed}: must be less than or "
+                "equal to completions"
+            )
+    else:
+        if per_index is not None:
+            problems.append(
+                f"spec.backoffLimitPerIndex: Invalid value: {per_index}: requires indexed "
+                "completion mode"
+            )
+        if max_failed is not None:
+            problems.append(
+                f"spec.maxFailedIndexes: Invalid value: {max_failed}: requires indexed "
+                "completion mode"
+            )
+    for index, rule in enumerate((spec.get("podFailurePolicy") or {}).get("rules") or []):
+        if rule.get("action") == "FailIndex" and per_index is None:
+            problems.append(
+                f'spec.podFailurePolicy.rules[{index}].action: Invalid value: "FailIndex": '
+                "requires the backoffLimitPerIndex to be set"
+            )
+    return problems
+
+
+def _set_job_defaults(spec: dict[str, Any]) -> None:
+    """pkg/apis/batch/v1/defaults.go (SetDefaults_Job): completions and parallelism 1
+    when both are unset, parallelism 1, backoffLimit 6, or MaxInt32 with a
+    backoffLimitPerIndex (so that only the per-index limits fail indexes), completionMode
+    NonIndexed, suspend false."""
+    if spec.get("completions") is None and spec.get("parallelism") is None:
+        spec["completions"] = 1
+    spec.setdefault("parallelism", 1)
+    if spec.get("backoffLimit") is None:
+        spec["backoffLimit"] = 2**31 - 1 if spec.get("backoffLimitPerIndex") is not None else 6
+    spec.setdefault("completionMode", "NonIndexed")
+    spec.setdefault("suspend", False)
+
+
+def _parse_indexes(text: str | None) -> set[int]:
+    """indexed_job_utils.go's parseIndexesFromString: "1,3-5" -> {1, 3, 4, 5}."""
+    found: set[int] = set()
+    for part in (text or "").split(","):
+        first, _, last = part.partition("-")
+        if first.isdigit():
+            found.update(range(int(first), int(last or first) + 1))
+    return found
+
+
+def _format_indexes(indexes: set[int]) -> str:
+    """indexed_job_utils.go's orderedIntervals.String: runs of three or more as "a-b",
+    two neighbours as "a,b": {1, 3, 4, 5} -> "1,3-5", {3, 4} -> "3,4"."""
+    runs: list[list[int]] = []
+    for index in sorted(indexes):
+        if runs and index == runs[-1][1] + 1:
+            runs[-1][1] = index
+        else:
+            runs.append([index, index])
+    parts = []
+    for first, last in runs:
+        if last == first:
+            parts.append(str(first))
+        else:
+            parts.append(f"{first}{',' if last == first + 1 else '-'}{last}")
+    return ",".join(parts)
 
 
 # --- nodes ------------------------------------------------------------------------------
@@ -596,6 +717,8 @@ class _Pod:
     pulls: int = 0
     #: Why the kubelet stops it, if it does: DeadlineExceeded, OOMKilled, Evicted.
     stopping: str | None = None
+    #: Monotonic time it reached a terminal phase (an index's backoff counts from it).
+    finished: float = 0.0
 
 
 @dataclass
@@ -688,7 +811,8 @@ class JobRunner:
         self._set(job, conditions=[*(job["status"].get("conditions") or []), item])
 
     def _sync_job(self, key: tuple[str, str]) -> None:
-        """job_controller.go's syncJob, for a non-indexed Job of one completion."""
+        """job_controller.go's syncJob, for a non-indexed Job of one completion or an
+        Indexed Job (``_sync_indexed``)."""
         job = self.emulator.jobs[key]
         status = job["status"]
         if any(c["type"] in ("Complete", "Failed") for c in status.get("conditions") or []):
@@ -716,6 +840,9 @@ class JobRunner:
                     self._condition(job, "Failed", reason, message)
                 self._set(job, active=0, ready=0, terminating=0)
                 state.finished_at = time.monotonic()
+            return
+        if spec.get("completionMode") == "Indexed":
+            self._sync_indexed(job, state, pods)
             return
         failed = [p for p in pods if p["status"]["phase"] == "Failed"]
         counted = [p for p in failed if not self._ignored(job, p)]
@@ -776,60 +903,236 @@ class JobRunner:
         self._condition(job, "FailureTarget", reason, message)
         state.finishing = ("Failed", reason, message)
 
-    def _ignored(self, job: dict[str, Any], pod: dict[str, Any]) -> bool:
-        """An Ignore rule on a pod condition (DisruptionTarget): not counted."""
+    def _policy(self, job: dict[str, Any], pod: dict[str, Any]) -> tuple[str | None, str]:
+        """pod_failure_policy.go's matchPodFailurePolicy: the first rule that matches the
+        failed pod decides (a nonzero exit code of a terminated container In / NotIn
+        the values, or a pod condition); its action (None: no rule matched, the failure
+        counts) and, for FailJob, the condition's message."""
         conditions = {(c["type"], c["status"]) for c in pod["status"].get("conditions") or []}
-        for rule in (job["spec"].get("podFailurePolicy") or {}).get("rules") or []:
-            if rule["action"] != "Ignore":
-                continue
-            if any(
+        rules = (job["spec"].get("podFailurePolicy") or {}).get("rules") or []
+        for index, rule in enumerate(rules):
+            codes = rule.get("onExitCodes")
+            if codes:
+                for status in pod["status"].get("containerStatuses") or []:
+                    if codes.get("containerName") and codes["containerName"] != status["name"]:
+                        continue
+                    code = ((status.get("state") or {}).get("terminated") or {}).get("exitCode")
+                    if code in (None, 0):
+                        continue
+                    if (codes["operator"] == "In") != (code in codes["values"]):
+                        continue
+                    message = (
+                        f"Container {status['name']} for pod {pod['metadata']['namespace']}/"
+                        f"{pod['metadata']['name']} failed with exit code {code} matching "
+                        f"{rule['action']} rule at index {index}"
+                    )
+                    return rule["action"], message
+            elif any(
                 (c["type"], c.get("status", "True")) in conditions
                 for c in rule.get("onPodConditions") or []
             ):
-                return True
-        return False
+                return rule["action"], ""
+        return None, ""
+
+    def _ignored(self, job: dict[str, Any], pod: dict[str, Any]) -> bool:
+        """An Ignore rule matched (a DisruptionTarget condition, say): not counted."""
+        return self._policy(job, pod)[0] == "Ignore"
 
     def _fail_job_rule(self, job: dict[str, Any], pod: dict[str, Any]) -> str | None:
-        """pod_failure_policy.go: the first matching rule decides; a FailJob rule on exit
-        codes returns the condition's message."""
-        if self._ignored(job, pod):
-            return None
-        for index, rule in enumerate(
-            (job["spec"].get("podFailurePolicy") or {}).get("rules") or []
-        ):
-            codes = rule.get("onExitCodes")
-            if not codes:
-                continue
-            for status in pod["status"].get("containerStatuses") or []:
-                if codes.get("containerName") and codes["containerName"] != status["name"]:
-                    continue
-                code = ((status.get("state") or {}).get("terminated") or {}).get("exitCode")
-                if code in (None, 0):
-                    continue
-                hit = code in codes["values"]
-                if (codes["operator"] == "In") != hit:
-                    continue
-                if rule["action"] == "FailJob":
-                    return (
-                        f"Container {status['name']} for pod {pod['metadata']['namespace']}/"
-                        f"{pod['metadata']['name']} failed with exit code {code} matching "
-                        f"FailJob rule at index {index}"
-                    )
-                return None
-        return None
+        """A FailJob rule matched: the FailureTarget condition's message."""
+        action, message = self._policy(job, pod)
+        return message if action == "FailJob" else None
 
-    def _create_pod(self, job: dict[str, Any]) -> None:
+    # --- Indexed Jobs -----------------------------------------------------------------
+
+    @staticmethod
+    def _index(pod: dict[str, Any]) -> int:
+        value = (pod["metadata"].get("annotations") or {}).get(COMPLETION_INDEX, "")
+        return int(value) if value.isdigit() else -1
+
+    @staticmethod
+    def _failures(pod: dict[str, Any]) -> tuple[int, int]:
+        annotations = pod["metadata"].get("annotations") or {}
+        return int(annotations.get(INDEX_FAILURES) or 0), int(
+            annotations.get(INDEX_IGNORED_FAILURES) or 0
+        )
+
+    def _index_failed(self, job: dict[str, Any], pod: dict[str, Any]) -> bool:
+        """indexed_job_utils.go's isIndexFailed: a FailIndex rule matched, or a failure
+        that counts when the index had already failed backoffLimitPerIndex times."""
+        if pod["status"]["phase"] != "Failed":
+            return False
+        action, _message = self._policy(job, pod)
+        if action == "FailIndex":
+            return True
+        return action != "Ignore" and self._failures(pod)[0] >= job["spec"]["backoffLimitPerIndex"]
+
+    def _replacement_counts(
+        self, job: dict[str, Any], failed: dict[str, Any] | None
+    ) -> tuple[int, int]:
+        """getNewIndexFailureCounts: the replaced pod's counts, plus its own failure
+        (counted, or ignored when an Ignore rule matched)."""
+        if failed is None:
+            return 0, 0
+        counted, ignored = self._failures(failed)
+        return (counted, ignored + 1) if self._ignored(job, failed) else (counted + 1, ignored)
+
+    def _backoff_left(self, failed: dict[str, Any] | None) -> float:
+        """backoff_utils.go's getRemainingTimePerIndex: from the index's last failure,
+        10 s doubling with each of the index's failures (counted and ignored)."""
+        if failed is None:
+            return 0.0
+        state = self._pods.get((failed["metadata"]["namespace"], failed["metadata"]["name"]))
+        count = sum(self._failures(failed)) + 1
+        delay = min(BACKOFF_BASE * 2 ** (count - 1), BACKOFF_MAX) * self.time_scale
+        return (state.finished if state else 0.0) + delay - time.monotonic()
+
+    def _sync_indexed(
+        self, job: dict[str, Any], state: _JobState, pods: list[dict[str, Any]]
+    ) -> None:
+        """syncJob and manageJob for completionMode Indexed (job_controller.go, with
+        indexed_job_utils.go): an index per completion; completedIndexes and, with
+        backoffLimitPerIndex, failedIndexes in the compressed form; a failed index
+        retried alone up to backoffLimitPerIndex (or failed at once by FailIndex) while
+        the others go on; the Job fails with reason FailedIndexes once every index has
+        succeeded or failed and some failed (MaxFailedIndexesExceeded past
+        maxFailedIndexes), and completes when all succeeded."""
+        spec, status = job["spec"], job["status"]
+        completions = spec["completions"]
+        per_index = spec.get("backoffLimitPerIndex")
+        active = [p for p in pods if p["status"]["phase"] in ("Pending", "Running")]
+        failed = [p for p in pods if p["status"]["phase"] == "Failed"]
+        counted = [p for p in failed if not self._ignored(job, p)]
+        succeeded = _parse_indexes(status.get("completedIndexes")) | {
+            self._index(p)
+            for p in pods
+            if p["status"]["phase"] == "Succeeded" and 0 <= self._index(p) < completions
+        }
+        failed_indexes: set[int] = set()
+        update: dict[str, Any] = {
+            "completedIndexes": _format_indexes(succeeded),
+            "succeeded": len(succeeded),
+            "failed": len(counted),
+        }
+        if per_index is not None:
+            failed_indexes = _parse_indexes(status.get("failedIndexes")) | {
+                self._index(p)
+                for p in failed
+                if 0 <= self._index(p) < completions and self._index_failed(job, p)
+            }
+            update["failedIndexes"] = _format_indexes(failed_indexes)
+        self._set(job, **update)
+        for pod in counted:
+            rule = self._fail_job_rule(job, pod)
+            if rule is not None:
+                self._finish(job, state, len(counted), "PodFailurePolicy", rule)
+                return
+        if len(counted) > spec["backoffLimit"]:
+            self._finish(
+                job,
+                state,
+                len(counted),
+                "BackoffLimitExceeded",
+                "Job has reached the specified backoff limit",
+            )
+            return
+        max_failed = spec.get("maxFailedIndexes")
+        if max_failed is not None and len(failed_indexes) > max_failed:
+            self._finish(
+                job,
+                state,
+                len(counted),
+                "MaxFailedIndexesExceeded",
+                "Job has exceeded the specified maximal number of failed indexes",
+            )
+            return
+        if failed_indexes and len(failed_indexes) + len(succeeded) >= completions:
+            self._finish(job, state, len(counted), "FailedIndexes", "Job has failed indexes")
+            return
+        if len(succeeded) >= completions and not active:
+            self._set(job, active=0, ready=0)
+            self._condition(
+                job,
+                "SuccessCriteriaMet",
+                "CompletionsReached",
+                "Reached expected number of succeeded pods",
+            )
+            state.finishing = ("Complete", "", "")
+            return
+        # manageJob: up to parallelism pods, for the lowest indexes neither done nor
+        # active (firstPendingIndexes); with backoffLimitPerIndex each index waits out
+        # its own backoff (getPodCreationInfoForIndependentIndexes), else the Job's.
+        want = max(0, min(completions - len(succeeded), spec["parallelism"]))
+        busy = succeeded | failed_indexes | {self._index(p) for p in active}
+        pending = [i for i in range(completions) if i not in busy][: max(0, want - len(active))]
+        last_failed: dict[int, dict[str, Any]] = {}
+        for pod in sorted(failed, key=lambda p: sum(self._failures(p))):
+            last_failed[self._index(pod)] = pod
+        if per_index is None:
+            if len(counted) > state.failed:
+                state.failed = len(counted)
+                delay = min(BACKOFF_BASE * 2 ** (state.failed - 1), BACKOFF_MAX)
+                state.next_pod_at = time.monotonic() + delay * self.time_scale
+            ready = pending if time.monotonic() >= state.next_pod_at else []
+        else:
+            ready = [i for i in pending if self._backoff_left(last_failed.get(i)) <= 0]
+        for index in ready:
+            counts = self._replacement_counts(job, last_failed.get(index))
+            self._create_pod(job, index, counts if per_index is not None else None)
+        pods = self._job_pods(job)
+        self._set(
+            job,
+            active=sum(1 for p in pods if p["status"]["phase"] in ("Pending", "Running")),
+            ready=sum(1 for p in pods if p["status"]["phase"] == "Running"),
+        )
+
+    def _create_pod(
+        self,
+        job: dict[str, Any],
+        index: int | None = None,
+        failures: tuple[int, int] | None = None,
+    ) -> None:
+        """A pod from the Job's template. For an Indexed Job (manageJob with
+        indexed_job_utils.go): named ``<job>-<index>-<random>`` (podGenerateNameWithIndex),
+        its index as annotation and label, hostname ``<job>-<index>``, JOB_COMPLETION_INDEX
+        from the label (addCompletionIndexEnvVariable), and with backoffLimitPerIndex the
+        index's failures so far (addIndexFailureCountAnnotation)."""
         namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
         suffix = "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
-        pod_name = f"{name}-{suffix}"
+        template = job["spec"]["template"].get("metadata") or {}
+        annotations = dict(template.get("annotations") or {})
+        labels = dict(template.get("labels") or {})
+        spec = copy.deepcopy(job["spec"]["template"]["spec"])
+        prefix = f"{name}-"
+        if index is not None:
+            prefix = f"{name}-{index}-"
+            if len(prefix) > MAX_GENERATED_NAME:
+                prefix = f"{name[: MAX_GENERATED_NAME - len(str(index)) - 2]}-{index}-"
+            annotations[COMPLETION_INDEX] = labels[COMPLETION_INDEX] = str(index)
+            spec["hostname"] = f"{name}-{index}"
+            for container in spec["containers"]:
+                if all(e["name"] != COMPLETION_INDEX_ENV for e in container.get("env") or []):
+                    field_path = f"metadata.labels['{COMPLETION_INDEX}']"
+                    container.setdefault("env", []).append(
+                        {
+                            "name": COMPLETION_INDEX_ENV,
+                            "valueFrom": {"fieldRef": {"fieldPath": field_path}},
+                        }
+                    )
+            if failures is not None:
+                annotations[INDEX_FAILURES] = str(failures[0])
+                if failures[1]:
+                    annotations[INDEX_IGNORED_FAILURES] = str(failures[1])
+        pod_name = f"{prefix}{suffix}"
         uid = job["metadata"]["uid"]
         pod = {
             "kind": "Pod",
             "apiVersion": "v1",
             "metadata": {
                 "name": pod_name,
+                "annotations": annotations,
                 "labels": {
-                    **(job["spec"]["template"].get("metadata") or {}).get("labels", {}),
+                    **labels,
                     JOB_LABEL: name,
                     "job-name": name,
                     "batch.kubernetes.io/controller-uid": uid,
@@ -846,7 +1149,7 @@ class JobRunner:
                     }
                 ],
             },
-            "spec": copy.deepcopy(job["spec"]["template"]["spec"]),
+            "spec": spec,
             "status": {"phase": "Pending", "conditions": []},
         }
         self.emulator.pods[(namespace, pod_name)] = self.emulator.stamp(pod, namespace)
@@ -938,12 +1241,29 @@ class JobRunner:
             }
         ]
 
-    def _env(self, namespace: str, container: dict[str, Any]) -> dict[str, str] | str:
-        """The container's environment, or why it cannot be made (a missing Secret)."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CAMFLOW_"))}
+    def _env(self, pod: dict[str, Any], container: dict[str, Any]) -> dict[str, str] | str:
+        """The container's environment, or why it cannot be made (a missing Secret).
+        A fieldRef reads the pod's own metadata, as the kubelet's downward API does
+        (pkg/fieldpath/fieldpath.go: name, namespace, labels['k'], annotations['k'])."""
+        namespace = pod["metadata"]["namespace"]
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("AWS_", "CAMFLOW_")) and k != COMPLETION_INDEX_ENV
+        }
         for item in container.get("env", []):
             if "value" in item:
                 env[item["name"]] = item["value"]
+                continue
+            field = item["valueFrom"].get("fieldRef")
+            if field:
+                path = field["fieldPath"]
+                found = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
+                meta = pod["metadata"]
+                if found:
+                    env[item["name"]] = (meta.get(found[1]) or {}).get(found[2], "")
+                else:
+                    env[item["name"]] = str(meta.get(path.removeprefix("metadata."), ""))
                 continue
             ref = item["valueFrom"]["secretKeyRef"]
             secret = self.emulator.secrets.get((namespace, ref["name"]))
@@ -990,7 +1310,6 @@ class JobRunner:
 
     def _start_container(self, pod: dict[str, Any], state: _Pod) -> None:
         container = pod["spec"]["containers"][0]
-        namespace = pod["metadata"]["namespace"]
         if container["image"] in self.emulator.unpullable:
             state.pulls += 1
             reason = "ErrImagePull" if state.pulls <= 2 else "ImagePullBackOff"
@@ -1001,7 +1320,7 @@ class JobRunner:
             )
             self._container_status(pod, {"waiting": {"reason": reason, "message": message}})
             return
-        env = self._env(namespace, container)
+        env = self._env(pod, container)
         if isinstance(env, str):
             self._container_status(
                 pod, {"waiting": {"reason": "CreateContainerConfigError", "message": env}}
@@ -1053,6 +1372,7 @@ class JobRunner:
             self._finish_pod(pod, state, state.process.returncode)
 
     def _finish_pod(self, pod: dict[str, Any], state: _Pod, code: int | None) -> None:
+        state.finished = time.monotonic()
         container = pod["spec"]["containers"][0]
         started = (
             ((pod["status"].get("containerStatuses") or [{}])[0].get("state") or {})
