@@ -8,10 +8,17 @@ keeps is a cache of the last look, and each cluster's health.
 Requests per tick are bounded by the Jobs camflow follows, not by the Jobs a cluster
 holds: Jobs and pods are listed with a set-based selector on the followed Jobs' names
 (chunks of ``NAMES_PER_LIST``), so finished Jobs kept for their TTL cost nothing.
+
+A batch (launches sharing ``StageLaunch.batch``) runs as one Indexed Job, a completion
+index per clip (see jobs.build_batch_job). Each attempt keeps a handle of its own,
+``<cluster>/<namespace>/<job>#<index>``, and its outcome is its index's: the Job's
+``completedIndexes`` and ``failedIndexes`` and that index's pods. A batch Job counts as
+one Job against its cluster's budget, as it holds one slot of the engine's.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -19,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from algorithms.contract import ENV_ACCELERATOR
+from algorithms.contract import ENV_ACCELERATOR, ENV_BATCH
 from orchestrator.errors import CamflowError, ExecutorError
 from orchestrator.executors.base import (
     Capacity,
@@ -36,17 +43,26 @@ from orchestrator.kube.jobs import (
     ANNOTATION_FALLBACK,
     ANNOTATION_FALLBACK_AFTER,
     ANNOTATION_TIMEOUT,
+    CONTAINER,
+    LABEL_BATCH,
     LABEL_JOB,
     POD_JOB_LABEL,
     SELECTOR,
+    batch_job_name,
+    build_batch_job,
     build_job,
     job_name,
+    label_value,
 )
 from orchestrator.kube.routing import choose_cluster
 from orchestrator.kube.status import (
     accelerator_of,
+    batch_attempts,
+    container_started,
     finished,
+    index_status,
     job_status,
+    parse_indexes,
     stuck_reason,
     waiting,
 )
@@ -65,8 +81,40 @@ def _chunks(names: Sequence[str], size: int) -> Iterable[Sequence[str]]:
         yield names[start : start + size]
 
 
-def _handle(cluster: ClusterSettings, name: str) -> str:
-    return f"{cluster.name}/{cluster.namespace}/{name}"
+def _handle(cluster: ClusterSettings, name: str, index: int | None = None) -> str:
+    """``<cluster>/<namespace>/<job>``, and ``#<index>`` for one clip of a batch Job."""
+    job = f"{cluster.name}/{cluster.namespace}/{name}"
+    return job if index is None else f"{job}#{index}"
+
+
+def _parse(handle: str) -> tuple[str, str, str, int | None]:
+    """A handle's cluster, namespace, Job name and, for a clip of a batch, its index."""
+    cluster, namespace, rest = handle.split("/", 2)
+    name, sep, index = rest.partition("#")
+    return cluster, namespace, name, int(index) if sep else None
+
+
+def _job_handle(handle: str) -> str:
+    return handle.partition("#")[0]
+
+
+def _shape(launch: StageLaunch) -> tuple[object, ...]:
+    """What a batch's launches must share to be one Job (the engine batches one stage's
+    attempts of one algorithm version, params and accelerator; retries and placement
+    come from each run's pipeline and place)."""
+    return (
+        launch.batch,
+        launch.placement,
+        launch.accelerator,
+        launch.stage,
+        launch.image,
+        tuple(launch.command),
+        launch.resources.model_dump_json(),
+        launch.timeout_seconds,
+        launch.retries,
+        launch.queued_fallback,
+        launch.fallback_after_seconds,
+    )
 
 
 class ActionLog(Protocol):
@@ -123,7 +171,7 @@ class ClusterView:
 class KubernetesExecutor:
     name = "kubernetes"
     retries_itself = True
-    batches = False  # Indexed Jobs, one per batch, are still to come
+    batches = True
     durable_before_submit = True
 
     def __init__(
@@ -145,6 +193,13 @@ class KubernetesExecutor:
         self.actions: ActionLog = actions or MemoryActionLog()
         #: GPU Jobs given back for CPU: their pods must be gone before the CPU Job starts.
         self._fell_back: set[str] = set()
+        #: Batch Jobs given back (for CPU, or failed while stuck) by Job handle: what
+        #: each of their clips is told, however late it is asked.
+        self._gave_back: dict[str, ExecStatus] = {}
+        #: GPU batch Jobs given back for CPU, by handle: the first of their attempts
+        #: resubmitted creates one CPU batch Job for them all, so the batch still holds
+        #: one slot. In memory: after a restart, each goes alone.
+        self._regroup: dict[str, dict[str, Any]] = {}
         self._clock = clock
         self._now = now
 
@@ -199,8 +254,14 @@ class KubernetesExecutor:
     def poll(self, handles: Sequence[str]) -> dict[str, ExecStatus]:
         by_cluster: dict[str, list[str]] = {}
         for handle in handles:
-            cluster, _namespace, name = handle.split("/", 2)
+            cluster, _namespace, name, _index = _parse(handle)
             by_cluster.setdefault(cluster, []).append(name)
+        for handle in self.actions.pending_deletes():
+            # A batch Job some of whose clips were cancelled: seen in the same list, to
+            # know when none of it is left to run (see _retry_deletes).
+            cluster, _namespace, name, index = _parse(handle)
+            if index is not None:
+                by_cluster.setdefault(cluster, []).append(name)
         for name, cluster in self.clusters.items():
             view = self.views[name]
             if not view.reachable and self._clock() < view.probe_at:
@@ -222,22 +283,25 @@ class KubernetesExecutor:
         return {handle: self._status(handle) for handle in handles}
 
     def _status(self, handle: str) -> ExecStatus:
-        cluster_name, _namespace, name = handle.split("/", 2)
+        cluster_name, _namespace, name, index = _parse(handle)
         cluster = self.clusters.get(cluster_name)
         if cluster is None:
             return ExecStatus(
                 state=ExecState.LOST, reason=f"cluster {cluster_name} is no longer configured"
             )
+        given = self._gave_back.get(_job_handle(handle))
+        if index is not None and given is not None:
+            return given
         view = self.views[cluster_name]
         if not view.reachable or view.blind:
             # Not lost: its Job goes on over there; we look again when it answers.
             return ExecStatus(state=ExecState.RUNNING)
         job = view.jobs.get(name)
         if job is None:
-            return self._gone(cluster, name)
-        return self._observe(cluster, job)
+            return self._gone(cluster, name, index)
+        return self._observe(cluster, job, index)
 
-    def _gone(self, cluster: ClusterSettings, name: str) -> ExecStatus:
+    def _gone(self, cluster: ClusterSettings, name: str, index: int | None) -> ExecStatus:
         # A list can miss a Job that was made before its label existed: ask for it.
         try:
             job = self.apis[cluster.name].get_job(name)
@@ -246,48 +310,72 @@ class KubernetesExecutor:
             return ExecStatus(state=ExecState.RUNNING)
         if job is not None:
             self.views[cluster.name].jobs[name] = job
-            return self._observe(cluster, job)
+            return self._observe(cluster, job, index)
         # The engine then looks for the stage's manifest: a Job that finished and was
         # removed by its TTL while we could not see the cluster succeeded if it is there.
+        what = f"Job {name}" if index is None else f"Job {name} (its clip at index {index})"
         return ExecStatus(
             state=ExecState.LOST,
-            reason=f"Job {name} is gone from cluster {cluster.name} (deleted, or removed "
+            reason=f"{what} is gone from cluster {cluster.name} (deleted, or removed "
             "by its ttlSecondsAfterFinished while camflow could not see the cluster)",
         )
 
-    def _observe(self, cluster: ClusterSettings, job: dict[str, Any]) -> ExecStatus:
+    def _observe(
+        self, cluster: ClusterSettings, job: dict[str, Any], index: int | None = None
+    ) -> ExecStatus:
         name = job["metadata"]["name"]
         pods = self.views[cluster.name].pods.get(name, [])
         annotations = job["metadata"].get("annotations") or {}
         timeout = annotations.get(ANNOTATION_TIMEOUT)
-        status = job_status(job, pods, int(timeout) if timeout else None)
-        if status.state != ExecState.QUEUED or finished(job):
+        limit = int(timeout) if timeout else None
+        if index is None:
+            status = job_status(job, pods, limit)
+            queued = status.state == ExecState.QUEUED
+        else:
+            status = index_status(job, pods, index, limit)
+            # The batch is watched as a whole while none of its clips has begun: its
+            # pods wait for the same node or image.
+            done = (job.get("status") or {}).get("completedIndexes") or (
+                job.get("status") or {}
+            ).get("failedIndexes")
+            queued = container_started(pods) is None and not done
+        if not queued or finished(job):
             return status
         wait = waiting(pods)
         if wait is None or wait.since is None:
             return status
         waited = (self._now() - wait.since).total_seconds()
+        handle = _handle(cluster, name)
+        given: ExecStatus | None = None
         if wait.kind == "stuck" and waited >= cluster.stuck_grace_seconds:
             reason = stuck_reason(job, wait)
-            self._delete(_handle(cluster, name))
-            return ExecStatus(state=ExecState.FAILED, reason=reason, exhausted=True, tries=1)
+            self._delete(handle)
+            given = ExecStatus(state=ExecState.FAILED, reason=reason, exhausted=True, tries=1)
         fallback = annotations.get(ANNOTATION_FALLBACK)
         after = float(annotations.get(ANNOTATION_FALLBACK_AFTER) or 0)
         if (
-            wait.kind == "unschedulable"
+            given is None
+            and wait.kind == "unschedulable"
             and accelerator_of(job) == "gpu"
             and fallback == "cpu"
             and waited >= after
         ):
-            return self._fall_back(cluster, name, waited, wait.message)
-        return status
+            given = self._fall_back(cluster, name, waited, wait.message)
+            if index is not None:
+                self._regroup[handle] = job
+        if given is None:
+            return status
+        if index is not None:
+            self._gave_back[handle] = given
+        return given
 
     def _fall_back(
         self, cluster: ClusterSettings, name: str, waited: float, why: str
     ) -> ExecStatus:
         """Gives a GPU attempt no node could take back to the engine, for CPU at the same
-        place. Its Job is deleted first (the delete is remembered until done), and a
-        create of the same attempt waits for that delete: never two at once."""
+        place (every clip of a batch Job, together). Its Job is deleted first (the delete
+        is remembered until done), and a create of the same attempt waits for that
+        delete: never two at once."""
         self._delete(_handle(cluster, name))
         self._fell_back.add(_handle(cluster, name))
         log.info(
@@ -338,7 +426,11 @@ class KubernetesExecutor:
         return placed
 
     def submit(self, launches: Sequence[StageLaunch]) -> dict[str, Submission]:
+        """Each lone launch as a Job, each batch (launches sharing ``batch``) as one
+        Indexed Job; a batch that came apart (one clip, or clips of other shapes) as
+        several."""
         done = {}
+        batches: dict[tuple[object, ...], list[StageLaunch]] = {}
         for launch in launches:
             if launch.placement is None:
                 placed = self.place([launch]).get(launch.attempt_id)
@@ -350,10 +442,19 @@ class KubernetesExecutor:
                 launch = launch.model_copy(
                     update={"placement": placed.placement, "accelerator": placed.accelerator}
                 )
-            done[launch.attempt_id] = self._create(launch)
+            if launch.batch:
+                batches.setdefault(_shape(launch), []).append(launch)
+            else:
+                done[launch.attempt_id] = self._create(launch)
+        for members in batches.values():
+            if len(members) == 1:
+                # A batch of one is a lone Job: the name its Resubmit would find.
+                done[members[0].attempt_id] = self._create(members[0])
+            else:
+                done.update(self._create_batch(members))
         return done
 
-    def _create(self, launch: StageLaunch) -> Submission:
+    def _cluster_for(self, launch: StageLaunch) -> ClusterSettings:
         cluster = self.clusters.get(launch.placement or "")
         if cluster is None:
             raise SubmitRefused(
@@ -365,24 +466,81 @@ class KubernetesExecutor:
         if not view.reachable:
             # Its place is fixed: wait for that cluster, never move to another.
             raise ExecutorError(f"cluster {cluster.name} is away: {view.error}")
-        if launch.env.get(ENV_ACCELERATOR) != launch.accelerator:
-            launch = launch.model_copy(
-                update={"env": {**launch.env, ENV_ACCELERATOR: launch.accelerator}}
-            )
+        return cluster
+
+    @staticmethod
+    def _on_accelerator(launch: StageLaunch) -> StageLaunch:
+        if launch.env.get(ENV_ACCELERATOR) == launch.accelerator:
+            return launch
+        return launch.model_copy(
+            update={"env": {**launch.env, ENV_ACCELERATOR: launch.accelerator}}
+        )
+
+    def _create(self, launch: StageLaunch) -> Submission:
+        cluster = self._cluster_for(launch)
+        launch = self._on_accelerator(launch)
+        if launch.recorded_batch:
+            # Recorded in a batch whose Job may exist: never start the attempt beside it.
+            found = self._regrouped(cluster, launch) or self._find_in_batch(cluster, launch)
+            if found is not None:
+                return found
         try:
             job = build_job(launch, cluster)
         except ValueError as exc:
             raise SubmitRefused(str(exc), final=True) from exc
+        gpu_twin = job_name(launch.model_copy(update={"accelerator": "gpu"}))
+        self._create_job(cluster, job, launch.accelerator, _handle(cluster, gpu_twin))
+        return Submission(
+            handle=_handle(cluster, job["metadata"]["name"]),
+            accelerator=launch.accelerator,
+            placement=cluster.name,
+        )
+
+    def _create_batch(self, launches: list[StageLaunch]) -> dict[str, Submission]:
+        cluster = self._cluster_for(launches[0])
+        launches = [self._on_accelerator(launch) for launch in launches]
+        try:
+            job = build_batch_job(launches[0].batch or "", launches, cluster)
+        except ValueError as exc:
+            raise SubmitRefused(str(exc), final=True) from exc
+        accelerator = launches[0].accelerator
+        gpu_twin = batch_job_name(
+            [launch.model_copy(update={"accelerator": "gpu"}) for launch in launches]
+        )
+        self._create_job(cluster, job, accelerator, _handle(cluster, gpu_twin))
         name = job["metadata"]["name"]
-        other = _handle(cluster, job_name(launch.model_copy(update={"accelerator": "gpu"})))
-        if launch.accelerator != "gpu" and other in self.actions.pending_deletes():
+        log.info(
+            "batch %s: %d clips of stage %s in Indexed Job %s on %s",
+            launches[0].batch,
+            len(launches),
+            launches[0].stage,
+            name,
+            cluster.name,
+        )
+        return {
+            launch.attempt_id: Submission(
+                handle=_handle(cluster, name, index),
+                accelerator=accelerator,
+                placement=cluster.name,
+            )
+            for index, launch in enumerate(launches)
+        }
+
+    def _create_job(
+        self, cluster: ClusterSettings, job: dict[str, Any], accelerator: str, gpu_twin: str
+    ) -> None:
+        """Creates ``job`` (a 409 adopts the one an earlier try made). A CPU Job that
+        replaces a GPU one given back (``gpu_twin``) waits until that one is deleted
+        and its pods are gone."""
+        name = job["metadata"]["name"]
+        if accelerator != "gpu" and gpu_twin in self.actions.pending_deletes():
             # The GPU Job this one replaces is not deleted yet: it could still start.
-            self._retry_deletes([other])
-            if other in self.actions.pending_deletes():
-                raise ExecutorError(f"waiting for {other} to be deleted before {name} starts")
-        if launch.accelerator != "gpu" and other in self._fell_back:
-            self._wait_for_pods_gone(cluster, other.split("/", 2)[2], name)
-            self._fell_back.discard(other)
+            self._retry_deletes([gpu_twin])
+            if gpu_twin in self.actions.pending_deletes():
+                raise ExecutorError(f"waiting for {gpu_twin} to be deleted before {name} starts")
+        if accelerator != "gpu" and gpu_twin in self._fell_back:
+            self._wait_for_pods_gone(cluster, _parse(gpu_twin)[2], name)
+            self._fell_back.discard(gpu_twin)
         try:
             created = self.apis[cluster.name].create_job(job)
         except ClusterUnreachable as exc:
@@ -396,14 +554,90 @@ class KubernetesExecutor:
             ) from exc
         if not created:
             log.info("Job %s already existed on %s: adopted", name, cluster.name)
-        view.jobs.setdefault(name, job)
+        self.views[cluster.name].jobs.setdefault(name, job)
+
+    def _find_in_batch(self, cluster: ClusterSettings, launch: StageLaunch) -> Submission | None:
+        """The attempt's index in a Job of the batch it was recorded in, on its
+        accelerator (a create whose answer was lost, a handle never recorded)."""
+        batch = label_value(launch.recorded_batch or "")
+
+        def holds(job: dict[str, Any]) -> bool:
+            return (
+                (job["metadata"].get("labels") or {}).get(LABEL_BATCH) == batch
+                and accelerator_of(job) == launch.accelerator
+                and launch.attempt_id in batch_attempts(job)
+            )
+
+        view = self.views[cluster.name]
+        found = next((job for job in view.jobs.values() if holds(job)), None)
+        if found is None:
+            try:
+                listed = self.apis[cluster.name].list_jobs(f"{SELECTOR},{LABEL_BATCH}={batch}")
+            except ClusterUnreachable as exc:
+                self._away(cluster, exc)
+                raise
+            found = next((job for job in listed if holds(job)), None)
+            if found is None:
+                return None
+            view.jobs[found["metadata"]["name"]] = found
+        log.info(
+            "%s is in batch Job %s on %s: adopted",
+            launch.attempt_id,
+            found["metadata"]["name"],
+            cluster.name,
+        )
         return Submission(
-            handle=_handle(cluster, name),
+            handle=_handle(
+                cluster, found["metadata"]["name"], batch_attempts(found).index(launch.attempt_id)
+            ),
             accelerator=launch.accelerator,
             placement=cluster.name,
         )
 
+    def _regrouped(self, cluster: ClusterSettings, launch: StageLaunch) -> Submission | None:
+        """The first clip of a GPU batch given back for CPU to be resubmitted brings the
+        whole batch back as one CPU batch Job; the others find it there."""
+        if launch.accelerator == "gpu":
+            return None
+        for gpu_handle, gpu_job in list(self._regroup.items()):
+            ids = batch_attempts(gpu_job)
+            if _parse(gpu_handle)[0] != cluster.name or launch.attempt_id not in ids:
+                continue
+            [container] = [
+                c
+                for c in gpu_job["spec"]["template"]["spec"]["containers"]
+                if c["name"] == CONTAINER
+            ]
+            raw = next(e["value"] for e in container["env"] if e["name"] == ENV_BATCH)
+            members = [
+                launch.model_copy(
+                    update={
+                        "attempt_id": attempt,
+                        "env": {**item["env"], ENV_ACCELERATOR: launch.accelerator},
+                    }
+                )
+                for attempt, item in zip(ids, json.loads(raw), strict=True)
+            ]
+            labels = gpu_job["spec"]["template"]["metadata"]["labels"]
+            try:
+                job = build_batch_job(launch.recorded_batch or "", members, cluster, labels)
+            except ValueError as exc:
+                raise SubmitRefused(str(exc), final=True) from exc
+            self._create_job(cluster, job, launch.accelerator, gpu_handle)
+            del self._regroup[gpu_handle]
+            name = job["metadata"]["name"]
+            log.info("batch %s: back on CPU as Indexed Job %s", launch.recorded_batch, name)
+            return Submission(
+                handle=_handle(cluster, name, ids.index(launch.attempt_id)),
+                accelerator=launch.accelerator,
+                placement=cluster.name,
+            )
+        return None
+
     def cancel(self, handles: Sequence[str]) -> None:
+        """Deletes the Jobs of ``handles``. One clip of a batch Job cannot be stopped
+        alone: its index runs to its end (its outcome then unread), and the Job is
+        deleted once every clip it has left to run was cancelled."""
         # Remembered first (in the store, when given one): a cluster that is away, or a
         # restart, delays the delete but never forgets it.
         self.actions.add_deletes(handles)
@@ -429,27 +663,78 @@ class KubernetesExecutor:
             )
 
     def _retry_deletes(self, only: Sequence[str] | None = None) -> None:
-        for handle in only if only is not None else self.actions.pending_deletes():
-            cluster, _namespace, name = handle.split("/", 2)
+        pending = self.actions.pending_deletes() if only is None else list(only)
+        clips: dict[str, set[int]] = {}
+        for handle in pending:
+            cluster, _namespace, name, index = _parse(handle)
+            if index is not None:
+                clips.setdefault(_job_handle(handle), set()).add(index)
+                continue
             if cluster not in self.apis:
                 self.actions.done_delete(handle)
                 continue
             if not self.views[cluster].reachable:
                 continue
+            if self._delete_job(cluster, name):
+                self.actions.done_delete(handle)
+        for job_handle, cancelled in clips.items():
+            self._retry_cancelled_clips(job_handle, cancelled)
+
+    def _delete_job(self, cluster: str, name: str) -> bool:
+        try:
+            self.apis[cluster].delete_job(name)
+        except ClusterUnreachable as exc:
+            self._away(self.clusters[cluster], exc)
+            return False
+        except CamflowError as exc:
+            log.warning("cluster %s: cannot delete Job %s yet: %s", cluster, name, exc)
+            return False
+        self.views[cluster].jobs.pop(name, None)
+        return True
+
+    def _retry_cancelled_clips(self, job_handle: str, cancelled: set[int]) -> None:
+        """Deletes a batch Job once each of its clips is cancelled or finished; until
+        then its cancelled clips wait (a clip that finished meanwhile is done)."""
+        cluster, _namespace, name, _index = _parse(job_handle)
+        handles = [f"{job_handle}#{index}" for index in sorted(cancelled)]
+        if cluster not in self.apis:
+            for handle in handles:
+                self.actions.done_delete(handle)
+            return
+        view = self.views[cluster]
+        if not view.reachable:
+            return
+        job = view.jobs.get(name)
+        if job is None:
             try:
-                self.apis[cluster].delete_job(name)
+                job = self.apis[cluster].get_job(name, attempts=1)
             except ClusterUnreachable as exc:
                 self._away(self.clusters[cluster], exc)
-                continue
+                return
             except CamflowError as exc:
-                log.warning("cluster %s: cannot delete Job %s yet: %s", cluster, name, exc)
-                continue
-            self.actions.done_delete(handle)
-            self.views[cluster].jobs.pop(name, None)
+                log.warning("cluster %s: cannot read Job %s: %s", cluster, name, exc)
+                return
+        status = (job or {}).get("status") or {}
+        ended = parse_indexes(status.get("completedIndexes")) | parse_indexes(
+            status.get("failedIndexes")
+        )
+        if job is None or finished(job):
+            left: list[int] = []
+        else:
+            count = int(job["spec"].get("completions") or 1)
+            left = [i for i in range(count) if i not in ended]
+            if left and set(left) <= cancelled:
+                if not self._delete_job(cluster, name):
+                    return
+                left = []
+        for index, handle in zip(sorted(cancelled), handles, strict=True):
+            if index not in left:  # deleted with its Job, or over by itself
+                self.actions.done_delete(handle)
 
     def log_uri(self, handle: str) -> str:
-        cluster, namespace, name = handle.split("/", 2)
-        return f"k8s://{cluster}/{namespace}/jobs/{name}"
+        cluster, namespace, name, index = _parse(handle)
+        uri = f"k8s://{cluster}/{namespace}/jobs/{name}"
+        return uri if index is None else f"{uri}#{index}"
 
     def close(self) -> None:
         for api in self.apis.values():

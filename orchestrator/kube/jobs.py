@@ -1,13 +1,15 @@
-"""Stage attempt -> batch/v1 Job: a pure function, tested as golden YAML and against
-the Kubernetes schema."""
+"""Stage attempt -> batch/v1 Job, and a batch of attempts -> one Indexed Job: pure
+functions, tested as golden YAML and against the Kubernetes schema."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from algorithms.contract import EXIT_BAD_INPUT
+from algorithms.contract import ENV_BATCH, EXIT_BAD_INPUT
 from orchestrator.executors.base import StageLaunch
 from orchestrator.settings import ClusterSettings
 
@@ -27,6 +29,22 @@ ANNOTATION_TIMEOUT = f"{LABEL_PREFIX}/timeout-seconds"
 LABEL_JOB = f"{LABEL_PREFIX}/job"
 #: The Job controller labels each pod with its Job's name (and the older ``job-name``).
 POD_JOB_LABEL = "batch.kubernetes.io/job-name"
+#: A batch Job: the batch id (label, to find it from any of its attempts), and its
+#: attempts' ids in index order (annotation, JSON).
+LABEL_BATCH = f"{LABEL_PREFIX}/batch"
+ANNOTATION_ATTEMPTS = f"{LABEL_PREFIX}/attempt-ids"
+#: What the Job controller puts on each pod of an Indexed Job: its completion index
+#: (annotation, and label), and the index's failures before this pod (annotation, with
+#: backoffLimitPerIndex): pkg/controller/job/indexed_job_utils.go.
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+INDEX_FAILURE_COUNT = "batch.kubernetes.io/job-index-failure-count"
+#: The largest CAMFLOW_BATCH a batch Job carries. Linux refuses to start a process with
+#: one environment string longer than MAX_ARG_STRLEN (32 pages: 128 KiB), so a larger
+#: batch is refused and its clips go as lone Jobs. What keeps batches under it is the
+#: engine's batch size (engine.batch_max_size, 8 by default; a stage's batch.max_size):
+#: a clip's contract variables take 0.5 to 1.5 KiB (longer keys, more inputs), so 16
+#: clips take at most some 24 KiB, and about 80 always fit.
+MAX_BATCH_ENV_BYTES = 120_000
 GPU_SUFFIX = "-gpu"
 #: Pods get a uid of the images' own non-root user.
 RUN_AS = 10001
@@ -46,6 +64,18 @@ def job_name(launch: StageLaunch) -> str:
     # A GPU Job that falls back to CPU is replaced by a Job of the same attempt: the
     # two names differ, so the new create never meets the old Job still being deleted.
     return f"{name}{GPU_SUFFIX}" if launch.accelerator == "gpu" else name
+
+
+def batch_job_name(launches: Sequence[StageLaunch]) -> str:
+    """The batch Job's name: deterministic in its attempts (a retried create finds the
+    first Job) and their accelerator (a GPU batch given back for CPU is replaced by a
+    Job of another name, as a lone Job is)."""
+    first = launches[0]
+    ids = "\n".join(launch.attempt_id for launch in launches)
+    digest = hashlib.sha256(ids.encode()).hexdigest()[:12]
+    stem = _dns_label(first.stage)[:40].strip("-")
+    name = f"cf-{stem}-b{digest}"
+    return f"{name}{GPU_SUFFIX}" if first.accelerator == "gpu" else name
 
 
 def label_value(text: str) -> str:
@@ -72,8 +102,12 @@ def labels(launch: StageLaunch) -> dict[str, str]:
 
 
 def _env(launch: StageLaunch, cluster: ClusterSettings) -> list[dict[str, Any]]:
-    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(launch.env.items())]
-    env += [
+    contract = [{"name": k, "value": v} for k, v in sorted(launch.env.items())]
+    return [*contract, *_cluster_env(cluster)]
+
+
+def _cluster_env(cluster: ClusterSettings) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
         {"name": "AWS_REGION", "value": cluster.s3_region},
         {"name": "AWS_DEFAULT_REGION", "value": cluster.s3_region},
         {"name": "TMPDIR", "value": SCRATCH},
@@ -92,11 +126,9 @@ def _env(launch: StageLaunch, cluster: ClusterSettings) -> list[dict[str, Any]]:
     return env
 
 
-def build_job(
-    launch: StageLaunch, cluster: ClusterSettings, name: str | None = None
+def _pod(
+    launch: StageLaunch, cluster: ClusterSettings, env: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """The Job that runs one stage attempt on ``cluster`` (named ``name``, else by
-    ``job_name``)."""
     resources = launch.resources
     limits: dict[str, Any] = {"cpu": resources.cpu, "memory": resources.memory}
     pod: dict[str, Any] = {
@@ -122,7 +154,7 @@ def build_job(
                 "image": launch.image,
                 "imagePullPolicy": "IfNotPresent",
                 "command": launch.command,
-                "env": _env(launch, cluster),
+                "env": env,
                 "resources": {"requests": dict(limits), "limits": limits},
                 "terminationMessagePolicy": "FallbackToLogsOnError",
                 "securityContext": {
@@ -145,16 +177,28 @@ def build_job(
         pod["tolerations"] = [
             {"key": cluster.gpu.taint_key, "operator": "Exists", "effect": cluster.gpu.taint_effect}
         ]
-    job_labels = labels(launch)
-    name = name or job_name(launch)
+    return pod
+
+
+def _annotations(launch: StageLaunch) -> dict[str, str]:
     annotations = {
-        ANNOTATION_ATTEMPT: launch.attempt_id,
         ANNOTATION_ACCELERATOR: launch.accelerator,
         ANNOTATION_TIMEOUT: str(launch.timeout_seconds),
     }
     if launch.accelerator == "gpu" and launch.queued_fallback:
         annotations[ANNOTATION_FALLBACK] = launch.queued_fallback
         annotations[ANNOTATION_FALLBACK_AFTER] = f"{launch.fallback_after_seconds or 0:g}"
+    return annotations
+
+
+def _job(
+    name: str,
+    cluster: ClusterSettings,
+    job_labels: Mapping[str, str],
+    annotations: dict[str, str],
+    spec: dict[str, Any],
+    pod: dict[str, Any],
+) -> dict[str, Any]:
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -165,12 +209,12 @@ def build_job(
             "annotations": annotations,
         },
         "spec": {
-            "backoffLimit": launch.retries,
+            **spec,
             "ttlSecondsAfterFinished": cluster.ttl_seconds_after_finished,
             "podFailurePolicy": {
                 "rules": [
                     {  # bad input: retrying cannot help
-                        "action": "FailJob",
+                        "action": "FailIndex" if "completionMode" in spec else "FailJob",
                         "onExitCodes": {
                             "containerName": CONTAINER,
                             "operator": "In",
@@ -186,3 +230,74 @@ def build_job(
             "template": {"metadata": {"labels": dict(job_labels)}, "spec": pod},
         },
     }
+
+
+def build_job(
+    launch: StageLaunch, cluster: ClusterSettings, name: str | None = None
+) -> dict[str, Any]:
+    """The Job that runs one stage attempt on ``cluster`` (named ``name``, else by
+    ``job_name``)."""
+    pod = _pod(launch, cluster, _env(launch, cluster))
+    annotations = {ANNOTATION_ATTEMPT: launch.attempt_id, **_annotations(launch)}
+    spec = {"backoffLimit": launch.retries}
+    return _job(name or job_name(launch), cluster, labels(launch), annotations, spec, pod)
+
+
+def build_batch_job(
+    batch: str,
+    launches: Sequence[StageLaunch],
+    cluster: ClusterSettings,
+    job_labels: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """One Indexed Job for the attempts of a batch, one completion index per clip, in
+    the order given. They must share everything but their contract variables (one
+    stage, algorithm version, accelerator, timeout, retries and place).
+
+    Each pod reads its clip from CAMFLOW_BATCH by JOB_COMPLETION_INDEX (the SDK does)
+    and exits with that clip's code, so a clip's outcome is its index's: exit 2 fails
+    that index at once (FailIndex), any other failure retries that index alone
+    (backoffLimitPerIndex = the stage's retries), and the others go on (no
+    maxFailedIndexes; backoffLimit is left to its default for backoffLimitPerIndex,
+    which never stops the Job).
+
+    One index at a time (parallelism 1): the engine gives a batch one of its slots, a
+    cluster's budget counts Jobs, and a GPU slot is one GPU, so a batch Job holds what a
+    lone Job does, and its clips take turns as a local batch's do. The engine makes
+    batches only when clips outnumber free slots, so the clips would wait anyway.
+
+    ``job_labels``: the labels to keep (a batch rebuilt from an earlier Job's);
+    otherwise those all its attempts share."""
+    first = launches[0]
+    items = json.dumps(
+        [{"env": dict(sorted(launch.env.items()))} for launch in launches],
+        separators=(",", ":"),
+    )
+    if len(items.encode()) > MAX_BATCH_ENV_BYTES:
+        raise ValueError(
+            f"batch {batch}: {len(launches)} clips take {len(items.encode())} bytes of "
+            f"{ENV_BATCH}, more than the {MAX_BATCH_ENV_BYTES} a process may be given: "
+            "lower the stage's batch.max_size"
+        )
+    env = [{"name": ENV_BATCH, "value": items}, *_cluster_env(cluster)]
+    pod = _pod(first, cluster, env)
+    if job_labels is None:
+        each = [labels(launch) for launch in launches]
+        job_labels = {k: v for k, v in each[0].items() if all(o.get(k) == v for o in each)}
+    annotations = {
+        ANNOTATION_ATTEMPTS: json.dumps([launch.attempt_id for launch in launches]),
+        **_annotations(first),
+    }
+    spec = {
+        "completionMode": "Indexed",
+        "completions": len(launches),
+        "parallelism": 1,
+        "backoffLimitPerIndex": first.retries,
+    }
+    return _job(
+        batch_job_name(launches),
+        cluster,
+        {**job_labels, LABEL_BATCH: label_value(batch)},
+        annotations,
+        spec,
+        pod,
+    )

@@ -7,6 +7,9 @@ The fields read, and who writes them upstream:
   ``DeadlineExceeded`` or ``PodFailurePolicy``) and the interim ``FailureTarget``
   (since 1.31 the Job controller adds it first and ``Failed`` only once every pod has
   stopped): pkg/controller/job/job_controller.go.
+- An Indexed Job's ``status.completedIndexes`` and ``status.failedIndexes`` (intervals,
+  "1,3-5"; two neighbours written "3,4"), each pod's ``job-completion-index`` and
+  ``job-index-failure-count`` annotations: pkg/controller/job/indexed_job_utils.go.
 - Pod ``status.reason`` ``DeadlineExceeded`` (the pod's own activeDeadlineSeconds) and
   ``Evicted``, container ``state.terminated`` (reason ``OOMKilled``, exit code 137) and
   ``state.waiting`` (``ErrImagePull``, ``ImagePullBackOff``,
@@ -19,13 +22,20 @@ The fields read, and who writes them upstream:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from algorithms.contract import EXIT_BAD_INPUT
 from orchestrator.executors.base import ExecState, ExecStatus
-from orchestrator.kube.jobs import ANNOTATION_ACCELERATOR, CONTAINER
+from orchestrator.kube.jobs import (
+    ANNOTATION_ACCELERATOR,
+    ANNOTATION_ATTEMPTS,
+    COMPLETION_INDEX,
+    CONTAINER,
+    INDEX_FAILURE_COUNT,
+)
 
 #: Container waiting reasons that no amount of waiting fixes (the image or the pod's
 #: configuration is wrong); after a short grace the attempt fails with them.
@@ -258,3 +268,91 @@ def stuck_reason(job: dict[str, Any], wait: Waiting) -> str:
 
 def accelerator_of(job: dict[str, Any]) -> str:
     return (job["metadata"].get("annotations") or {}).get(ANNOTATION_ACCELERATOR, "cpu")
+
+
+# --- Indexed Jobs: one clip per index ------------------------------------------------------
+
+
+def parse_indexes(text: str | None) -> set[int]:
+    """``status.completedIndexes`` / ``failedIndexes`` as a set: "1,3-5" -> {1, 3, 4, 5}
+    (indexed_job_utils.go's parseIndexesFromString)."""
+    found: set[int] = set()
+    for part in (text or "").split(","):
+        first, _, last = part.strip().partition("-")
+        if first.isdigit():
+            found.update(range(int(first), int(last if last.isdigit() else first) + 1))
+    return found
+
+
+def batch_attempts(job: dict[str, Any]) -> list[str]:
+    """A batch Job's attempt ids, in index order; [] for a lone Job."""
+    raw = (job["metadata"].get("annotations") or {}).get(ANNOTATION_ATTEMPTS)
+    return list(json.loads(raw)) if raw else []
+
+
+def index_pods(pods: list[dict[str, Any]], index: int) -> list[dict[str, Any]]:
+    return [
+        p
+        for p in pods
+        if (p["metadata"].get("annotations") or {}).get(COMPLETION_INDEX) == str(index)
+    ]
+
+
+def _finished_at(pod: dict[str, Any] | None) -> datetime | None:
+    return parse_time((_state(pod, "terminated") or {}).get("finishedAt")) if pod else None
+
+
+def index_status(
+    job: dict[str, Any],
+    pods: list[dict[str, Any]],
+    index: int,
+    timeout_seconds: int | None = None,
+) -> ExecStatus:
+    """What an Indexed Job says about the clip at ``index``: final as soon as the Job
+    controller lists the index as completed or failed (its pod has stopped then), not
+    when the whole Job ends."""
+    status = job.get("status") or {}
+    mine = index_pods(pods, index)
+    # The index's pods the Job counted: the newest carries the failures before it.
+    counts = [
+        int((p["metadata"].get("annotations") or {}).get(INDEX_FAILURE_COUNT) or 0) + 1
+        for p in mine
+    ]
+    tries = max(counts) if counts else None
+    started = container_started(mine)
+    if index in parse_indexes(status.get("completedIndexes")):
+        done = _newest([p for p in mine if (p.get("status") or {}).get("phase") == "Succeeded"])
+        return ExecStatus(
+            state=ExecState.SUCCEEDED,
+            exit_code=0,
+            tries=tries,
+            started_at=started,
+            finished_at=_finished_at(done),
+        )
+    if index in parse_indexes(status.get("failedIndexes")):
+        newest = _newest(_failed_pods(mine))
+        pod = pod_failure(newest, timeout_seconds) if newest else None
+        return ExecStatus(
+            state=ExecState.FAILED,
+            # Exit 2 failed the index at once (FailIndex): the engine reads it as bad input.
+            exit_code=pod.exit_code if pod else None,
+            timed_out=pod.timed_out if pod else False,
+            exhausted=True,
+            tries=tries,
+            reason=pod.reason if pod else f"index {index} failed (its pods are gone)",
+            started_at=started,
+            finished_at=_finished_at(newest),
+        )
+    failed = condition(job, "Failed")
+    if failed is not None:  # the Job ended before this clip did
+        return ExecStatus(
+            state=ExecState.FAILED,
+            exhausted=True,
+            tries=tries,
+            reason=failed.get("message") or failed.get("reason") or "the Job failed",
+            started_at=started,
+            finished_at=parse_time(failed.get("lastTransitionTime")),
+        )
+    return ExecStatus(
+        state=ExecState.RUNNING if started else ExecState.QUEUED, started_at=started, tries=tries
+    )
