@@ -25,6 +25,15 @@ ENV_CLIP = "CAMFLOW_CLIP"
 #: outcome: a bad clip fails alone.
 ENV_BATCH = "CAMFLOW_BATCH"
 ENV_BATCH_FILE = "CAMFLOW_BATCH_FILE"
+#: Optional, set by a local executor that keeps batch processes warm: a folder where
+#: further items of the same stage arrive as ``*.json`` files (a list each) after the
+#: first ones; the program claims each file by renaming it to ``*.json.taken``, waits
+#: up to CAMFLOW_BATCH_LINGER seconds after its last clip for more, then creates
+#: ``closed`` there and takes what arrived meanwhile before it exits.
+ENV_BATCH_MORE = "CAMFLOW_BATCH_MORE"
+ENV_BATCH_LINGER = "CAMFLOW_BATCH_LINGER"
+BATCH_TAKEN = ".taken"
+BATCH_CLOSED = "closed"
 #: With a batch whose items name no ``report``, the item this process runs (an Indexed
 #: Job's pod: the Job controller sets it to the pod's completion index). The program
 #: runs only that item, under the single-clip contract: its exit code is that clip's

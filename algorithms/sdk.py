@@ -15,6 +15,7 @@ A stage's ``main(ctx)`` returns ``StageReport``; ``run_stage`` writes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ import shutil
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -282,28 +283,74 @@ def batch_item(items: list[dict[str, Any]], index: str) -> dict[str, Any]:
 
 
 class _LastLine:
-    """Passes stderr through and remembers its last non-empty line: a clip's reason
-    when its code printed one and then exited (the contract's reason, per clip)."""
+    """Passes stderr through, copies it into the clip's own log when the item names
+    one, and remembers its last non-empty line: a clip's reason when its code printed
+    one and then exited (the contract's reason, per clip)."""
 
-    def __init__(self, stream: Any) -> None:
-        self.stream, self.last = stream, ""
+    def __init__(self, stream: Any, copy: Any = None) -> None:
+        self.stream, self.copy, self.last = stream, copy, ""
 
     def write(self, text: str) -> int:
         lines = [line for line in text.splitlines() if line.strip()]
         if lines:
             self.last = lines[-1]
+        if self.copy is not None:
+            self.copy.write(text)
         return self.stream.write(text)
+
+    def flush(self) -> None:
+        if self.copy is not None:
+            self.copy.flush()
+        self.stream.flush()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.stream, name)
 
 
+@contextlib.contextmanager
+def _clip_stderr(log_path: str | None) -> Iterator[_LastLine]:
+    """sys.stderr, and the log handlers that write to it, for one clip of a batch."""
+    copy = open(log_path, "a", encoding="utf-8") if log_path else None  # noqa: SIM115
+    tee = _LastLine(sys.__stderr__, copy)
+    handlers = [
+        h
+        for h in logging.getLogger().handlers
+        if isinstance(h, logging.StreamHandler) and h.stream is sys.__stderr__
+    ]
+    sys.stderr = tee  # type: ignore[assignment]
+    for handler in handlers:
+        handler.setStream(tee)  # type: ignore[arg-type]
+    try:
+        yield tee
+    finally:
+        sys.stderr = sys.__stderr__
+        for handler in handlers:
+            handler.setStream(sys.__stderr__)
+        if copy is not None:
+            copy.close()
+
+
 Outcome = tuple[int, str | None, dict[str, Any] | None]  # exit code, reason, manifest
 
 
-def _run_item(main: Main, environ: Mapping[str, str], s3: Any) -> Outcome:
+def _run_item(
+    main: Main, environ: Mapping[str, str], s3: Any, log_path: str | None = None, name: str = ""
+) -> Outcome:
+    with _clip_stderr(log_path) as errors:
+        print(
+            f"camflow batch: clip {name} (run {environ.get(contract.ENV_RUN_ID)}, "
+            f"stage {environ.get(contract.ENV_STAGE)})",
+            file=sys.stderr,
+            flush=True,
+        )
+        code, reason, manifest = _run_item_logged(main, environ, s3, errors)
+        if code != contract.EXIT_OK:
+            print(f"camflow batch: clip {name} failed (exit {code}): {reason}", file=sys.stderr)
+        return code, reason, manifest
+
+
+def _run_item_logged(main: Main, environ: Mapping[str, str], s3: Any, errors: _LastLine) -> Outcome:
     started = time.monotonic()
-    errors = sys.stderr = _LastLine(sys.__stderr__)
     ctx = None
     try:
         ctx = StageContext.from_env(dict(environ))
@@ -321,7 +368,6 @@ def _run_item(main: Main, environ: Mapping[str, str], s3: Any) -> Outcome:
         traceback.print_exc()
         return 1, f"{type(exc).__name__}: {_one_line(str(exc))}", None
     finally:
-        sys.stderr = sys.__stderr__
         if ctx is not None:  # a batch must not fill the disk with its clips' scratch
             shutil.rmtree(ctx.scratch, ignore_errors=True)
 
@@ -335,33 +381,70 @@ def _write_report(path: str, payload: dict[str, Any]) -> None:
 
 
 def _run_batch(main: Main, items: list[dict[str, Any]]) -> int:
-    s3 = None
-    for n, item in enumerate(items, 1):
-        env = item["env"]
-        started_at = _utc_now()
-        print(
-            f"camflow batch: clip {n}/{len(items)} "
-            f"(run {env.get(contract.ENV_RUN_ID)}, stage {env.get(contract.ENV_STAGE)})",
-            file=sys.stderr,
-            flush=True,
-        )
-        if s3 is None:
-            s3 = s3_client()
-        code, reason, manifest = _run_item(main, env, s3)
-        if code != contract.EXIT_OK:
-            print(f"camflow batch: clip {n} failed (exit {code}): {reason}", file=sys.stderr)
-        if item.get("report"):
-            _write_report(
-                item["report"],
-                {
-                    "exit_code": code,
-                    "reason": reason,
-                    "started_at": started_at,
-                    "finished_at": _utc_now(),
-                    "manifest": manifest,
-                },
-            )
+    s3 = s3_client()
+    done = 0
+    for item in items:
+        done += 1
+        _run_batch_item(main, item, s3, f"{done}/{len(items)}")
+    more = os.environ.get(contract.ENV_BATCH_MORE)
+    if more:
+        linger = float(os.environ.get(contract.ENV_BATCH_LINGER) or 0)
+        for item in _more_items(Path(more), linger):
+            done += 1
+            _run_batch_item(main, item, s3, f"{done}")
     return contract.EXIT_OK
+
+
+def _run_batch_item(main: Main, item: dict[str, Any], s3: Any, position: str) -> None:
+    started_at = _utc_now()
+    code, reason, manifest = _run_item(main, item["env"], s3, item.get("log"), position)
+    if item.get("report"):
+        _write_report(
+            item["report"],
+            {
+                "exit_code": code,
+                "reason": reason,
+                "started_at": started_at,
+                "finished_at": _utc_now(),
+                "manifest": manifest,
+            },
+        )
+
+
+#: How often a warm batch process looks for more clips.
+MORE_POLL_SECONDS = 0.02
+
+
+def _take(path: Path) -> list[dict[str, Any]] | None:
+    """Claims one file of further items by renaming it (the executor may be taking it
+    back at the same moment: exactly one rename wins)."""
+    taken = path.with_name(path.name + contract.BATCH_TAKEN)
+    try:
+        os.rename(path, taken)
+    except FileNotFoundError:
+        return None
+    return json.loads(taken.read_text())
+
+
+def _more_items(folder: Path, linger: float) -> Iterator[dict[str, Any]]:
+    """Items the executor adds while this process stays warm: it waits up to
+    ``linger`` seconds after its last clip for more of the same stage, then closes
+    (after which the executor adds nothing; what it had added is still taken here)."""
+    idle_since = time.monotonic()
+    while True:
+        found = sorted(folder.glob("*.json"))
+        for path in found:
+            yield from _take(path) or []
+        if found:
+            idle_since = time.monotonic()
+            continue
+        if time.monotonic() - idle_since >= linger:
+            break
+        time.sleep(MORE_POLL_SECONDS)
+    with contextlib.suppress(FileExistsError):
+        (folder / contract.BATCH_CLOSED).touch(exist_ok=False)
+    for path in sorted(folder.glob("*.json")):
+        yield from _take(path) or []
 
 
 def _utc_now() -> str:

@@ -165,6 +165,7 @@ def open_runtime(
         kill_grace_seconds=settings.local.kill_grace_seconds,
         base_env=access.stage_env(),
         cwd=PROJECT_ROOT,
+        batch_linger_seconds=settings.local.batch_linger_seconds,
     )
     try:
         queue = event_queue(

@@ -119,6 +119,10 @@ class LocalExecutorSettings(_Group):
     gpus: int = Field(default=0, ge=0)
     #: Seconds between SIGTERM and SIGKILL when a stage overruns its timeout.
     kill_grace_seconds: float = Field(default=5, ge=0)
+    #: A batch process (a stage that takes batches) stays this long after its last
+    #: clip, warm, and takes the next clips of the same stage without starting again
+    #: (interpreter, imports, model). 0: each batch is a process of its own.
+    batch_linger_seconds: float = Field(default=2, ge=0)
 
 
 class GpuNodes(_Group):

@@ -188,3 +188,73 @@ def test_ready_clips_of_a_stage_run_in_batches_and_each_run_once(settings: Setti
             )["timeout_seconds"]
             == 3 * 60
         )
+
+
+# --- warm processes ------------------------------------------------------------------------
+
+
+def test_a_clip_that_comes_later_runs_in_the_warm_process_of_its_stage(
+    settings: Settings,
+) -> None:
+    probe = settings.model_copy(
+        update={
+            "algorithm_dirs": [STAGES],
+            "pipeline_dirs": [STAGES / "pipelines"],
+            "local": settings.local.model_copy(update={"batch_linger_seconds": 30}),
+        }
+    )
+    with open_runtime(probe) as runtime:
+        batches = []
+        for n in range(3):  # one after another, as a camera's clips come
+            key = upload_key("ok", f"door{n}", datetime.now(UTC))
+            runtime.s3.client.put_object(Bucket=probe.s3.ingest_bucket, Key=key, Body=b"x")
+            runtime.watcher.tick()
+            runtime.reconciler.plan_new_clips()
+            [run] = runtime.store.runs_of_clip(runtime.store.find_clip(key).id)
+            drive(runtime, [run.id], timeout=60, interval=0.1)
+            assert runtime.store.get_run(run.id).status == "succeeded"
+            [attempt] = runtime.store.attempts_of_run(run.id)
+            assert attempt.metrics["executions"] == 1  # type: ignore[index]
+            batches.append(attempt.batch)
+            # Its own log holds its clip's lines only.
+            log = Path(attempt.log_uri.removeprefix("file://")) / "stderr.log"  # type: ignore[union-attr]
+            assert f"run {run.id}" in log.read_text()
+            assert all(f"run {other}" not in log.read_text() for other in batches[:-1])
+        # One process served all three: no interpreter, imports or model twice.
+        assert len(set(batches)) == 1
+        assert len(list((probe.home / "attempts" / "batches").iterdir())) == 1
+
+
+def test_clips_for_a_warm_process_that_closed_meanwhile_get_a_process_of_their_own(
+    tmp_path: Path,
+) -> None:
+    executor = LocalExecutor(tmp_path / "attempts", batch_linger_seconds=0.2)
+    first = [_launch(0, [sys.executable, "-c", REPORT_ALL], batch="b-first")]
+    _wait(executor, [s.handle for s in executor.submit(first).values()])
+    more = tmp_path / "attempts" / "batches" / "b-first" / "more"
+    deadline = time.monotonic() + 10
+    while not (more / "closed").exists():  # it lingered, then closed
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    later = [_launch(1, [sys.executable, "-c", REPORT_ALL], batch="b-later")]
+    submitted = executor.submit(later)
+    assert submitted["a1"].batch == "b-later"
+    assert _wait(executor, ["a1"])["a1"].state == ExecState.SUCCEEDED
+    assert sorted(p.name for p in (tmp_path / "attempts" / "batches").iterdir()) == [
+        "b-first",
+        "b-later",
+    ]
+
+
+#: Reports every clip it is given, first and later ones, as the SDK does.
+REPORT_ALL = """
+import json, os
+from pathlib import Path
+from algorithms.sdk import _more_items
+items = json.load(open(os.environ["CAMFLOW_BATCH_FILE"]))
+more = os.environ.get("CAMFLOW_BATCH_MORE")
+if more:
+    items = items + list(_more_items(Path(more), float(os.environ["CAMFLOW_BATCH_LINGER"])))
+for item in items:
+    json.dump({"exit_code": 0, "reason": None}, open(item["report"], "w"))
+"""

@@ -30,7 +30,8 @@ def executor(
     if request.param == "local":
 
         def local_runs() -> list[int]:
-            return [1 for _ in (settings.home / "attempts").iterdir()]
+            # One folder per attempt handed to a process (batches keep theirs apart).
+            return [1 for p in (settings.home / "attempts").iterdir() if p.name != "batches"]
 
         yield settings, local_runs
         return

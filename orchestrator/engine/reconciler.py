@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -168,6 +168,8 @@ class Reconciler:
         #: (run, stage, attempt) -> when it was first seen ready to start, for the
         #: batch wait. In memory: a restart only starts its wait over.
         self._ready_since: dict[tuple[str, str, int], datetime] = {}
+        #: This tick's batch key of each start (None: it runs alone).
+        self._keys: dict[tuple[str, str, int], Hashable | None] = {}
 
     # --- plan ---------------------------------------------------------------------------
 
@@ -506,7 +508,7 @@ class Reconciler:
                     log.warning("no longer the leader: this tick stops before starting stages")
                     return report
                 execution = [s for s in execution if s.run_id not in trouble]
-                if len(execution) == 1:
+                if len(execution) == 1 and not self._batchable(execution[0]):
                     [start] = execution
                     view = by_id[start.run_id]
                     with trouble.isolate(view, "starting a stage of"):
@@ -651,7 +653,13 @@ class Reconciler:
                     (now - ready).total_seconds(),
                 )
             )
+        self._keys = {(c.start.run_id, c.start.stage, c.start.attempt): c.key for c in candidates}
         return plan_executions(candidates, free, free_gpu)
+
+    def _batchable(self, start: StartAttempt) -> bool:
+        """Whether this start may run in a batch process (even alone: the executor may
+        hand it to a warm process of its stage)."""
+        return self._keys.get((start.run_id, start.stage, start.attempt)) is not None
 
     def _start_batch(
         self, starts: list[StartAttempt], by_id: dict[str, RunWithAttempts], trouble: _Trouble
@@ -804,6 +812,7 @@ class Reconciler:
             handle=submission.handle,
             accelerator=submission.accelerator,
             placement=submission.placement,
+            batch=submission.batch or attempt.batch,
             submitted_at=now,
             image=launch.image,
             reason=None,

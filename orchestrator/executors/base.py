@@ -67,6 +67,9 @@ class Submission(BaseModel):
     handle: str
     accelerator: Accelerator
     placement: str
+    #: The batch it runs in, when the executor put it in another than the launch's
+    #: (a warm process of the same stage): the engine records that one.
+    batch: str | None = None
 
 
 class Placement(BaseModel):

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from orchestrator.executors.base import (
     StageLaunch,
     Submission,
 )
+from orchestrator.fileio import write_atomic, write_json_atomic
 
 log = logging.getLogger("camflow.local")
 
@@ -88,6 +90,27 @@ def _parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
+@dataclass
+class _Warm:
+    batch: str
+    directory: Path
+    child: subprocess.Popen
+    #: Every attempt folder it was given.
+    members: list[Path]
+
+
+def _warm_key(launch: StageLaunch) -> tuple[str, ...]:
+    """What a warm process runs: launches that share it may join it."""
+    return (
+        launch.algorithm,
+        launch.accelerator,
+        launch.env.get(contract.ENV_PARAMS, ""),
+        str(launch.timeout_seconds),
+        json.dumps(launch.command),
+        launch.workdir or "",
+    )
+
+
 class LocalExecutor:
     name = "local"
     retries_itself = False
@@ -102,6 +125,7 @@ class LocalExecutor:
         kill_grace_seconds: float = 5.0,
         base_env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        batch_linger_seconds: float = 0.0,
     ) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
@@ -114,6 +138,10 @@ class LocalExecutor:
         self._children: dict[str, subprocess.Popen] = {}
         #: status.json of the attempts the last poll saw queued or running.
         self._unfinished: list[Path] = []
+        self.batch_linger_seconds = batch_linger_seconds
+        #: Batch processes this executor started that may take more clips, by what
+        #: they run (a restart forgets them: they then run out their linger alone).
+        self._warm: dict[tuple[str, ...], _Warm] = {}
 
     def capacity(self) -> Capacity:
         return Capacity(slots=self.max_parallel, gpu_slots=min(self.gpus, self.max_parallel))
@@ -143,6 +171,8 @@ class LocalExecutor:
                 handles.update(self._submit_one(launch))
         for batch, members in batches.items():
             handles.update(self._submit_batch(batch, members))
+        # Watched by wait() from now on, not only from the next poll.
+        self._unfinished += [self.root / s.handle / files.STATUS for s in handles.values()]
         return handles
 
     def _stage_env(self, launch: StageLaunch) -> dict[str, str]:
@@ -186,10 +216,10 @@ class LocalExecutor:
         return {launch.attempt_id: self._submission(launch)}
 
     def _submit_batch(self, batch: str, launches: list[StageLaunch]) -> dict[str, Submission]:
-        """One process for the clips of ``launches``. Each attempt folder is claimed as
-        for a single attempt (pointing at the batch), so none is ever started twice;
-        the stage reports each clip into its attempt's status.json as it finishes."""
-        directory = self.root / "batches" / batch
+        """One process for the clips of ``launches``, or an idle warm one of the same
+        stage. Each attempt folder is claimed as for a single attempt (pointing at the
+        batch), so none is ever started twice; the stage reports each clip into its
+        attempt's status.json as it finishes."""
         claimed: list[StageLaunch] = []
         for launch in launches:
             attempt_dir = self.root / launch.attempt_id
@@ -197,29 +227,93 @@ class LocalExecutor:
             pointer = {"batch": batch, "stage": launch.stage, "run_id": launch.run_id}
             if files.create_json_exclusive(attempt_dir / files.LAUNCH, pointer):
                 claimed.append(launch)
-        handles = {launch.attempt_id: self._submission(launch) for launch in launches}
-        if not claimed:
-            return handles
+        if claimed:
+            key = _warm_key(claimed[0])
+            warm = self._warm.get(key)
+            if warm is not None and self._add_to_warm(warm, claimed):
+                log.info(
+                    "batch %s: %d more clips of stage %s, in its warm process",
+                    warm.batch,
+                    len(claimed),
+                    claimed[0].stage,
+                )
+                batch = warm.batch
+            else:
+                self._start_batch(batch, claimed, key)
+        return {launch.attempt_id: self._submission(launch, batch) for launch in launches}
+
+    def _start_batch(self, batch: str, claimed: list[StageLaunch], key: tuple[str, ...]) -> None:
+        directory = self.root / "batches" / batch
         directory.mkdir(parents=True, exist_ok=True)
-        items = [
-            {"env": launch.env, "report": str(self.root / launch.attempt_id / files.STATUS)}
-            for launch in claimed
-        ]
-        (directory / files.BATCH_ITEMS).write_text(json.dumps(items))
+        (directory / files.BATCH_ITEMS).write_text(json.dumps(self._items(claimed)))
         first = claimed[0]
         # The stage's timeout is per clip: the batch has one for each of its clips.
         spec = self._runner_launch(first, first.timeout_seconds * len(claimed)) | {
             "batch": batch,
             "attempts": [str(self.root / launch.attempt_id) for launch in claimed],
+            "timeout_per_clip": first.timeout_seconds,
+            "linger_seconds": self.batch_linger_seconds,
         }
         if not files.create_json_exclusive(directory / files.LAUNCH, spec):
-            return handles  # a replay of a batch already started
+            return  # a replay of a batch already started
         env = self._stage_env(first) | {contract.ENV_BATCH_FILE: str(directory / files.BATCH_ITEMS)}
+        if self.batch_linger_seconds > 0:
+            (directory / files.MORE).mkdir(exist_ok=True)
+            env[contract.ENV_BATCH_MORE] = str(directory / files.MORE)
+            env[contract.ENV_BATCH_LINGER] = str(self.batch_linger_seconds)
         child = self._start_runner(directory, env)
         for launch in claimed:
             self._children[launch.attempt_id] = child
+        if self.batch_linger_seconds > 0:
+            members = [self.root / launch.attempt_id for launch in claimed]
+            self._warm[key] = _Warm(batch, directory, child, members)
         log.info("batch %s: %d clips of stage %s in one process", batch, len(claimed), first.stage)
-        return handles
+
+    def _items(self, launches: list[StageLaunch]) -> list[dict[str, Any]]:
+        # Each clip's stderr goes to its own attempt's log as well as the batch's.
+        return [
+            {
+                "env": launch.env,
+                "report": str(self.root / launch.attempt_id / files.STATUS),
+                "log": str(self.root / launch.attempt_id / files.STDERR),
+            }
+            for launch in launches
+        ]
+
+    def _add_to_warm(self, warm: _Warm, claimed: list[StageLaunch]) -> bool:
+        """Hands the clips to a warm process of their stage if it is alive, open and
+        idle (every clip it had is reported: a busy one would queue them behind its
+        own while a slot may be free). False: start a process for them instead."""
+        more = warm.directory / files.MORE
+        if (
+            warm.child.poll() is not None
+            or (more / contract.BATCH_CLOSED).exists()
+            or not all((member / files.STATUS).exists() for member in warm.members)
+        ):
+            return False
+        runner = json.loads((warm.directory / files.RUNNER).read_text())
+        for launch in claimed:
+            # They read as running in that process, with its log as theirs.
+            folder = self.root / launch.attempt_id
+            with contextlib.suppress(FileExistsError):
+                (folder / files.STDOUT).symlink_to(warm.directory / files.STDOUT)
+            write_json_atomic(folder / files.RUNNER, runner | {"batch": warm.batch})
+        name = f"{time.time_ns():020d}-{os.getpid()}.json"
+        write_atomic(more / name, json.dumps(self._items(claimed)))
+        if (more / contract.BATCH_CLOSED).exists():
+            # It closed meanwhile: take them back, unless its last look took them.
+            try:
+                (more / name).rename(more / (name + files.WITHDRAWN))
+            except FileNotFoundError:
+                pass
+            else:
+                for launch in claimed:
+                    (self.root / launch.attempt_id / files.RUNNER).unlink(missing_ok=True)
+                return False
+        warm.members += [self.root / launch.attempt_id for launch in claimed]
+        for launch in claimed:
+            self._children[launch.attempt_id] = warm.child
+        return True
 
     def _start_runner(self, directory: Path, env: dict[str, str]) -> subprocess.Popen:
         try:
@@ -235,9 +329,9 @@ class LocalExecutor:
         except OSError as exc:
             raise ExecutorError(f"could not start the local runner: {exc}") from exc
 
-    def _submission(self, launch: StageLaunch) -> Submission:
+    def _submission(self, launch: StageLaunch, batch: str | None = None) -> Submission:
         return Submission(
-            handle=launch.attempt_id, accelerator=launch.accelerator, placement="local"
+            handle=launch.attempt_id, accelerator=launch.accelerator, placement="local", batch=batch
         )
 
     def _reap(self) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psutil
 
+from algorithms import contract
 from orchestrator.fileio import write_json_atomic
 
 LAUNCH = "launch.json"
@@ -31,6 +32,10 @@ STDERR = "stderr.log"
 BATCH_ITEMS = "batch.json"
 #: Where a lone stage leaves a copy of its manifest (CAMFLOW_MANIFEST_COPY).
 MANIFEST_COPY = "manifest.json"
+#: A warm batch's folder of further clips (CAMFLOW_BATCH_MORE), and the suffix of a
+#: file of them given back rather than taken.
+MORE = "more"
+WITHDRAWN = ".withdrawn"
 
 
 def _now() -> str:
@@ -100,10 +105,10 @@ def supervise(directory: Path) -> int:
     }
     members = [Path(p) for p in launch.get("attempts", [])]
     for folder in members:
-        # Each clip's attempt reads as running, with the batch's log as its own.
-        for name in (STDOUT, STDERR):
-            with contextlib.suppress(FileExistsError):
-                (folder / name).symlink_to(directory / name)
+        # Each clip's attempt reads as running, with the batch's output as its own (its
+        # stderr the stage copies into its own log, clip by clip).
+        with contextlib.suppress(FileExistsError):
+            (folder / STDOUT).symlink_to(directory / STDOUT)
         write_json_atomic(folder / RUNNER, runner | {"batch": launch.get("batch")})
     write_json_atomic(directory / RUNNER, runner)
     cancelled = False
@@ -114,13 +119,22 @@ def supervise(directory: Path) -> int:
         _stop(process, grace)
 
     signal.signal(signal.SIGTERM, _on_term)
-    deadline = time.monotonic() + timeout
+    begun = time.monotonic()
+    more = directory / MORE
+    per_clip = float(launch.get("timeout_per_clip") or 0)
+    linger = float(launch.get("linger_seconds") or 0)
+    deadline = begun + timeout
     timed_out = False
     while True:
         try:
             code = process.wait(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
             break
         except subprocess.TimeoutExpired:
+            if per_clip and more.is_dir():
+                # A warm batch: each clip added since has its own timeout, and the
+                # waits between them are bounded by the linger.
+                added = len(_more_reports(more))
+                deadline = begun + timeout + added * (per_clip + linger)
             if time.monotonic() >= deadline:
                 timed_out = True
                 _stop(process, grace)
@@ -146,12 +160,35 @@ def supervise(directory: Path) -> int:
     if code == 0 and not timed_out and not cancelled:
         with contextlib.suppress(OSError, ValueError):
             status["manifest"] = json.loads((directory / MANIFEST_COPY).read_text())
+    if more.is_dir():
+        # Clips added to a warm batch that its process never took are given back here,
+        # so that nothing can take them later: they end as the batch did.
+        with contextlib.suppress(FileExistsError):
+            (more / contract.BATCH_CLOSED).touch(exist_ok=False)
+        for path in more.glob("*.json"):
+            with contextlib.suppress(FileNotFoundError):
+                path.rename(path.with_name(path.name + WITHDRAWN))
+        members += [Path(report).parent for report in _more_reports(more)]
     for folder in members:
-        # The stage reported the clips it finished; the others end as the batch did.
+        # The stage reported the clips it finished; the others end as the batch did,
+        # with the batch's log (where the crash is) as theirs.
         if not (folder / STATUS).exists():
+            if not (folder / STDERR).exists():
+                with contextlib.suppress(FileExistsError):
+                    (folder / STDERR).symlink_to(directory / STDERR)
             write_json_atomic(folder / STATUS, _unreported(status))
     write_json_atomic(directory / STATUS, status)
     return 0
+
+
+def _more_reports(more: Path) -> list[str]:
+    """The report paths of every clip added to a warm batch (taken or given back)."""
+    reports = []
+    for path in more.iterdir():
+        if path.name.endswith((".json" + contract.BATCH_TAKEN, ".json" + WITHDRAWN)):
+            with contextlib.suppress(OSError, ValueError):
+                reports += [item["report"] for item in json.loads(path.read_text())]
+    return reports
 
 
 def _unreported(batch: dict) -> dict:
