@@ -685,7 +685,13 @@ class Reconciler:
             self.store.checkpoint()
         try:
             submissions = self.executor.submit([launch for _, _, launch in members])
+        except SubmitRefused as exc:  # the same refusal for each of its clips
+            for view, attempt, _ in members:
+                with trouble.isolate(view, "starting a stage of"):
+                    self._refused(view, attempt, exc)
+            return 0
         except CamflowError as exc:
+            # Their place is recorded: a Resubmit tries there again, and only there.
             log.warning("could not submit batch %s of %d clips: %s", batch, len(members), exc)
             return 0
         for view, attempt, launch in members:
@@ -758,20 +764,7 @@ class Reconciler:
         try:
             submission = self.executor.submit([launch])[launch.attempt_id]
         except SubmitRefused as exc:
-            if exc.final:
-                values: dict[str, Any] = {
-                    "state": AttemptState.FAILED,
-                    "reason": str(exc),
-                    "exhausted": True,
-                    "finished_at": self.clock(),
-                }
-                if self.store.update_attempt(attempt.id, (AttemptState.PENDING,), **values):
-                    for key, value in values.items():
-                        setattr(attempt, key, value)
-                    telemetry.attempt_finished(attempt, ran=False)
-            else:  # held where it was placed; the reason shows why it waits
-                self.store.update_attempt(attempt.id, reason=str(exc))
-            log.warning("clip %s: %s refused: %s", _clip_name(view.clip), attempt.id, exc)
+            self._refused(view, attempt, exc)
             return True
         except CamflowError as exc:
             # Its place is recorded: a Resubmit tries there again, and only there.
@@ -779,6 +772,22 @@ class Reconciler:
             return True
         self._record_submission(view, attempt, launch, submission)
         return True
+
+    def _refused(self, view: RunWithAttempts, attempt: StageAttempt, exc: SubmitRefused) -> None:
+        if exc.final:
+            values: dict[str, Any] = {
+                "state": AttemptState.FAILED,
+                "reason": str(exc),
+                "exhausted": True,
+                "finished_at": self.clock(),
+            }
+            if self.store.update_attempt(attempt.id, (AttemptState.PENDING,), **values):
+                for key, value in values.items():
+                    setattr(attempt, key, value)
+                telemetry.attempt_finished(attempt, ran=False)
+        else:  # held where it was placed; the reason shows why it waits
+            self.store.update_attempt(attempt.id, reason=str(exc))
+        log.warning("clip %s: %s refused: %s", _clip_name(view.clip), attempt.id, exc)
 
     def _place(
         self, view: RunWithAttempts, attempt: StageAttempt, fallback: str | None = None
