@@ -34,6 +34,11 @@ ENV_BATCH_MORE = "CAMFLOW_BATCH_MORE"
 ENV_BATCH_LINGER = "CAMFLOW_BATCH_LINGER"
 BATCH_TAKEN = ".taken"
 BATCH_CLOSED = "closed"
+#: Beside an item's report: written when the program starts that clip (its timeout
+#: counts from then, not from the batch's start), and by the executor to cancel a clip
+#: that has not started (the program then reports it cancelled and skips it).
+BATCH_STARTED = "started.json"
+BATCH_CANCELLED = "cancelled"
 #: With a batch whose items name no ``report``, the item this process runs (an Indexed
 #: Job's pod: the Job controller sets it to the pod's completion index). The program
 #: runs only that item, under the single-clip contract: its exit code is that clip's

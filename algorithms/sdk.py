@@ -101,7 +101,11 @@ class StageContext:
                 f"not started by camflow: {', '.join(missing)} not set "
                 "(use `camflow algorithms try` or `camflow process` to run a stage)"
             )
-        scratch = Path(env.get("TMPDIR") or "/tmp") / f"camflow-{env[contract.ENV_RUN_ID]}"
+        # Per run and stage: stages of one run may run at once, and a batch clears each
+        # clip's scratch when it is done.
+        scratch = Path(env.get("TMPDIR") or "/tmp") / (
+            f"camflow-{env[contract.ENV_RUN_ID]}-{env.get(contract.ENV_STAGE, '')}"
+        )
         scratch.mkdir(parents=True, exist_ok=True)
         return cls(
             inputs=json.loads(env[contract.ENV_INPUTS]),
@@ -382,25 +386,40 @@ def _write_report(path: str, payload: dict[str, Any]) -> None:
 
 def _run_batch(main: Main, items: list[dict[str, Any]]) -> int:
     s3 = s3_client()
+    parent = os.getppid()
     done = 0
     for item in items:
         done += 1
+        if os.getppid() != parent:
+            return 1  # the supervisor is gone: clips not started are someone else's now
         _run_batch_item(main, item, s3, f"{done}/{len(items)}")
     more = os.environ.get(contract.ENV_BATCH_MORE)
     if more:
         linger = float(os.environ.get(contract.ENV_BATCH_LINGER) or 0)
         for item in _more_items(Path(more), linger):
             done += 1
+            if os.getppid() != parent:
+                return 1
             _run_batch_item(main, item, s3, f"{done}")
     return contract.EXIT_OK
 
 
 def _run_batch_item(main: Main, item: dict[str, Any], s3: Any, position: str) -> None:
     started_at = _utc_now()
-    code, reason, manifest = _run_item(main, item["env"], s3, item.get("log"), position)
-    if item.get("report"):
+    report = item.get("report")
+    if report:
+        folder = Path(report).parent
+        if (folder / contract.BATCH_CANCELLED).exists():
+            # Cancelled before its turn: it never starts.
+            _write_report(report, {"exit_code": 143, "reason": "cancelled", "started_at": None})
+            return
+        # When this clip, not its batch, began: its own timeout counts from here.
+        _write_report(str(folder / contract.BATCH_STARTED), {"started_at": started_at})
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CAMFLOW_")}, **item["env"]}
+    code, reason, manifest = _run_item(main, env, s3, item.get("log"), position)
+    if report:
         _write_report(
-            item["report"],
+            report,
             {
                 "exit_code": code,
                 "reason": reason,

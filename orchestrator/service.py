@@ -307,15 +307,20 @@ class Service:
         interval = self.runtime.settings.engine.interval_seconds
         wait = self.runtime.executor.wait  # type: ignore[attr-defined]
         while not self._stopping.is_set():
+            if not self.leadership.leading:
+                self._stopping.wait(interval)  # a follower's executor starts nothing
+                continue
             started = time.monotonic()
             try:
                 wait(interval)
             except Exception:  # a stat that failed: the interval still covers it
                 log.debug("waiting for stages failed", exc_info=True)
-            if time.monotonic() - started < interval and self.leadership.leading:
+                self._stopping.wait(interval)
+                continue
+            if time.monotonic() - started < interval:
                 self._wake_engine()
-                # The finished stage reads as finished until the engine has seen it.
-                self._stopping.wait(0.05)
+            # Never a busy loop, whatever the executor answers.
+            self._stopping.wait(0.02)
 
     def _wake_engine(self) -> None:
         # New clips get their runs now rather than at the next interval (a tick under

@@ -14,9 +14,9 @@ from orchestrator.engine.batching import Candidate, plan_executions
 from orchestrator.engine.decide import StartAttempt
 from orchestrator.executors.base import ExecState, StageLaunch
 from orchestrator.executors.local import LocalExecutor
-from orchestrator.service import drive, open_runtime
+from orchestrator.service import Runtime, drive, open_runtime
 from orchestrator.settings import PROJECT_ROOT, Settings
-from orchestrator.store.models import AttemptState
+from orchestrator.store.models import AttemptState, RunStatus
 
 STAGES = PROJECT_ROOT / "tests" / "stages"
 
@@ -131,7 +131,11 @@ def test_a_batch_runs_in_one_process_and_clips_it_did_not_report_end_as_it_did(
     assert statuses["a0"].state == ExecState.SUCCEEDED
     for handle in ("a1", "a2"):
         assert statuses[handle].state == ExecState.FAILED
-        assert statuses[handle].exit_code == 3 and statuses[handle].reason == "segfault, say"
+        assert statuses[handle].exit_code == 3
+        # Its own reason, never the batch log's last line (another clip's words).
+        reason = statuses[handle].reason or ""
+        assert "ended (exit 3) before this clip was done" in reason
+        assert "segfault" not in reason
     # One process for the three: one runner, whose log each attempt shows as its own.
     assert len(list((tmp_path / "attempts" / "batches").iterdir())) == 1
     assert (tmp_path / "attempts" / "a2" / "stderr.log").read_text().strip() == "segfault, say"
@@ -258,3 +262,111 @@ if more:
 for item in items:
     json.dump({"exit_code": 0, "reason": None}, open(item["report"], "w"))
 """
+
+
+# --- a clip that brings its batch down, and what it must not take with it -----------------
+
+
+def _keyed(settings: Settings, **local: object) -> Settings:
+    return settings.model_copy(
+        update={
+            "algorithm_dirs": [STAGES],
+            "pipeline_dirs": [STAGES / "pipelines"],
+            "local": settings.local.model_copy(update=local),
+        }
+    )
+
+
+def _upload_mixed(runtime: Runtime, cameras: list[str]) -> list[str]:
+    at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    for n, camera in enumerate(cameras):
+        key = upload_key("acme", camera, at, n=n + 1).replace("acme/", "mixed/", 1)
+        runtime.s3.client.put_object(Bucket=runtime.settings.s3.ingest_bucket, Key=key, Body=b"x")
+    runtime.watcher.tick()
+    runtime.reconciler.plan_new_clips()
+    return [run.id for run, _ in runtime.store.list_runs(pipeline="keyed")]
+
+
+def test_a_clip_that_kills_its_batch_takes_no_other_clip_down_for_good(
+    settings: Settings,
+) -> None:
+    keyed = _keyed(settings, max_parallel=1)
+    with open_runtime(keyed) as runtime:
+        run_ids = _upload_mixed(runtime, ["crash1", "ok1", "ok2", "ok3"])
+        assert len(run_ids) == 4
+        drive(runtime, run_ids, timeout=120, interval=0.1)
+        for run_id in run_ids:
+            run = runtime.store.get_run(run_id)
+            clip = runtime.store.find_clip(run.clip_id)
+            # The crash took its batch's process, once: every clip is done the second
+            # time, each alone; no clip's error quotes another clip's words.
+            assert run.status == "succeeded", (clip.camera, run.error)
+            for attempt in runtime.store.attempts_of_run(run_id):
+                assert "decoder crashed" not in (attempt.reason or "") or clip.camera == "crash1"
+                if attempt.attempt > 1:
+                    assert attempt.batch is None  # a retry runs alone
+
+
+def test_each_clip_of_a_batch_is_timed_from_its_own_start(settings: Settings) -> None:
+    with open_runtime(_keyed(settings, max_parallel=1)) as runtime:
+        run_ids = _upload_mixed(runtime, ["ok1", "ok2", "ok3"])
+        drive(runtime, run_ids, timeout=120, interval=0.1)
+        attempts = [runtime.store.attempts_of_run(run_id)[0] for run_id in run_ids]
+        assert len({a.batch for a in attempts}) == 1
+        starts = sorted(a.started_at for a in attempts)  # type: ignore[type-var]
+        assert starts[0] < starts[1] < starts[2]
+        for attempt in attempts:
+            assert attempt.started_at <= attempt.finished_at  # type: ignore[operator]
+
+
+def test_one_run_whose_write_the_store_refuses_fails_alone_on_postgresql(
+    settings: Settings, postgres_url: str
+) -> None:
+    keyed = _keyed(settings).model_copy(
+        update={"store": settings.store.model_copy(update={"url": postgres_url})}
+    )
+    with open_runtime(keyed) as runtime:
+        runtime.reconciler.max_erroring_ticks = 3
+        run_ids = _upload_mixed(runtime, ["nan1", "ok1", "ok2", "ok3"])
+        drive(runtime, run_ids, timeout=120, interval=0.1)
+        outcomes = {
+            runtime.store.find_clip(runtime.store.get_run(r).clip_id).camera: runtime.store.get_run(
+                r
+            )
+            for r in run_ids
+        }
+        assert outcomes["nan1"].status == "failed"
+        for camera in ("ok1", "ok2", "ok3"):
+            assert outcomes[camera].status == "succeeded", outcomes[camera].error
+
+
+def test_a_finished_stage_wakes_a_waiting_engine_once(tmp_path: Path) -> None:
+    executor = LocalExecutor(tmp_path / "attempts")
+    [submitted] = executor.submit([_launch(0, [sys.executable, "-c", "pass"], batch=None)]).values()
+    started = time.monotonic()
+    executor.wait(10)
+    assert time.monotonic() - started < 5  # woken by the finish, not the timeout
+    started = time.monotonic()
+    executor.wait(0.3)  # nothing new finished: no spin, the whole wait
+    assert time.monotonic() - started >= 0.3
+    assert executor.poll([submitted.handle])[submitted.handle].state == ExecState.SUCCEEDED
+
+
+def test_a_failed_runs_stages_in_flight_stop_holding_slots(settings: Settings) -> None:
+    probe = _keyed(settings)
+    with open_runtime(probe) as runtime:
+        run_ids = _upload_mixed(runtime, ["hang1"])
+        runtime.reconciler.tick()
+        [attempt] = runtime.store.attempts_of_run(run_ids[0])
+        assert runtime.store.count_attempts("local", None, None) == 1
+        runtime.store.finish_run(
+            run_ids[0], RunStatus.FAILED, "given up", None, None, attempt.created_at
+        )
+        assert (
+            runtime.store.settle_attempts(
+                run_ids[0], "cancelled: the run ended", attempt.created_at
+            )
+            == 1
+        )
+        assert runtime.store.count_attempts("local", None, None) == 0
+        runtime.executor.cancel([runtime.store.attempts_of_run(run_ids[0])[0].handle or ""])

@@ -11,7 +11,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Collection, Hashable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -97,6 +97,9 @@ class _Trouble:
     """The runs whose handling raised this tick, each with the first step and error."""
 
     runs: dict[str, tuple[str, Exception]] = field(default_factory=dict)
+    #: Undoes one run's writes in the phase's transaction when its handling raises
+    #: (the store's savepoint), so that the others' stay and can go on.
+    savepoint: Callable[[], AbstractContextManager[None]] = nullcontext
 
     def __contains__(self, run_id: object) -> bool:
         return run_id in self.runs
@@ -106,7 +109,8 @@ class _Trouble:
         """Runs the block for one run; what it raises is logged and kept, not raised,
         so that one run's trouble never stops the tick for the others."""
         try:
-            yield
+            with self.savepoint():
+                yield
         except Exception as exc:
             where = f"clip {_clip_name(view.clip)} run {view.run.id}"
             if isinstance(exc, UNAVAILABLE):
@@ -114,6 +118,10 @@ class _Trouble:
             else:
                 log.exception("%s: unexpected error while %s it; the other runs go on", where, step)
             self.runs.setdefault(view.run.id, (step, exc))
+
+
+#: Attempts observed between two commits of the observe phase.
+OBSERVED_PER_COMMIT = 25
 
 
 def _clip_name(clip: Clip) -> str:
@@ -292,12 +300,16 @@ class Reconciler:
                 if attempt.state == AttemptState.RUNNING and attempt.handle:
                     running[attempt.handle] = (view, attempt)
         statuses = self._poll(running, trouble) if running else {}
-        for handle, (view, attempt) in running.items():
+        for n, (handle, (view, attempt)) in enumerate(running.items(), 1):
             status = statuses.get(handle)
             if status is None or view.run.id in trouble:
                 continue  # no answer about it this time: asked again next tick
             with trouble.isolate(view, "observing"):
                 self._observe_attempt(view, attempt, status)
+            if n % OBSERVED_PER_COMMIT == 0:
+                # Other writers wait behind an open write (all of them, on SQLite):
+                # never for more than this many attempts' S3 reads.
+                self.store.checkpoint()
 
     def _poll(
         self, running: dict[str, tuple[RunWithAttempts, StageAttempt]], trouble: _Trouble
@@ -463,7 +475,7 @@ class Reconciler:
             views = [view for view in views if view.run.id in only]
         # Past this point each run is handled on its own: what one run's handling
         # raises is kept in ``trouble`` and the tick goes on for the others.
-        trouble = _Trouble()
+        trouble = _Trouble(savepoint=self.store.savepoint)
         # Each phase's store writes commit together: one commit for a tick's hundreds
         # of attempt updates, not one each.
         with self.store.batch():
@@ -612,6 +624,10 @@ class Reconciler:
             finished = self._finish(view, action)
             if finished is not None:
                 report.finished.append((action.run_id, finished))
+            # Committed now: the finished-runs counter stays locked until then, and on
+            # SQLite so does every writer (the watcher, the API) behind the S3 work of
+            # the runs finishing after it.
+            self.store.checkpoint()
 
     def _executions(
         self,
@@ -636,8 +652,11 @@ class Reconciler:
             max_size = resolved.spec.batch.max_size or self.batch_max_size
             max_wait = resolved.spec.batch.max_wait_seconds
             key = None
-            if resolved.algorithm.batch and max_size > 1:
+            # A retry runs alone: a clip that brought its batch down (a crash, a hang)
+            # must not take the next batch's clips with it. Tenants never share one.
+            if resolved.algorithm.batch and max_size > 1 and start.attempt == 1:
                 key = (
+                    by_id[start.run_id].clip.tenant,
                     resolved.algorithm.ref,
                     json.dumps(resolved.params, sort_keys=True),
                     start.accelerator,
@@ -900,6 +919,8 @@ class Reconciler:
             return None
         if not self.store.finish_run(view.run.id, status, error, result, uri, now):
             return None
+        # Stages still in flight were cancelled with the run: they no longer hold slots.
+        self.store.settle_attempts(view.run.id, "cancelled: the run ended", now)
         telemetry.run_finished(view.run.pipeline, status)
         if status == RunStatus.SUCCEEDED:
             log.info(

@@ -42,6 +42,16 @@ log = logging.getLogger("camflow.local")
 START_GRACE_SECONDS = 30.0
 #: How often ``wait`` looks for a finished attempt: a few stat calls each time.
 WAIT_STEP_SECONDS = 0.02
+#: The largest status.json read (a batch clip's report carries its manifest).
+MAX_STATUS_BYTES = 4 * 2**20
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
 
 
 #: How far a process's start time may read from the recorded one and still be it:
@@ -243,6 +253,18 @@ class LocalExecutor:
         return {launch.attempt_id: self._submission(launch, batch) for launch in launches}
 
     def _start_batch(self, batch: str, claimed: list[StageLaunch], key: tuple[str, ...]) -> None:
+        try:
+            self._start_batch_process(batch, claimed, key)
+        except (OSError, ExecutorError) as exc:
+            # Nothing started: the claims go, so that a Resubmit starts them for real
+            # rather than adopting attempts that never ran.
+            for launch in claimed:
+                (self.root / launch.attempt_id / files.LAUNCH).unlink(missing_ok=True)
+            raise ExecutorError(f"could not start a batch of {len(claimed)} clips: {exc}") from exc
+
+    def _start_batch_process(
+        self, batch: str, claimed: list[StageLaunch], key: tuple[str, ...]
+    ) -> None:
         directory = self.root / "batches" / batch
         directory.mkdir(parents=True, exist_ok=True)
         (directory / files.BATCH_ITEMS).write_text(json.dumps(self._items(claimed)))
@@ -354,15 +376,31 @@ class LocalExecutor:
         ``timeout``: a foreground engine (camflow process) then starts the next stage
         at once instead of at its next interval."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(path.exists() for path in self._unfinished):
+        while True:
+            finished = [path for path in self._unfinished if path.exists()]
+            if finished:
+                # Each finish wakes once: one the engine will not poll again (its run
+                # ended) must not keep waking it.
+                self._unfinished = [p for p in self._unfinished if p not in finished]
                 return
-            time.sleep(min(WAIT_STEP_SECONDS, max(0.0, deadline - time.monotonic())))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(WAIT_STEP_SECONDS, left))
 
     def _status(self, handle: str) -> ExecStatus:
         directory = self.root / handle
         status_file = directory / files.STATUS
         if status_file.exists():
+            if status_file.stat().st_size > MAX_STATUS_BYTES:
+                # The stage writes a batch clip's report: it must not cost the engine
+                # its memory at every poll.
+                return ExecStatus(
+                    state=ExecState.FAILED,
+                    exit_code=1,
+                    reason=f"its report is over {MAX_STATUS_BYTES} bytes (a manifest that "
+                    "large breaks the stage contract)",
+                )
             status = json.loads(status_file.read_text())
             code = status["exit_code"]
             return ExecStatus(
@@ -378,6 +416,15 @@ class LocalExecutor:
         if runner_file.exists():
             runner = json.loads(runner_file.read_text())
             if _runner_alive(runner):
+                if runner.get("batch"):
+                    # A clip of a batch runs from when the stage started it, not when its
+                    # batch did (its timeout counts from then); until then it waits.
+                    started = _read_json(directory / contract.BATCH_STARTED)
+                    if started is None:
+                        return ExecStatus(state=ExecState.QUEUED)
+                    return ExecStatus(
+                        state=ExecState.RUNNING, started_at=_parse_time(started.get("started_at"))
+                    )
                 return ExecStatus(
                     state=ExecState.RUNNING, started_at=_parse_time(runner.get("started_at"))
                 )
@@ -408,7 +455,15 @@ class LocalExecutor:
                 continue
             if process is None:
                 continue
-            # The runner stops the stage's process group and records "cancelled".
+            folder = self.root / handle
+            if runner.get("batch") and not (folder / contract.BATCH_STARTED).exists():
+                # A clip of a batch that has not started: the stage skips it, and the
+                # batch's other clips go on.
+                (folder / contract.BATCH_CANCELLED).touch()
+                if not (folder / contract.BATCH_STARTED).exists():
+                    continue
+            # The runner stops the stage's process group and records "cancelled" (for a
+            # batch, the clip it was running: the clips after it end with it).
             # psutil checks the pid still names that process just before signalling.
             with contextlib.suppress(psutil.NoSuchProcess):
                 process.send_signal(signal.SIGTERM)

@@ -36,6 +36,7 @@ MANIFEST_COPY = "manifest.json"
 #: file of them given back rather than taken.
 MORE = "more"
 WITHDRAWN = ".withdrawn"
+MAX_MANIFEST_COPY_BYTES = 2**20
 
 
 def _now() -> str:
@@ -125,17 +126,21 @@ def supervise(directory: Path) -> int:
     linger = float(launch.get("linger_seconds") or 0)
     deadline = begun + timeout
     timed_out = False
+    overran: Path | None = None  # the clip of a batch that ran past its own timeout
     while True:
         try:
             code = process.wait(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
             break
         except subprocess.TimeoutExpired:
-            if per_clip and more.is_dir():
-                # A warm batch: each clip added since has its own timeout, and the
-                # waits between them are bounded by the linger.
-                added = len(_more_reports(more))
-                deadline = begun + timeout + added * (per_clip + linger)
-            if time.monotonic() >= deadline:
+            if per_clip:
+                # A batch: each clip has its own timeout, from when it started; the
+                # whole process is bounded too, with the lingers between clips.
+                every = members + [
+                    Path(r).parent for r in (_more_reports(more) if more.is_dir() else [])
+                ]
+                overran = _overrunning(every, per_clip)
+                deadline = begun + (len(every) + 1) * (per_clip + linger)
+            if overran is not None or time.monotonic() >= deadline:
                 timed_out = True
                 _stop(process, grace)
                 code = process.returncode
@@ -144,7 +149,7 @@ def supervise(directory: Path) -> int:
         code = 128 - code  # killed by a signal, as a shell reports it
     reason = None
     if timed_out:
-        reason = f"timed out after {timeout:g} s and was killed"
+        reason = f"timed out after {per_clip or timeout:g} s and was killed"
     elif cancelled:
         reason = "cancelled"
     elif code != 0:
@@ -157,9 +162,18 @@ def supervise(directory: Path) -> int:
         "started_at": started,
         "finished_at": _now(),
     }
-    if code == 0 and not timed_out and not cancelled:
+    copy = directory / MANIFEST_COPY
+    # A larger copy is left to the engine, which reads the manifest from S3 under its
+    # own limit.
+    if (
+        code == 0
+        and not timed_out
+        and not cancelled
+        and copy.is_file()
+        and copy.stat().st_size <= MAX_MANIFEST_COPY_BYTES
+    ):
         with contextlib.suppress(OSError, ValueError):
-            status["manifest"] = json.loads((directory / MANIFEST_COPY).read_text())
+            status["manifest"] = json.loads(copy.read_text())
     if more.is_dir():
         # Clips added to a warm batch that its process never took are given back here,
         # so that nothing can take them later: they end as the batch did.
@@ -176,7 +190,9 @@ def supervise(directory: Path) -> int:
             if not (folder / STDERR).exists():
                 with contextlib.suppress(FileExistsError):
                     (folder / STDERR).symlink_to(directory / STDERR)
-            write_json_atomic(folder / STATUS, _unreported(status))
+            began = (folder / contract.BATCH_STARTED).exists()
+            ended = _unreported(status, folder == overran or not per_clip, began)
+            write_json_atomic(folder / STATUS, ended)
     write_json_atomic(directory / STATUS, status)
     return 0
 
@@ -191,11 +207,39 @@ def _more_reports(more: Path) -> list[str]:
     return reports
 
 
-def _unreported(batch: dict) -> dict:
-    """A clip of a batch that ended before the stage reported it."""
+def _overrunning(members: list[Path], per_clip: float) -> Path | None:
+    """The clip of a batch that started more than ``per_clip`` seconds ago and has not
+    been reported."""
+    now = datetime.now(UTC)
+    for folder in members:
+        if (folder / STATUS).exists():
+            continue
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            started = json.loads((folder / contract.BATCH_STARTED).read_text())["started_at"]
+            if (now - datetime.fromisoformat(started)).total_seconds() > per_clip:
+                return folder
+    return None
+
+
+def _unreported(batch: dict, overran: bool = True, started: bool = True) -> dict:
+    """A clip of a batch that ended before the stage reported it. Its reason never
+    quotes the batch's log, whose last line is another clip's. Only the clip that ran
+    past its timeout timed out; the ones after it never started."""
     batch = {k: v for k, v in batch.items() if k != "manifest"}
-    if batch["timed_out"] or batch["cancelled"] or batch["exit_code"] != 0:
+    if batch["timed_out"] and not overran:
+        return batch | {
+            "exit_code": 1,
+            "timed_out": False,
+            "reason": "its batch was stopped (another clip ran past its timeout) before "
+            f"this clip {'was done' if started else 'started'}; retried on its own",
+        }
+    if batch["timed_out"] or batch["cancelled"]:
         return batch
+    if batch["exit_code"] != 0:
+        return batch | {
+            "reason": f"its batch's process ended (exit {batch['exit_code']}) before this "
+            "clip was done; retried on its own"
+        }
     return batch | {
         "exit_code": 1,
         "reason": "the batch's process exited before reporting this clip "

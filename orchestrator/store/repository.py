@@ -144,6 +144,41 @@ class Store:
             shared.commit()
 
     @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Inside a batch on PostgreSQL, a block whose writes are undone alone when it
+        raises: an error there aborts the whole transaction otherwise, and every later
+        statement of the phase would fail with it. (SQLite undoes just the failing
+        statement, and its driver commits at a savepoint's release: nothing to do.)"""
+        shared = getattr(self._batch, "session", None)
+        if shared is None or self.engine.dialect.name != "postgresql":
+            yield
+            return
+        savepoint = shared.begin_nested()
+        try:
+            yield
+        except BaseException:
+            if savepoint.is_active:
+                savepoint.rollback()
+            raise
+        if savepoint.is_active:
+            savepoint.commit()
+
+    def settle_attempts(self, run_id: str, reason: str, at: datetime) -> int:
+        """Ends the attempts of a finished run that are still in flight (cancelled with
+        it), so that they stop counting against the executor's slots."""
+        with self.session() as session:
+            changed = session.exec(
+                update(StageAttempt)
+                .where(
+                    col(StageAttempt.run_id) == run_id,
+                    col(StageAttempt.state).in_((AttemptState.PENDING, AttemptState.RUNNING)),
+                )
+                .values(state=AttemptState.FAILED, reason=reason, finished_at=at)
+            )
+            session.commit()
+            return int(changed.rowcount or 0)
+
+    @contextmanager
     def batch(self) -> Iterator[None]:
         """The store writes of this thread, until the block ends, in one transaction:
         one commit for a tick's hundreds of attempt updates instead of one each. Other

@@ -2,12 +2,16 @@
 clips of one batch (one stage, one set of params) can fail in different ways.
 
 ``bad*``: bad input (exit 2); ``flaky*``: a transient failure at its first execution;
-``hang*``: never ends; anything else succeeds. Every execution leaves a marker object
+``hang*``: never ends; ``crash*``: the process dies (SIGKILL, as the OOM killer does)
+at its first execution; ``nan*``: a manifest with a NaN metric, which the store's JSON
+refuses on PostgreSQL; anything else succeeds. Every execution leaves a marker object
 under its output, so tests count how many times the program really ran for a clip.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 import uuid
@@ -30,6 +34,11 @@ def main(ctx: StageContext) -> StageReport:
         sys.exit(1)
     if camera.startswith("hang"):
         time.sleep(3600)
+    if camera.startswith("crash") and executions < 2:
+        print(f"decoder crashed on {ctx.clip.get('key')}", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    if camera.startswith("nan"):
+        return StageReport(metrics={"score": float("nan")})
     ctx.put_json(
         "result.json",
         {"keyed": {"camera": camera, "executions": executions, "accelerator": ctx.accelerator}},
