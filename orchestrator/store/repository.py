@@ -184,7 +184,11 @@ class Store:
         one commit for a tick's hundreds of attempt updates instead of one each. Other
         threads (the API, the watcher) keep their own short transactions. A crash
         before the commit loses the block's writes together, which the engine's
-        replay handles as it handles a crash between two of them."""
+        replay handles as it handles a crash between two of them. On SQLite, whose
+        Python driver begins a transaction only at a write and commits one at a
+        savepoint's release when the savepoint began it, a block may commit in a few
+        pieces instead: fewer commits all the same, and nothing the replay cannot
+        handle."""
         if getattr(self._batch, "session", None) is not None:
             yield  # already in one: the outer block commits
             return
