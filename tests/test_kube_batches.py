@@ -308,6 +308,47 @@ def test_the_api_refuses_per_index_limits_without_indexed_completion(
     assert (body["spec"]["backoffLimit"], body["spec"]["parallelism"]) == (2**31 - 1, 1)
 
 
+def test_a_resubmitted_clip_finds_its_batch_job_and_a_clip_that_went_alone_its_own(
+    tmp_path: Path,
+) -> None:
+    api = Emulator("dev", namespaces={NAMESPACE}).start()  # no controllers: Jobs just wait
+    cluster = DEV.model_copy(
+        update={"namespace": NAMESPACE, "kubeconfig": api.kubeconfig(tmp_path), "budget": 4}
+    )
+    executor = KubernetesExecutor([cluster])
+    try:
+        decode = launch_for(CATALOG.pipeline("faces"), "decode", "cpu")
+        launches = [
+            decode.model_copy(
+                update={"attempt_id": f"r-{n}-decode-1", "batch": "b-1", "placement": "dev"}
+            )
+            for n in range(3)
+        ]
+        # Another pipeline's retries: it cannot share the Job, so it goes alone.
+        launches[2] = launches[2].model_copy(update={"retries": 5})
+        first = {a: s.handle for a, s in executor.submit(launches).items()}
+        with api.lock:
+            jobs = {name: job["spec"].get("completions") for (_ns, name), job in api.jobs.items()}
+        assert len(jobs) == 2 and sorted(jobs.values()) == [1, 2]
+        assert first["r-0-decode-1"].endswith("#0") and first["r-1-decode-1"].endswith("#1")
+        assert "#" not in first["r-2-decode-1"]
+        # The engine lost the handles (a crash) and resubmits each clip on its own.
+        fresh = KubernetesExecutor([cluster])
+        try:
+            again = {
+                launch.attempt_id: fresh.submit(
+                    [launch.model_copy(update={"batch": None, "recorded_batch": "b-1"})]
+                )[launch.attempt_id].handle
+                for launch in launches
+            }
+        finally:
+            fresh.close()
+        assert again == first and len(api.jobs) == 2  # adopted, nothing created twice
+    finally:
+        executor.close()
+        api.stop()
+
+
 # --- through the engine --------------------------------------------------------------------
 
 

@@ -44,7 +44,6 @@ from orchestrator.kube.jobs import (
     ANNOTATION_FALLBACK_AFTER,
     ANNOTATION_TIMEOUT,
     CONTAINER,
-    LABEL_BATCH,
     LABEL_JOB,
     POD_JOB_LABEL,
     SELECTOR,
@@ -52,7 +51,6 @@ from orchestrator.kube.jobs import (
     build_batch_job,
     build_job,
     job_name,
-    label_value,
 )
 from orchestrator.kube.routing import choose_cluster
 from orchestrator.kube.status import (
@@ -430,7 +428,7 @@ class KubernetesExecutor:
         Indexed Job; a batch that came apart (one clip, or clips of other shapes) as
         several."""
         done = {}
-        batches: dict[tuple[object, ...], list[StageLaunch]] = {}
+        batches: dict[str, list[StageLaunch]] = {}
         for launch in launches:
             if launch.placement is None:
                 placed = self.place([launch]).get(launch.attempt_id)
@@ -443,15 +441,19 @@ class KubernetesExecutor:
                     update={"placement": placed.placement, "accelerator": placed.accelerator}
                 )
             if launch.batch:
-                batches.setdefault(_shape(launch), []).append(launch)
+                batches.setdefault(launch.batch, []).append(launch)
             else:
                 done[launch.attempt_id] = self._create(launch)
         for members in batches.values():
-            if len(members) == 1:
-                # A batch of one is a lone Job: the name its Resubmit would find.
-                done[members[0].attempt_id] = self._create(members[0])
-            else:
-                done.update(self._create_batch(members))
+            # One Job per batch, named by it: its clips that cannot share that Job (of
+            # another place or shape, or a batch of one) go as lone Jobs, where a
+            # Resubmit finds them by their own names.
+            together = [m for m in members if _shape(m) == _shape(members[0])]
+            if len(together) > 1:
+                done.update(self._create_batch(together))
+            for launch in members:
+                if launch.attempt_id not in done:
+                    done[launch.attempt_id] = self._create(launch)
         return done
 
     def _cluster_for(self, launch: StageLaunch) -> ClusterSettings:
@@ -504,9 +506,7 @@ class KubernetesExecutor:
         except ValueError as exc:
             raise SubmitRefused(str(exc), final=True) from exc
         accelerator = launches[0].accelerator
-        gpu_twin = batch_job_name(
-            [launch.model_copy(update={"accelerator": "gpu"}) for launch in launches]
-        )
+        gpu_twin = batch_job_name(launches[0].batch or "", launches[0].stage, "gpu")
         self._create_job(cluster, job, accelerator, _handle(cluster, gpu_twin))
         name = job["metadata"]["name"]
         log.info(
@@ -557,39 +557,27 @@ class KubernetesExecutor:
         self.views[cluster.name].jobs.setdefault(name, job)
 
     def _find_in_batch(self, cluster: ClusterSettings, launch: StageLaunch) -> Submission | None:
-        """The attempt's index in a Job of the batch it was recorded in, on its
-        accelerator (a create whose answer was lost, a handle never recorded)."""
-        batch = label_value(launch.recorded_batch or "")
-
-        def holds(job: dict[str, Any]) -> bool:
-            return (
-                (job["metadata"].get("labels") or {}).get(LABEL_BATCH) == batch
-                and accelerator_of(job) == launch.accelerator
-                and launch.attempt_id in batch_attempts(job)
-            )
-
+        """The attempt's index in the Job of the batch it was recorded in, on its
+        accelerator (a create whose answer was lost, a handle never recorded). A refusal
+        to read it is raised: creating the attempt alone could run it twice."""
+        name = batch_job_name(launch.recorded_batch or "", launch.stage, launch.accelerator)
         view = self.views[cluster.name]
-        found = next((job for job in view.jobs.values() if holds(job)), None)
-        if found is None:
+        job = view.jobs.get(name)
+        if job is None:
             try:
-                listed = self.apis[cluster.name].list_jobs(f"{SELECTOR},{LABEL_BATCH}={batch}")
+                job = self.apis[cluster.name].get_job(name)
             except ClusterUnreachable as exc:
                 self._away(cluster, exc)
                 raise
-            found = next((job for job in listed if holds(job)), None)
-            if found is None:
+            if job is None:
                 return None
-            view.jobs[found["metadata"]["name"]] = found
-        log.info(
-            "%s is in batch Job %s on %s: adopted",
-            launch.attempt_id,
-            found["metadata"]["name"],
-            cluster.name,
-        )
+            view.jobs[name] = job
+        attempts = batch_attempts(job)
+        if launch.attempt_id not in attempts:  # it went alone (a batch of one, say)
+            return None
+        log.info("%s is in batch Job %s on %s: adopted", launch.attempt_id, name, cluster.name)
         return Submission(
-            handle=_handle(
-                cluster, found["metadata"]["name"], batch_attempts(found).index(launch.attempt_id)
-            ),
+            handle=_handle(cluster, name, attempts.index(launch.attempt_id)),
             accelerator=launch.accelerator,
             placement=cluster.name,
         )

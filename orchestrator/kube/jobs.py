@@ -66,16 +66,13 @@ def job_name(launch: StageLaunch) -> str:
     return f"{name}{GPU_SUFFIX}" if launch.accelerator == "gpu" else name
 
 
-def batch_job_name(launches: Sequence[StageLaunch]) -> str:
-    """The batch Job's name: deterministic in its attempts (a retried create finds the
-    first Job) and their accelerator (a GPU batch given back for CPU is replaced by a
-    Job of another name, as a lone Job is)."""
-    first = launches[0]
-    ids = "\n".join(launch.attempt_id for launch in launches)
-    digest = hashlib.sha256(ids.encode()).hexdigest()[:12]
-    stem = _dns_label(first.stage)[:40].strip("-")
-    name = f"cf-{stem}-b{digest}"
-    return f"{name}{GPU_SUFFIX}" if first.accelerator == "gpu" else name
+def batch_job_name(batch: str, stage: str, accelerator: str) -> str:
+    """A batch Job's name: deterministic in its batch and accelerator, so that a retried
+    create finds the first Job, an attempt recorded in the batch finds it by name, and a
+    GPU batch given back for CPU is replaced by a Job of another name (as a lone Job is)."""
+    digest = hashlib.sha256(batch.encode()).hexdigest()[:12]
+    name = f"cf-{_dns_label(stage)[:40].strip('-')}-b{digest}"
+    return f"{name}{GPU_SUFFIX}" if accelerator == "gpu" else name
 
 
 def label_value(text: str) -> str:
@@ -294,7 +291,7 @@ def build_batch_job(
         "backoffLimitPerIndex": first.retries,
     }
     return _job(
-        batch_job_name(launches),
+        batch_job_name(batch, first.stage, first.accelerator),
         cluster,
         {**job_labels, LABEL_BATCH: label_value(batch)},
         annotations,
