@@ -89,12 +89,23 @@ def main(
 
 
 @app.command()
-def serve(ctx: typer.Context) -> None:
+def serve(
+    ctx: typer.Context,
+    host: str | None = typer.Option(
+        None, "--host", help="Address the API listens on (default: api.host, 127.0.0.1)."
+    ),
+    port: int | None = typer.Option(
+        None, "--port", min=0, max=65535, help="Port of the API (default: api.port, 8080)."
+    ),
+) -> None:
     """Watch S3 for new clips and run their pipelines until interrupted (Ctrl-C)."""
     from orchestrator.service import Service, open_runtime
 
     try:
         settings = settings_from(ctx)
+        given = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+        if given:
+            settings = settings.model_copy(update={"api": settings.api.model_copy(update=given)})
         _setup_logging(settings.log_level)
         runtime = open_runtime(settings, durable_s3=True)
     except CamflowError as exc:

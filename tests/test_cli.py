@@ -121,3 +121,44 @@ def test_demo_shows_real_detections(tmp_path: Path) -> None:
         assert cells[2] == "succeeded" and int(cells[4]) == 0, rows[camera]
     assert "failed" in rows["entrance"]
     assert len(list((out / "results").rglob("result.json"))) == 5
+
+
+def test_serve_listens_where_its_options_say(tmp_path: Path) -> None:
+    import socket
+    import time
+
+    import httpx
+
+    def free_port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CAMFLOW_"))}
+    env.update(
+        CAMFLOW_HOME=str(tmp_path / "home"),
+        CAMFLOW_API__PORT="1",  # the option wins over the config
+        CAMFLOW_S3__EMBEDDED_PORT=str(free_port()),
+    )
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert serve.poll() is None, serve.stderr.read() if serve.stderr else ""
+            assert time.monotonic() < deadline, "camflow serve did not come up"
+            time.sleep(0.2)
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)
