@@ -409,12 +409,14 @@ def _run_batch_item(main: Main, item: dict[str, Any], s3: Any, position: str) ->
     report = item.get("report")
     if report:
         folder = Path(report).parent
+        # When this clip, not its batch, began: its own timeout counts from here. Written
+        # before the cancel check, so that a cancel either finds it started (and stops
+        # the process) or is seen here.
+        _write_report(str(folder / contract.BATCH_STARTED), {"started_at": started_at})
         if (folder / contract.BATCH_CANCELLED).exists():
-            # Cancelled before its turn: it never starts.
+            # Cancelled before its turn: it never runs.
             _write_report(report, {"exit_code": 143, "reason": "cancelled", "started_at": None})
             return
-        # When this clip, not its batch, began: its own timeout counts from here.
-        _write_report(str(folder / contract.BATCH_STARTED), {"started_at": started_at})
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("CAMFLOW_")}, **item["env"]}
     code, reason, manifest = _run_item(main, env, s3, item.get("log"), position)
     if report:

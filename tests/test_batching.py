@@ -9,6 +9,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from orchestrator.domain.layout import upload_key
 from orchestrator.engine.batching import Candidate, plan_executions
 from orchestrator.engine.decide import StartAttempt
@@ -255,12 +257,16 @@ REPORT_ALL = """
 import json, os
 from pathlib import Path
 from algorithms.sdk import _more_items
-items = json.load(open(os.environ["CAMFLOW_BATCH_FILE"]))
+def report(item):
+    with open(item["report"] + ".tmp", "w") as out:
+        json.dump({"exit_code": 0, "reason": None}, out)
+    os.replace(item["report"] + ".tmp", item["report"])
+for item in json.load(open(os.environ["CAMFLOW_BATCH_FILE"])):
+    report(item)
 more = os.environ.get("CAMFLOW_BATCH_MORE")
 if more:
-    items = items + list(_more_items(Path(more), float(os.environ["CAMFLOW_BATCH_LINGER"])))
-for item in items:
-    json.dump({"exit_code": 0, "reason": None}, open(item["report"], "w"))
+    for item in _more_items(Path(more), float(os.environ["CAMFLOW_BATCH_LINGER"])):
+        report(item)
 """
 
 
@@ -370,3 +376,62 @@ def test_a_failed_runs_stages_in_flight_stop_holding_slots(settings: Settings) -
         )
         assert runtime.store.count_attempts("local", None, None) == 0
         runtime.executor.cancel([runtime.store.attempts_of_run(run_ids[0])[0].handle or ""])
+
+
+def _tenant_launch(n: int, tenant: str, batch: str) -> StageLaunch:
+    launch = _launch(n, [sys.executable, "-c", REPORT_ALL], batch=batch)
+    return launch.model_copy(update={"tenant": tenant})
+
+
+def test_a_warm_process_never_takes_another_tenants_clip(tmp_path: Path) -> None:
+    executor = LocalExecutor(tmp_path / "attempts", batch_linger_seconds=30)
+    executor.submit([_tenant_launch(0, "acme", "b-acme")])
+    _wait(executor, ["a0"])
+    later = executor.submit([_tenant_launch(1, "globex", "b-globex")])
+    _wait(executor, ["a1"])
+    assert later["a1"].batch == "b-globex"
+    again = executor.submit([_tenant_launch(2, "acme", "b-acme-2")])
+    _wait(executor, ["a2"])
+    assert again["a2"].batch == "b-acme"  # its own tenant's warm process takes it
+
+
+def test_a_clip_taken_back_from_a_closing_process_is_not_failed_by_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.executors import local as local_module
+
+    executor = LocalExecutor(tmp_path / "attempts", batch_linger_seconds=0.3)
+    executor.submit([_launch(0, [sys.executable, "-c", SLOW_REPORT_ALL], batch="b-first")])
+    _wait(executor, ["a0"])
+    real = local_module.write_atomic
+
+    def late_write(path: Path, data: str | bytes) -> None:
+        if path.parent.name == "more":
+            # The executor saw it open; it closes and takes its last look before the
+            # clip's file lands, so the executor takes the clip back.
+            while not (path.parent / "closed").exists():
+                time.sleep(0.005)
+            time.sleep(0.02)
+        real(path, data)
+
+    monkeypatch.setattr(local_module, "write_atomic", late_write)
+    monkeypatch.setenv("SLOW", "1.0")  # the new process takes a moment to start
+    submitted = executor.submit(
+        [_launch(1, [sys.executable, "-c", SLOW_REPORT_ALL], batch="b-later")]
+    )
+    assert submitted["a1"].batch == "b-later"
+    seen: set[ExecState] = set()
+    deadline = time.monotonic() + 30
+    while True:
+        state = executor.poll(["a1"])["a1"].state
+        seen.add(state)
+        if state in (ExecState.SUCCEEDED, ExecState.FAILED):
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    # The closed process's supervisor never reported it: only its new process did.
+    assert state == ExecState.SUCCEEDED and ExecState.FAILED not in seen
+
+
+#: REPORT_ALL, slow to start when $SLOW says so.
+SLOW_REPORT_ALL = "import os, time\ntime.sleep(float(os.environ.get('SLOW', '0')))\n" + REPORT_ALL

@@ -46,6 +46,19 @@ WAIT_STEP_SECONDS = 0.02
 MAX_STATUS_BYTES = 4 * 2**20
 
 
+#: How long cancelling a clip of a batch waits for the stage to say it skipped it.
+CANCEL_WAIT_SECONDS = 0.5
+
+
+def _reported_soon(status: Path, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not status.exists():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(WAIT_STEP_SECONDS)
+    return True
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         loaded = json.loads(path.read_text())
@@ -110,8 +123,10 @@ class _Warm:
 
 
 def _warm_key(launch: StageLaunch) -> tuple[str, ...]:
-    """What a warm process runs: launches that share it may join it."""
+    """What a warm process runs: launches that share it may join it (never another
+    tenant's: one process, one tenant)."""
     return (
+        launch.tenant,
         launch.algorithm,
         launch.accelerator,
         launch.env.get(contract.ENV_PARAMS, ""),
@@ -279,14 +294,17 @@ class LocalExecutor:
         if not files.create_json_exclusive(directory / files.LAUNCH, spec):
             return  # a replay of a batch already started
         env = self._stage_env(first) | {contract.ENV_BATCH_FILE: str(directory / files.BATCH_ITEMS)}
-        if self.batch_linger_seconds > 0:
+        # GPU processes do not linger: an idle one holds no slot in the engine's count
+        # but would hold its GPU's memory while another stage is given that GPU.
+        linger = self.batch_linger_seconds if first.accelerator == "cpu" else 0.0
+        if linger > 0:
             (directory / files.MORE).mkdir(exist_ok=True)
             env[contract.ENV_BATCH_MORE] = str(directory / files.MORE)
-            env[contract.ENV_BATCH_LINGER] = str(self.batch_linger_seconds)
+            env[contract.ENV_BATCH_LINGER] = str(linger)
         child = self._start_runner(directory, env)
         for launch in claimed:
             self._children[launch.attempt_id] = child
-        if self.batch_linger_seconds > 0:
+        if linger > 0:
             members = [self.root / launch.attempt_id for launch in claimed]
             self._warm[key] = _Warm(batch, directory, child, members)
         log.info("batch %s: %d clips of stage %s in one process", batch, len(claimed), first.stage)
@@ -323,14 +341,23 @@ class LocalExecutor:
         name = f"{time.time_ns():020d}-{os.getpid()}.json"
         write_atomic(more / name, json.dumps(self._items(claimed)))
         if (more / contract.BATCH_CLOSED).exists():
-            # It closed meanwhile: take them back, unless its last look took them.
+            # It closed meanwhile: take them back, unless its last look took them. Taken
+            # back under a suffix of their own, which its supervisor does not count as
+            # its clips (it would fail them while their new process runs them).
             try:
-                (more / name).rename(more / (name + files.WITHDRAWN))
+                (more / name).rename(more / (name + files.RETURNED))
             except FileNotFoundError:
-                pass
+                if not (more / (name + contract.BATCH_TAKEN)).exists():
+                    # Its supervisor gave them back as it ended: they never ran there
+                    # and it reports them; starting them elsewhere would run them twice
+                    # in the store's eyes. They are retried from its report.
+                    warm.members += [self.root / launch.attempt_id for launch in claimed]
+                    return True
             else:
                 for launch in claimed:
-                    (self.root / launch.attempt_id / files.RUNNER).unlink(missing_ok=True)
+                    folder = self.root / launch.attempt_id
+                    (folder / files.RUNNER).unlink(missing_ok=True)
+                    (folder / files.STDOUT).unlink(missing_ok=True)
                 return False
         warm.members += [self.root / launch.attempt_id for launch in claimed]
         for launch in claimed:
@@ -456,11 +483,14 @@ class LocalExecutor:
             if process is None:
                 continue
             folder = self.root / handle
-            if runner.get("batch") and not (folder / contract.BATCH_STARTED).exists():
-                # A clip of a batch that has not started: the stage skips it, and the
-                # batch's other clips go on.
+            if runner.get("batch"):
+                # A clip of a batch: the stage skips it if it has not begun it (it marks
+                # a clip started, then looks for the cancel), and the batch's other
+                # clips go on. Only one it is running stops the process.
                 (folder / contract.BATCH_CANCELLED).touch()
-                if not (folder / contract.BATCH_STARTED).exists():
+                if not (folder / contract.BATCH_STARTED).exists() or _reported_soon(
+                    folder / files.STATUS, CANCEL_WAIT_SECONDS
+                ):
                     continue
             # The runner stops the stage's process group and records "cancelled" (for a
             # batch, the clip it was running: the clips after it end with it).

@@ -35,7 +35,10 @@ MANIFEST_COPY = "manifest.json"
 #: A warm batch's folder of further clips (CAMFLOW_BATCH_MORE), and the suffix of a
 #: file of them given back rather than taken.
 MORE = "more"
+#: Further clips the supervisor gave back as its process ended (it reports them), and
+#: those the executor took back to start elsewhere (not this batch's any more).
 WITHDRAWN = ".withdrawn"
+RETURNED = ".returned"
 MAX_MANIFEST_COPY_BYTES = 2**20
 
 
