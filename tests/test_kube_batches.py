@@ -491,3 +491,65 @@ def test_a_batch_job_is_deleted_once_every_clip_it_has_left_is_cancelled(
         assert dev.jobs() == [] and executor.actions.pending_deletes() == []
         with dev.emulator.lock:
             assert dev.emulator.pods == {}  # Background: its pods went with it
+
+
+def test_a_clip_of_a_batch_stuck_after_another_ran_fails_with_the_kubelet_reason(
+    settings: Settings, made: list[Cluster], tmp_path: Path, s3_server: EmbeddedS3
+) -> None:
+    # Each index is watched for a stuck pod, not only while the first has not begun.
+    dev = _make(made, tmp_path, s3_server, "dev")
+    with open_runtime(_kube_settings(settings, [dev], probe=True)) as runtime:
+        runs = _upload(runtime, "ok", ["c1", "c2", "c3"])
+        runtime.reconciler.tick()
+        [job] = dev.jobs()
+        name = job["metadata"]["name"]
+        assert job["spec"]["completions"] == 3
+        _until(lambda: bool(dev.runner.runs))  # index 0 has started: its env is made
+        with dev.emulator.lock:
+            dev.emulator.secrets.clear()  # the next index's container cannot be created
+        drive(runtime, list(runs.values()), timeout=30, interval=0.1)
+        handles = {
+            runtime.store.attempts_of_run(run_id)[0].handle or "": run_id
+            for run_id in runs.values()
+        }
+        outcome = {h.rsplit("#", 1)[1]: runtime.store.get_run(r) for h, r in handles.items()}
+        assert outcome["0"].status == RunStatus.SUCCEEDED, outcome["0"].error
+        for index in ("1", "2"):  # the one stuck, and the one behind it that never began
+            assert outcome[index].status == RunStatus.FAILED
+            assert outcome[index].error == (
+                "stage probe failed after 1 attempt: its container cannot be created "
+                '(CreateContainerConfigError: secret "camflow-s3" not found): check the '
+                "Secrets and ConfigMaps it uses"
+            )
+    _until(lambda: not dev.jobs(), timeout=5)  # deleted: nothing of it is left to run
+    assert dev.runner.runs == {name: 1}
+
+
+def test_a_clip_of_a_gpu_batch_no_node_takes_after_another_ran_moves_to_cpu(
+    settings: Settings, made: list[Cluster], tmp_path: Path, s3_server: EmbeddedS3
+) -> None:
+    prod = _make(made, tmp_path, s3_server, "prod", environment="prod", gpu=True)
+    with open_runtime(_kube_settings(settings, [prod], probe=True)) as runtime:
+        runtime.registry.promote("probe", "1.0.0")
+        runs = _upload(runtime, "gpu", ["c1", "c2", "c3"])
+        runtime.reconciler.tick()
+        [gpu_job] = prod.jobs()
+        gpu_name = gpu_job["metadata"]["name"]
+        assert gpu_name.endswith("-gpu") and gpu_job["spec"]["completions"] == 3
+        _until(lambda: bool(prod.runner.runs))  # index 0 runs on the GPU node
+        with prod.emulator.lock:  # which is then scaled away
+            prod.emulator.nodes = [n for n in prod.emulator.nodes if "gpu" not in str(n)]
+        drive(runtime, list(runs.values()), timeout=60, interval=0.1)
+        accelerators = []
+        for run_id in runs.values():
+            run = runtime.store.get_run(run_id)
+            assert run.status == RunStatus.SUCCEEDED, run.error
+            accelerators.append(run.result["probe"]["accelerator"])  # type: ignore[index]
+            [attempt] = runtime.store.attempts_of_run(run_id)
+            assert attempt.attempt == 1
+        assert sorted(accelerators) == ["cpu", "cpu", "gpu"]
+    # The two clips it never ran went back to CPU together, as one batch Job of two.
+    [cpu_job] = prod.jobs()
+    cpu_name = cpu_job["metadata"]["name"]
+    assert cpu_name == gpu_name.removesuffix("-gpu") and cpu_job["spec"]["completions"] == 2
+    assert prod.runner.runs == {gpu_name: 1, cpu_name: 2}

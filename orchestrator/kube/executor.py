@@ -54,10 +54,12 @@ from orchestrator.kube.jobs import (
 )
 from orchestrator.kube.routing import choose_cluster
 from orchestrator.kube.status import (
+    Waiting,
     accelerator_of,
     batch_attempts,
     container_started,
     finished,
+    index_pods,
     index_status,
     job_status,
     parse_indexes,
@@ -191,13 +193,14 @@ class KubernetesExecutor:
         self.actions: ActionLog = actions or MemoryActionLog()
         #: GPU Jobs given back for CPU: their pods must be gone before the CPU Job starts.
         self._fell_back: set[str] = set()
-        #: Batch Jobs given back (for CPU, or failed while stuck) by Job handle: what
-        #: each of their clips is told, however late it is asked.
+        #: Clips of batch Jobs given back (for CPU, or failed while stuck), by handle
+        #: (``...#<index>``): what each is told, however late it is asked.
         self._gave_back: dict[str, ExecStatus] = {}
-        #: GPU batch Jobs given back for CPU, by handle: the first of their attempts
-        #: resubmitted creates one CPU batch Job for them all, so the batch still holds
-        #: one slot. In memory: after a restart, each goes alone.
-        self._regroup: dict[str, dict[str, Any]] = {}
+        #: GPU batch Jobs some clips of which were given back for CPU, by handle, with
+        #: those clips' indexes: the first of them resubmitted creates one CPU batch Job
+        #: for them all, so the batch still holds one slot. In memory: after a restart,
+        #: the first resubmitted takes the CPU batch Job's name and the others go alone.
+        self._regroup: dict[str, tuple[dict[str, Any], list[int]]] = {}
         self._clock = clock
         self._now = now
 
@@ -287,7 +290,7 @@ class KubernetesExecutor:
             return ExecStatus(
                 state=ExecState.LOST, reason=f"cluster {cluster_name} is no longer configured"
             )
-        given = self._gave_back.get(_job_handle(handle))
+        given = self._gave_back.get(handle)
         if index is not None and given is not None:
             return given
         view = self.views[cluster_name]
@@ -326,68 +329,113 @@ class KubernetesExecutor:
         annotations = job["metadata"].get("annotations") or {}
         timeout = annotations.get(ANNOTATION_TIMEOUT)
         limit = int(timeout) if timeout else None
-        if index is None:
-            status = job_status(job, pods, limit)
-            queued = status.state == ExecState.QUEUED
-        else:
-            status = index_status(job, pods, index, limit)
-            # The batch is watched as a whole while none of its clips has begun: its
-            # pods wait for the same node or image.
-            done = (job.get("status") or {}).get("completedIndexes") or (
-                job.get("status") or {}
-            ).get("failedIndexes")
-            queued = container_started(pods) is None and not done
-        if not queued or finished(job):
+        if index is not None:
+            return self._observe_index(cluster, job, pods, index, limit)
+        status = job_status(job, pods, limit)
+        if status.state != ExecState.QUEUED or finished(job):
             return status
-        wait = waiting(pods)
-        if wait is None or wait.since is None:
-            return status
-        waited = (self._now() - wait.since).total_seconds()
-        handle = _handle(cluster, name)
-        given: ExecStatus | None = None
-        if wait.kind == "stuck" and waited >= cluster.stuck_grace_seconds:
-            reason = stuck_reason(job, wait)
-            self._delete(handle)
-            given = ExecStatus(state=ExecState.FAILED, reason=reason, exhausted=True, tries=1)
-        fallback = annotations.get(ANNOTATION_FALLBACK)
-        after = float(annotations.get(ANNOTATION_FALLBACK_AFTER) or 0)
-        if (
-            given is None
-            and wait.kind == "unschedulable"
-            and accelerator_of(job) == "gpu"
-            and fallback == "cpu"
-            and waited >= after
-        ):
-            given = self._fall_back(cluster, name, waited, wait.message)
-            if index is not None:
-                self._regroup[handle] = job
+        given = self._verdict(cluster, job, waiting(pods))
         if given is None:
             return status
-        if index is not None:
-            self._gave_back[handle] = given
+        handle = _handle(cluster, name)
+        self._delete(handle)
+        if given.requeue:
+            # A create of the same attempt on CPU waits for this delete: never two at once.
+            self._fell_back.add(handle)
         return given
 
-    def _fall_back(
-        self, cluster: ClusterSettings, name: str, waited: float, why: str
+    def _verdict(
+        self, cluster: ClusterSettings, job: dict[str, Any], wait: Waiting | None
+    ) -> ExecStatus | None:
+        """What to tell the engine of a pod that has not started and may never: failed
+        (its container cannot be created, after the cluster's grace), back for CPU (a
+        GPU pod no node could take within the stage's fallback wait), or None: wait on."""
+        if wait is None or wait.since is None:
+            return None
+        waited = (self._now() - wait.since).total_seconds()
+        if wait.kind == "stuck" and waited >= cluster.stuck_grace_seconds:
+            reason = stuck_reason(job, wait)
+            return ExecStatus(state=ExecState.FAILED, reason=reason, exhausted=True, tries=1)
+        annotations = job["metadata"].get("annotations") or {}
+        after = float(annotations.get(ANNOTATION_FALLBACK_AFTER) or 0)
+        if (
+            wait.kind == "unschedulable"
+            and accelerator_of(job) == "gpu"
+            and annotations.get(ANNOTATION_FALLBACK) == "cpu"
+            and waited >= after
+        ):
+            log.info(
+                "cluster %s: no node could take GPU Job %s for %.0f s (%s): back for CPU",
+                cluster.name,
+                job["metadata"]["name"],
+                waited,
+                wait.message,
+            )
+            return ExecStatus(
+                state=ExecState.QUEUED,
+                requeue="cpu",
+                reason=f"no node could take it on GPU for {waited:.0f} s ({wait.message}): "
+                "moved to CPU",
+            )
+        return None
+
+    def _observe_index(
+        self,
+        cluster: ClusterSettings,
+        job: dict[str, Any],
+        pods: list[dict[str, Any]],
+        index: int,
+        limit: int | None,
     ) -> ExecStatus:
-        """Gives a GPU attempt no node could take back to the engine, for CPU at the same
-        place (every clip of a batch Job, together). Its Job is deleted first (the delete
-        is remembered until done), and a create of the same attempt waits for that
-        delete: never two at once."""
-        self._delete(_handle(cluster, name))
-        self._fell_back.add(_handle(cluster, name))
-        log.info(
-            "cluster %s: no node could take GPU Job %s for %.0f s (%s): back for CPU",
-            cluster.name,
-            name,
-            waited,
-            why,
+        """One clip of a batch Job. Each index that has not started is watched as a lone
+        Job is: once the pod of one of them is stuck, or waits for a GPU past the
+        fallback wait, every clip the Job has not run and is not running is given back
+        (failed with the kubelet's reason, or for CPU), and the Job is deleted once the
+        index it runs, if any, has ended (as cancelled clips are, see cancel)."""
+        status = index_status(job, pods, index, limit)
+        if finished(job):
+            return status
+        name = job["metadata"]["name"]
+        handle = _handle(cluster, name)
+        progress = job.get("status") or {}
+        ended = parse_indexes(progress.get("completedIndexes")) | parse_indexes(
+            progress.get("failedIndexes")
         )
-        return ExecStatus(
-            state=ExecState.QUEUED,
-            requeue="cpu",
-            reason=f"no node could take it on GPU for {waited:.0f} s ({why}): moved to CPU",
-        )
+        left = [i for i in range(int(job["spec"].get("completions") or 1)) if i not in ended]
+        given: ExecStatus | None = None
+        for other in left:
+            mine = index_pods(pods, other)
+            if container_started(mine) is None:
+                given = self._verdict(cluster, job, waiting(mine))
+                if given is not None:
+                    break
+        if given is None:
+            return status
+        # The index running now goes on to its end; every other one left is given back
+        # (one whose earlier pod ran and failed, waiting for its retry, too: the Job
+        # that would retry it is deleted).
+        running = {
+            i
+            for i in left
+            if any(
+                (p.get("status") or {}).get("phase") in ("Pending", "Running")
+                and container_started([p]) is not None
+                for p in index_pods(pods, i)
+            )
+        }
+        back = [i for i in left if i not in running]
+        for i in back:
+            self._gave_back[_handle(cluster, name, i)] = given
+        if given.requeue:
+            self._fell_back.add(handle)
+            self._regroup[handle] = (job, back)
+        self.actions.add_deletes([_handle(cluster, name, i) for i in back])
+        self._retry_deletes(self._pending_of(handle))
+        return self._gave_back.get(_handle(cluster, name, index), status)
+
+    def _pending_of(self, job_handle: str) -> list[str]:
+        """The pending deletes of a Job: its own, or those of its clips."""
+        return [h for h in self.actions.pending_deletes() if _job_handle(h) == job_handle]
 
     # --- acting -------------------------------------------------------------------------
 
@@ -533,10 +581,11 @@ class KubernetesExecutor:
         replaces a GPU one given back (``gpu_twin``) waits until that one is deleted
         and its pods are gone."""
         name = job["metadata"]["name"]
-        if accelerator != "gpu" and gpu_twin in self.actions.pending_deletes():
-            # The GPU Job this one replaces is not deleted yet: it could still start.
-            self._retry_deletes([gpu_twin])
-            if gpu_twin in self.actions.pending_deletes():
+        if accelerator != "gpu" and self._pending_of(gpu_twin):
+            # The GPU Job this one replaces is not deleted yet (a batch Job: once the
+            # clip it runs has ended): it could still start the clips given back.
+            self._retry_deletes(self._pending_of(gpu_twin))
+            if self._pending_of(gpu_twin):
                 raise ExecutorError(f"waiting for {gpu_twin} to be deleted before {name} starts")
         if accelerator != "gpu" and gpu_twin in self._fell_back:
             self._wait_for_pods_gone(cluster, _parse(gpu_twin)[2], name)
@@ -587,8 +636,9 @@ class KubernetesExecutor:
         whole batch back as one CPU batch Job; the others find it there."""
         if launch.accelerator == "gpu":
             return None
-        for gpu_handle, gpu_job in list(self._regroup.items()):
-            ids = batch_attempts(gpu_job)
+        for gpu_handle, (gpu_job, back) in list(self._regroup.items()):
+            every = batch_attempts(gpu_job)
+            ids = [every[i] for i in back]
             if _parse(gpu_handle)[0] != cluster.name or launch.attempt_id not in ids:
                 continue
             [container] = [
@@ -597,6 +647,7 @@ class KubernetesExecutor:
                 if c["name"] == CONTAINER
             ]
             raw = next(e["value"] for e in container["env"] if e["name"] == ENV_BATCH)
+            items = json.loads(raw)
             members = [
                 launch.model_copy(
                     update={
@@ -604,7 +655,7 @@ class KubernetesExecutor:
                         "env": {**item["env"], ENV_ACCELERATOR: launch.accelerator},
                     }
                 )
-                for attempt, item in zip(ids, json.loads(raw), strict=True)
+                for attempt, item in zip(ids, [items[i] for i in back], strict=True)
             ]
             labels = gpu_job["spec"]["template"]["metadata"]["labels"]
             try:
