@@ -24,9 +24,10 @@ from algorithms.contract import ENV_BATCH
 from orchestrator.domain.catalog import load_catalog
 from orchestrator.domain.layout import upload_key
 from orchestrator.embedded_s3 import EmbeddedS3
+from orchestrator.errors import ExecutorError
 from orchestrator.executors.base import ExecState
-from orchestrator.kube.executor import KubernetesExecutor
-from orchestrator.kube.jobs import COMPLETION_INDEX, build_batch_job
+from orchestrator.kube.executor import KubernetesExecutor, MemoryActionLog
+from orchestrator.kube.jobs import COMPLETION_INDEX, POD_JOB_LABEL, build_batch_job
 from orchestrator.kube.status import index_status, parse_indexes
 from orchestrator.service import Runtime, drive, open_runtime
 from orchestrator.settings import PROJECT_ROOT, Settings
@@ -553,3 +554,57 @@ def test_a_clip_of_a_gpu_batch_no_node_takes_after_another_ran_moves_to_cpu(
     cpu_name = cpu_job["metadata"]["name"]
     assert cpu_name == gpu_name.removesuffix("-gpu") and cpu_job["spec"]["completions"] == 2
     assert prod.runner.runs == {gpu_name: 1, cpu_name: 2}
+
+
+def test_after_a_restart_a_clip_given_back_for_cpu_waits_for_its_gpu_batch_job(
+    tmp_path: Path,
+) -> None:
+    api = Emulator("prod", namespaces={NAMESPACE}).start()  # no controllers: Jobs just wait
+    cluster = PROD.model_copy(
+        update={"namespace": NAMESPACE, "kubeconfig": api.kubeconfig(tmp_path)}
+    )
+    actions = MemoryActionLog()
+    executor = KubernetesExecutor([cluster], actions=actions)
+    fresh = KubernetesExecutor([cluster], actions=actions)  # the orchestrator restarted
+    try:
+        faces = launch_for(CATALOG.pipeline("faces"), "faces", "gpu")
+        launches = [
+            faces.model_copy(
+                update={"attempt_id": f"r-{n}-faces-1", "batch": "b-1", "placement": "prod"}
+            )
+            for n in range(2)
+        ]
+        executor.submit(launches)
+        [gpu] = [name for (_ns, name) in api.jobs]
+        assert gpu.endswith("-gpu")
+        # Its first clip's pod started just before the batch was given back for CPU.
+        pod = {
+            "metadata": {
+                "name": f"{gpu}-0-abcde",
+                "labels": {POD_JOB_LABEL: gpu},
+                "annotations": {COMPLETION_INDEX: "0"},
+            },
+            "status": {"phase": "Running"},
+        }
+        with api.lock:
+            api.pods[(NAMESPACE, pod["metadata"]["name"])] = api.stamp(pod, NAMESPACE)
+        actions.add_deletes([f"prod/{NAMESPACE}/{gpu}"])  # decided, in the store
+        api.inject("DELETE", gpu, status=403, times=1)  # and not done yet
+        cpu = launches[0].model_copy(
+            update={"batch": None, "recorded_batch": "b-1", "accelerator": "cpu"}
+        )
+        with pytest.raises(ExecutorError, match=f"waiting for prod/{NAMESPACE}/{gpu} to be"):
+            fresh.submit([cpu])
+        assert list(api.jobs) == [(NAMESPACE, gpu)]
+        # Deleted now, but its pod goes in the background and still runs the clip.
+        with pytest.raises(ExecutorError, match=f"waiting for 1 pod.s. of {gpu} to stop"):
+            fresh.submit([cpu])
+        assert api.jobs == {} and actions.pending_deletes() == []
+        with api.lock:
+            api.pods[(NAMESPACE, pod["metadata"]["name"])]["status"]["phase"] = "Failed"
+        fresh.submit([cpu])  # gone: the clip starts on CPU, once
+        assert [name for (_ns, name) in api.jobs] != [gpu] and len(api.jobs) == 1
+    finally:
+        executor.close()
+        fresh.close()
+        api.stop()

@@ -539,7 +539,9 @@ class KubernetesExecutor:
         except ValueError as exc:
             raise SubmitRefused(str(exc), final=True) from exc
         gpu_twin = job_name(launch.model_copy(update={"accelerator": "gpu"}))
-        self._create_job(cluster, job, launch.accelerator, _handle(cluster, gpu_twin))
+        self._create_job(
+            cluster, job, launch.accelerator, _handle(cluster, gpu_twin), self._batch_twin(launch)
+        )
         return Submission(
             handle=_handle(cluster, job["metadata"]["name"]),
             accelerator=launch.accelerator,
@@ -574,22 +576,46 @@ class KubernetesExecutor:
             for index, launch in enumerate(launches)
         }
 
+    def _batch_twin(self, launch: StageLaunch) -> tuple[str, str] | None:
+        """For a CPU attempt recorded in a batch: the GPU batch Job it may have been
+        given back from (its handle), and the attempt. Whatever this process remembers
+        (nothing, after a restart), that Job's delete and its pods running the attempt
+        are waited for."""
+        if not launch.recorded_batch or launch.accelerator == "gpu":
+            return None
+        cluster = self.clusters[launch.placement or ""]
+        name = batch_job_name(launch.recorded_batch, launch.stage, "gpu")
+        return _handle(cluster, name), launch.attempt_id
+
     def _create_job(
-        self, cluster: ClusterSettings, job: dict[str, Any], accelerator: str, gpu_twin: str
-    ) -> None:
-        """Creates ``job`` (a 409 adopts the one an earlier try made). A CPU Job that
-        replaces a GPU one given back (``gpu_twin``) waits until that one is deleted
-        and its pods are gone."""
+        self,
+        cluster: ClusterSettings,
+        job: dict[str, Any],
+        accelerator: str,
+        gpu_twin: str,
+        batch_twin: tuple[str, str] | None = None,
+    ) -> bool:
+        """Creates ``job`` (a 409 adopts the one an earlier try made: False). A CPU Job
+        that replaces a GPU one given back (``gpu_twin``; ``batch_twin``: the GPU batch
+        Job and the attempt, for a clip recorded in a batch) waits until that one is
+        deleted and its pods (running the attempt) are gone."""
         name = job["metadata"]["name"]
-        if accelerator != "gpu" and self._pending_of(gpu_twin):
-            # The GPU Job this one replaces is not deleted yet (a batch Job: once the
-            # clip it runs has ended): it could still start the clips given back.
-            self._retry_deletes(self._pending_of(gpu_twin))
-            if self._pending_of(gpu_twin):
-                raise ExecutorError(f"waiting for {gpu_twin} to be deleted before {name} starts")
-        if accelerator != "gpu" and gpu_twin in self._fell_back:
-            self._wait_for_pods_gone(cluster, _parse(gpu_twin)[2], name)
-            self._fell_back.discard(gpu_twin)
+        if accelerator != "gpu":
+            twins = [gpu_twin, *([batch_twin[0]] if batch_twin else [])]
+            for twin in twins:
+                if self._pending_of(twin):
+                    # The GPU Job this one replaces is not deleted yet (a batch Job: once
+                    # the clip it runs has ended): it could still start this attempt.
+                    self._retry_deletes(self._pending_of(twin))
+                    if self._pending_of(twin):
+                        raise ExecutorError(
+                            f"waiting for {twin} to be deleted before {name} starts"
+                        )
+            if gpu_twin in self._fell_back:
+                self._wait_for_pods_gone(cluster, _parse(gpu_twin)[2], name)
+                self._fell_back.discard(gpu_twin)
+            if batch_twin:
+                self._wait_for_pods_gone(cluster, _parse(batch_twin[0])[2], name, batch_twin[1])
         try:
             created = self.apis[cluster.name].create_job(job)
         except ClusterUnreachable as exc:
@@ -604,6 +630,7 @@ class KubernetesExecutor:
         if not created:
             log.info("Job %s already existed on %s: adopted", name, cluster.name)
         self.views[cluster.name].jobs.setdefault(name, job)
+        return created
 
     def _find_in_batch(self, cluster: ClusterSettings, launch: StageLaunch) -> Submission | None:
         """The attempt's index in the Job of the batch it was recorded in, on its
@@ -686,16 +713,30 @@ class KubernetesExecutor:
         self.actions.add_deletes([handle])
         self._retry_deletes([handle])
 
-    def _wait_for_pods_gone(self, cluster: ClusterSettings, gpu_job: str, name: str) -> None:
+    def _wait_for_pods_gone(
+        self, cluster: ClusterSettings, gpu_job: str, name: str, attempt: str | None = None
+    ) -> None:
         """A deleted Job's pods go in the background (batch/v1 with propagationPolicy
         Background): one the GPU Job started just before its delete may still run.
-        The CPU Job waits until none is left, so one stage never runs twice at once."""
+        The CPU Job waits until none is left, so one stage never runs twice at once.
+        With ``attempt`` (a GPU batch Job): only its index's pods, while the Job is
+        there to say which index is the attempt's (any, once it is gone)."""
         try:
-            pods = self.apis[cluster.name].list_pods(f"batch.kubernetes.io/job-name={gpu_job}")
+            pods = self.apis[cluster.name].list_pods(f"{POD_JOB_LABEL}={gpu_job}")
         except ClusterUnreachable as exc:
             self._away(cluster, exc)
             raise
         alive = [p for p in pods if (p.get("status") or {}).get("phase") in ("Pending", "Running")]
+        if alive and attempt is not None:
+            try:
+                job = self.apis[cluster.name].get_job(gpu_job)
+            except ClusterUnreachable as exc:
+                self._away(cluster, exc)
+                raise
+            if job is not None:
+                attempts = batch_attempts(job)
+                index = attempts.index(attempt) if attempt in attempts else None
+                alive = [] if index is None else index_pods(alive, index)
         if alive:
             raise ExecutorError(
                 f"waiting for {len(alive)} pod(s) of {gpu_job} to stop before {name} starts"
