@@ -608,3 +608,49 @@ def test_after_a_restart_a_clip_given_back_for_cpu_waits_for_its_gpu_batch_job(
         executor.close()
         fresh.close()
         api.stop()
+
+
+def test_a_clip_resubmitted_alone_takes_its_batch_name_so_a_late_batch_create_runs_nothing(
+    tmp_path: Path,
+) -> None:
+    api = Emulator("dev", namespaces={NAMESPACE}).start()  # no controllers: Jobs just wait
+    cluster = DEV.model_copy(
+        update={"namespace": NAMESPACE, "kubeconfig": api.kubeconfig(tmp_path), "budget": 4}
+    )
+    fresh = KubernetesExecutor([cluster])  # the orchestrator, restarted after the create
+    try:
+        decode = launch_for(CATALOG.pipeline("faces"), "decode", "cpu")
+        launches = [
+            decode.model_copy(
+                update={"attempt_id": f"r-{n}-decode-1", "batch": "b-2", "placement": "dev"}
+            )
+            for n in range(3)
+        ]
+        # The batch's create got no answer, and the API server has not applied it yet.
+        late = build_batch_job("b-2", launches, cluster)
+        name = late["metadata"]["name"]
+
+        def resubmit(n: int) -> str:
+            launch = launches[n].model_copy(update={"batch": None, "recorded_batch": "b-2"})
+            return fresh.submit([launch])[launch.attempt_id].handle
+
+        assert resubmit(0) == f"dev/{NAMESPACE}/{name}"  # alone, under the batch's name
+        code, _body, _h = api.handle("POST", JOBS, late)  # applied now, too late
+        assert code == 409
+        alone = resubmit(1)  # the batch's Job does not hold it: it never ran there
+        assert alone != f"dev/{NAMESPACE}/{name}" and "#" not in alone
+        assert resubmit(0) == f"dev/{NAMESPACE}/{name}"  # found again, not made twice
+        with api.lock:
+            holders = {
+                job["metadata"]["annotations"].get("camflow.io/attempt-id")
+                for job in api.jobs.values()
+            }
+        assert holders == {"r-0-decode-1", "r-1-decode-1"}  # each in one Job, once
+        # A batch of one is a lone Job under its batch's name, found there by name.
+        one = launches[2].model_copy(update={"batch": "b-3"})
+        first = fresh.submit([one])[one.attempt_id].handle
+        again = fresh.submit([one.model_copy(update={"batch": None, "recorded_batch": "b-3"})])
+        assert again[one.attempt_id].handle == first and "#" not in first
+    finally:
+        fresh.close()
+        api.stop()

@@ -493,14 +493,24 @@ class KubernetesExecutor:
             else:
                 done[launch.attempt_id] = self._create(launch)
         for members in batches.values():
-            # One Job per batch, named by it: its clips that cannot share that Job (of
-            # another place or shape, or a batch of one) go as lone Jobs, where a
-            # Resubmit finds them by their own names.
-            together = [m for m in members if _shape(m) == _shape(members[0])]
-            if len(together) > 1:
-                done.update(self._create_batch(together))
+            # One Job per batch and place, named by the batch (a batch of one too, as a
+            # lone Job: the name is what a Resubmit finds, or takes, see _reserve). Its
+            # clips that cannot share that Job (of another shape at the same place) go
+            # as lone Jobs, where a Resubmit finds them by their own names.
+            groups: dict[tuple[object, ...], list[StageLaunch]] = {}
             for launch in members:
-                if launch.attempt_id not in done:
+                groups.setdefault(_shape(launch), []).append(launch)
+            named: set[tuple[str | None, str]] = set()
+            for group in groups.values():
+                where = (group[0].placement, group[0].accelerator)
+                if where not in named:
+                    named.add(where)
+                    if len(group) > 1:
+                        done.update(self._create_batch(group))
+                    else:
+                        done[group[0].attempt_id] = self._create(group[0], group[0].batch)
+                    continue
+                for launch in group:
                     done[launch.attempt_id] = self._create(launch)
         return done
 
@@ -526,19 +536,42 @@ class KubernetesExecutor:
             update={"env": {**launch.env, ENV_ACCELERATOR: launch.accelerator}}
         )
 
-    def _create(self, launch: StageLaunch) -> Submission:
+    def _create(self, launch: StageLaunch, by_batch: str | None = None) -> Submission:
+        """A lone Job for ``launch``: named by ``by_batch`` (a batch of one), else by
+        the attempt."""
         cluster = self._cluster_for(launch)
         launch = self._on_accelerator(launch)
+        if by_batch is not None:
+            return self._create_lone(cluster, launch, by_batch)
         if launch.recorded_batch:
             # Recorded in a batch whose Job may exist: never start the attempt beside it.
-            found = self._regrouped(cluster, launch) or self._find_in_batch(cluster, launch)
+            found = self._regrouped(cluster, launch)
+            if found is None:
+                job = self._batch_job(cluster, launch)
+                found = (
+                    self._reserve(cluster, launch)
+                    if job is None
+                    else self._find_in_batch(cluster, launch, job)
+                )
             if found is not None:
                 return found
+        return self._create_lone(cluster, launch)
+
+    def _create_lone(
+        self, cluster: ClusterSettings, launch: StageLaunch, by_batch: str | None = None
+    ) -> Submission:
+        name = (
+            None if by_batch is None else batch_job_name(by_batch, launch.stage, launch.accelerator)
+        )
         try:
-            job = build_job(launch, cluster)
+            job = build_job(launch, cluster, name)
         except ValueError as exc:
             raise SubmitRefused(str(exc), final=True) from exc
-        gpu_twin = job_name(launch.model_copy(update={"accelerator": "gpu"}))
+        gpu_twin = (
+            job_name(launch.model_copy(update={"accelerator": "gpu"}))
+            if by_batch is None
+            else batch_job_name(by_batch, launch.stage, "gpu")
+        )
         self._create_job(
             cluster, job, launch.accelerator, _handle(cluster, gpu_twin), self._batch_twin(launch)
         )
@@ -616,6 +649,7 @@ class KubernetesExecutor:
                 self._fell_back.discard(gpu_twin)
             if batch_twin:
                 self._wait_for_pods_gone(cluster, _parse(batch_twin[0])[2], name, batch_twin[1])
+                self._fell_back.discard(batch_twin[0])
         try:
             created = self.apis[cluster.name].create_job(job)
         except ClusterUnreachable as exc:
@@ -632,10 +666,9 @@ class KubernetesExecutor:
         self.views[cluster.name].jobs.setdefault(name, job)
         return created
 
-    def _find_in_batch(self, cluster: ClusterSettings, launch: StageLaunch) -> Submission | None:
-        """The attempt's index in the Job of the batch it was recorded in, on its
-        accelerator (a create whose answer was lost, a handle never recorded). A refusal
-        to read it is raised: creating the attempt alone could run it twice."""
+    def _batch_job(self, cluster: ClusterSettings, launch: StageLaunch) -> dict[str, Any] | None:
+        """The Job of the batch the attempt was recorded in, on its accelerator, if any.
+        A refusal to read it is raised: creating the attempt alone could run it twice."""
         name = batch_job_name(launch.recorded_batch or "", launch.stage, launch.accelerator)
         view = self.views[cluster.name]
         job = view.jobs.get(name)
@@ -648,14 +681,59 @@ class KubernetesExecutor:
             if job is None:
                 return None
             view.jobs[name] = job
+        return job
+
+    def _find_in_batch(
+        self, cluster: ClusterSettings, launch: StageLaunch, job: dict[str, Any] | None = None
+    ) -> Submission | None:
+        """The attempt's index in the Job of the batch it was recorded in (``job``, else
+        read), on its accelerator (a create whose answer was lost, a handle never
+        recorded)."""
+        job = job or self._batch_job(cluster, launch)
+        if job is None:
+            return None
+        name = job["metadata"]["name"]
+        if (job["metadata"].get("annotations") or {}).get(ANNOTATION_ATTEMPT) == (
+            launch.attempt_id
+        ):  # a batch of one, or a clip that took its batch's name (see _reserve)
+            log.info("%s is Job %s on %s: adopted", launch.attempt_id, name, cluster.name)
+            return Submission(
+                handle=_handle(cluster, name),
+                accelerator=launch.accelerator,
+                placement=cluster.name,
+            )
         attempts = batch_attempts(job)
-        if launch.attempt_id not in attempts:  # it went alone (a batch of one, say)
+        if launch.attempt_id not in attempts:  # it went alone (another shape, say)
             return None
         log.info("%s is in batch Job %s on %s: adopted", launch.attempt_id, name, cluster.name)
         return Submission(
             handle=_handle(cluster, name, attempts.index(launch.attempt_id)),
             accelerator=launch.accelerator,
             placement=cluster.name,
+        )
+
+    def _reserve(self, cluster: ClusterSettings, launch: StageLaunch) -> Submission | None:
+        """An attempt recorded in a batch that has no Job (its create was refused, or
+        lost and perhaps still to be applied): it is created alone under the batch's
+        name, so that a late create of the original gets 409 and never runs it a second
+        time. None: a Job of the batch was made meanwhile and does not hold it: it goes
+        alone under its own name (that Job never runs it)."""
+        batch = launch.recorded_batch or ""
+        name = batch_job_name(batch, launch.stage, launch.accelerator)
+        try:
+            job = build_job(launch, cluster, name)
+        except ValueError as exc:
+            raise SubmitRefused(str(exc), final=True) from exc
+        gpu_twin = _handle(cluster, job_name(launch.model_copy(update={"accelerator": "gpu"})))
+        if not self._create_job(
+            cluster, job, launch.accelerator, gpu_twin, self._batch_twin(launch)
+        ):
+            # Made meanwhile (the original create, applied late): what does it hold?
+            self.views[cluster.name].jobs.pop(name, None)
+            return self._find_in_batch(cluster, launch)
+        log.info("%s: alone under its batch %s's name, Job %s", launch.attempt_id, batch, name)
+        return Submission(
+            handle=_handle(cluster, name), accelerator=launch.accelerator, placement=cluster.name
         )
 
     def _regrouped(self, cluster: ClusterSettings, launch: StageLaunch) -> Submission | None:
@@ -733,10 +811,15 @@ class KubernetesExecutor:
             except ClusterUnreachable as exc:
                 self._away(cluster, exc)
                 raise
-            if job is not None:
+            lone = ((job or {}).get("metadata", {}).get("annotations") or {}).get(
+                ANNOTATION_ATTEMPT
+            )
+            if job is not None and lone is None:
                 attempts = batch_attempts(job)
                 index = attempts.index(attempt) if attempt in attempts else None
                 alive = [] if index is None else index_pods(alive, index)
+            elif lone is not None and lone != attempt:  # another clip's, alone
+                alive = []
         if alive:
             raise ExecutorError(
                 f"waiting for {len(alive)} pod(s) of {gpu_job} to stop before {name} starts"
