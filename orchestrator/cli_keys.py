@@ -38,7 +38,7 @@ def create(
     from orchestrator.api.app import NAME
 
     for label, value in (("tenant", tenant), ("camera", camera)):
-        if value is not None and not NAME.match(value):
+        if value is not None and not NAME.fullmatch(value):
             err.print(f"[red]error:[/] {label} {value!r}: use 1-63 letters, digits, '-' or '_'")
             raise typer.Exit(code=1)
     try:

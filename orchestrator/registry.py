@@ -71,7 +71,7 @@ class Registry:
     ) -> tuple[AlgorithmVersion, bool]:
         """As ``register``, for a manifest that came without a folder (over the API)."""
         where = str(folder / "algorithm.yaml") if folder else manifest.ref
-        if image_digest is not None and not DIGEST.match(image_digest):
+        if image_digest is not None and not DIGEST.fullmatch(image_digest):
             raise RegistryError(
                 f"image digest {image_digest!r} is not of the form sha256:<64 hex digits>; "
                 f"take it from `docker buildx imagetools inspect {manifest.image}`"

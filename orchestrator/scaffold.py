@@ -128,7 +128,7 @@ def test_a_black_frame_is_dark_and_a_white_one_is_not() -> None:
 def scaffold(name: str, workspace: Path) -> Path:
     """Creates ``workspace/<module>/`` (module: the name with ``_`` for ``-``) and, if
     the workspace has none, a copy of the camflow SDK in ``workspace/algorithms/``."""
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise CamflowError(
             f"{name!r} is not a valid algorithm name: lower-case letters, digits and '-', "
             "starting with a letter, at most 40 characters"

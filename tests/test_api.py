@@ -393,3 +393,13 @@ def test_finished_runs_stream_as_server_sent_events(world: dict[str, Any]) -> No
     server.should_exit = True
     assert [e["clip_id"] for e in events] == [fresh.id]
     assert events[0]["status"] == "succeeded"
+
+
+def test_names_and_times_must_match_whole_not_up_to_a_trailing_newline(
+    world: dict[str, Any],
+) -> None:
+    client, keys = world["client"], world["keys"]
+    # `$` in a pattern matches before a final newline: these were accepted.
+    _problem(client.post("/v1/cameras/door%0A/uploads", headers=keys["admin"]), 400)
+    since = client.get("/v1/clips?since=2026-01-01T00:00:00Z%0A", headers=keys["customer_a"])
+    _problem(since, 422)

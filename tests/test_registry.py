@@ -217,3 +217,8 @@ def test_registering_a_bad_resource_quantity_is_refused_naming_the_field(
     assert "accelerators.cpu.cpu" in message and "'lots' is not a Kubernetes quantity" in message
     listed = _camflow(tmp_path, "algorithms", "list", "--json")
     assert "1.2.0" not in {row["version"] for row in json.loads(listed.stdout)}
+
+
+def test_an_image_digest_with_a_trailing_newline_is_refused(registry: Registry) -> None:
+    with pytest.raises(RegistryError, match="sha256:<64 hex digits>"):
+        registry.register(BUILT_IN / "faces", image_digest="sha256:" + "a" * 64 + "\n")

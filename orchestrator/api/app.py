@@ -186,7 +186,7 @@ def create_app(
     ) -> schemas.UploadGrant:
         """A short-lived presigned PUT URL for one clip, under this camera's prefix."""
         allow(key, Role.CAMERA)
-        if not NAME.match(camera):
+        if not NAME.fullmatch(camera):
             raise Problem(400, "a camera name is 1-63 letters, digits, '-' or '_'")
         if key.role == Role.CAMERA and key.camera != camera:
             raise Problem(403, f"this key uploads for camera {key.camera!r} only")

@@ -21,7 +21,7 @@ RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]
 def _rfc3339(value: object) -> object:
     # Only what the document's `format: date-time` promises: left to itself, pydantic also
     # takes numbers (as Unix times), bare dates, and times without an offset.
-    if isinstance(value, datetime) or (isinstance(value, str) and RFC3339.match(value)):
+    if isinstance(value, datetime) or (isinstance(value, str) and RFC3339.fullmatch(value)):
         return value
     raise ValueError("not an RFC 3339 date-time with an offset, e.g. 2026-03-01T12:00:00Z")
 
