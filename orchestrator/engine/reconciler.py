@@ -848,7 +848,9 @@ class Reconciler:
         ):
             log.warning("attempt %s moved on while it was submitted: left as it is", attempt.id)
             return
-        self.store.mark_run_started(view.run.id, now)
+        if view.run.status == RunStatus.PENDING:  # its first stage: one write per run
+            self.store.mark_run_started(view.run.id, now)
+            view.run.status, view.run.started_at = RunStatus.RUNNING, now
         log.info(
             "clip %s run %s: stage %s attempt %d submitted on %s (%s)%s",
             _clip_name(view.clip),
@@ -920,7 +922,8 @@ class Reconciler:
         if not self.store.finish_run(view.run.id, status, error, result, uri, now):
             return None
         # Stages still in flight were cancelled with the run: they no longer hold slots.
-        self.store.settle_attempts(view.run.id, "cancelled: the run ended", now)
+        if any(a.state in (AttemptState.PENDING, AttemptState.RUNNING) for a in attempts):
+            self.store.settle_attempts(view.run.id, "cancelled: the run ended", now)
         telemetry.run_finished(view.run.pipeline, status)
         if status == RunStatus.SUCCEEDED:
             log.info(

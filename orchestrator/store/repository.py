@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import ARRAY, String, any_, bindparam, event, func, literal, or_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, create_engine, select
@@ -256,7 +258,17 @@ class Store:
         """Inserts ``row``; False if a row with its key exists already."""
         with self.session() as session:
             if isinstance(session, _Borrowed):
-                # In a batch: a savepoint, so that a clash undoes this insert only.
+                dialect = self.engine.dialect.name
+                if dialect in ("postgresql", "sqlite"):
+                    # In a batch, one statement that cannot fail on a clash (a failed
+                    # statement would abort the batch's transaction on PostgreSQL).
+                    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+                    values = {c.name: getattr(row, c.name) for c in type(row).__table__.columns}
+                    done = session.exec(  # type: ignore[call-overload]
+                        insert(type(row)).values(**values).on_conflict_do_nothing()
+                    )
+                    return bool(done.rowcount)
+                # Elsewhere a savepoint, so that a clash undoes this insert only.
                 try:
                     with session.begin_nested():
                         session.add(row)
