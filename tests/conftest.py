@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -13,6 +14,9 @@ from orchestrator.embedded_s3 import EmbeddedS3
 from orchestrator.samples import PHOTOS, Shot, make_clip
 from orchestrator.settings import Settings, load_settings
 from tests.postgres import POSTGRES_URL
+
+if TYPE_CHECKING:
+    from tests.test_kube_executor import Cluster
 
 # Any credentials do for moto; set before boto3 looks.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -172,3 +176,13 @@ def motion_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     make_moving_object_clip(moving, seconds=4.0, moving=(1.5, 3.0))
     make_static_clip(still, "coffee", seconds=3.0)
     return {"moving": moving, "still": still}
+
+
+@pytest.fixture
+def made(tmp_path: Path, s3_server: EmbeddedS3) -> Iterator[list[Cluster]]:
+    """Emulated clusters a test makes (tests.test_kube_executor._cluster), stopped after."""
+    clusters: list[Cluster] = []
+    yield clusters
+    for cluster in clusters:
+        cluster.runner.stop()
+        cluster.emulator.stop()

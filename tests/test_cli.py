@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from orchestrator.cli import app
 from tests.conftest import SampleClips
+from tests.serving import free_port, wait_until_up
 
 COMMANDS = [
     "serve",
@@ -124,16 +125,6 @@ def test_demo_shows_real_detections(tmp_path: Path) -> None:
 
 
 def test_serve_listens_where_its_options_say(tmp_path: Path) -> None:
-    import socket
-    import time
-
-    import httpx
-
-    def free_port() -> int:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return int(sock.getsockname()[1])
-
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CAMFLOW_"))}
     env.update(
@@ -149,16 +140,7 @@ def test_serve_listens_where_its_options_say(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert serve.poll() is None, serve.stderr.read() if serve.stderr else ""
-            assert time.monotonic() < deadline, "camflow serve did not come up"
-            time.sleep(0.2)
+        wait_until_up(serve, f"http://127.0.0.1:{port}")
     finally:
         serve.terminate()
         serve.wait(timeout=30)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import pytest
 
 from orchestrator.settings import PROJECT_ROOT
 from tests.conftest import SampleClips
+from tests.serving import free_port, wait_until_up
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -35,12 +35,6 @@ BROWSER_ARGS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _camflow(env: dict[str, str], *args: str) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "orchestrator", *args],
@@ -53,19 +47,6 @@ def _camflow(env: dict[str, str], *args: str) -> str:
     return done.stdout.strip()
 
 
-def _wait_until_up(serve: subprocess.Popen[str], base: str) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert serve.poll() is None, serve.stderr.read() if serve.stderr else ""
-        assert time.monotonic() < deadline, "camflow serve did not come up"
-        time.sleep(0.2)
-
-
 @pytest.mark.skipif(
     CHROMIUM is None,
     reason="Debian's chromium is not installed here (apt-get install chromium); CI installs it",
@@ -74,12 +55,12 @@ def test_a_customer_sees_a_finished_run_with_its_thumbnails(
     tmp_path: Path, clips: SampleClips
 ) -> None:
     playwright = pytest.importorskip("playwright.sync_api")
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CAMFLOW_"))}
     env.update(
         CAMFLOW_HOME=str(tmp_path / "home"),
         CAMFLOW_API__PORT=str(port),
-        CAMFLOW_S3__EMBEDDED_PORT=str(_free_port()),
+        CAMFLOW_S3__EMBEDDED_PORT=str(free_port()),
         CAMFLOW_WATCHER__WAIT_SECONDS="1",
         CAMFLOW_ENGINE__INTERVAL_SECONDS="0.3",
     )
@@ -93,7 +74,7 @@ def test_a_customer_sees_a_finished_run_with_its_thumbnails(
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_up(serve, base)
+        wait_until_up(serve, base)
         camera_key = _camflow(
             env, "keys", "create", "--tenant", "shop", "--role", "camera", "--camera", "door"
         )

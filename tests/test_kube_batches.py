@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,8 @@ from orchestrator.store.models import AttemptState, RunStatus
 from tests.kube_emulator import Emulator, _format_indexes, allowed
 from tests.kube_fixtures import DEV, KUBERNETES_VERSION, PROD, launch_for
 from tests.test_kube_cluster import PUBLIC_INFO, _role_rules
-from tests.test_kube_executor import Cluster, _cluster, _kube_settings
+from tests.test_kube_cluster import _make as _make_cluster
+from tests.test_kube_executor import Cluster, _kube_settings
 
 NAMESPACE = "camflow-jobs"
 JOBS = f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs"
@@ -47,22 +48,10 @@ class Crash(BaseException):
     """Stands for the process dying: not an Exception, so nothing catches it."""
 
 
-@pytest.fixture
-def made(tmp_path: Path, s3_server: EmbeddedS3) -> Iterator[list[Cluster]]:
-    clusters: list[Cluster] = []
-    yield clusters
-    for cluster in clusters:
-        cluster.runner.stop()
-        cluster.emulator.stop()
-
-
 def _make(made: list[Cluster], tmp: Path, s3: EmbeddedS3, name: str, **kw: Any) -> Cluster:
     """A cluster of budget 1: every clip ready at once goes into one batch."""
-    kw.setdefault("environment", "dev")
-    kw.setdefault("gpu", False)
-    cluster = _cluster(tmp, s3, name, **kw)
+    cluster = _make_cluster(made, tmp, s3, name, **kw)
     cluster.settings = cluster.settings.model_copy(update={"budget": 1})
-    made.append(cluster)
     return cluster
 
 

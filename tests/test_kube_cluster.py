@@ -8,12 +8,10 @@ whose docstring names the upstream source of each behaviour relied on here)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from orchestrator.domain.layout import upload_key
@@ -29,15 +27,6 @@ from tests.kube_emulator import Call, Emulator, allowed, request_info, tolerates
 from tests.test_kube_executor import Cluster, _cluster, _kube_settings
 
 NAMESPACE = "camflow-jobs"
-
-
-@pytest.fixture
-def made(tmp_path: Path, s3_server: EmbeddedS3) -> Iterator[list[Cluster]]:
-    clusters: list[Cluster] = []
-    yield clusters
-    for cluster in clusters:
-        cluster.runner.stop()
-        cluster.emulator.stop()
 
 
 def _make(made: list[Cluster], tmp: Path, s3: EmbeddedS3, name: str, **kw: Any) -> Cluster:

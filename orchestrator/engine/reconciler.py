@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Callable, Collection, Hashable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -176,8 +176,6 @@ class Reconciler:
         #: (run, stage, attempt) -> when it was first seen ready to start, for the
         #: batch wait. In memory: a restart only starts its wait over.
         self._ready_since: dict[tuple[str, str, int], datetime] = {}
-        #: This tick's batch key of each start (None: it runs alone).
-        self._keys: dict[tuple[str, str, int], Hashable | None] = {}
 
     # --- plan ---------------------------------------------------------------------------
 
@@ -515,12 +513,12 @@ class Reconciler:
             self.executor.name, "gpu", self.owner
         )
         with self.store.batch():
-            for execution in self._executions(starts, by_id, free, free_gpu, now):
+            for execution, batchable in self._executions(starts, by_id, free, free_gpu, now):
                 if not self.may_act():
                     log.warning("no longer the leader: this tick stops before starting stages")
                     return report
                 execution = [s for s in execution if s.run_id not in trouble]
-                if len(execution) == 1 and not self._batchable(execution[0]):
+                if len(execution) == 1 and not batchable:
                     [start] = execution
                     view = by_id[start.run_id]
                     with trouble.isolate(view, "starting a stage of"):
@@ -636,11 +634,13 @@ class Reconciler:
         free: int,
         free_gpu: int,
         now: datetime,
-    ) -> list[list[StartAttempt]]:
-        """What starts now: lone attempts as ``admit`` chooses them, or, for an executor
-        that runs batches, batches of a stage's ready attempts (see batching)."""
+    ) -> list[tuple[list[StartAttempt], bool]]:
+        """What starts now, each with whether it may run in a batch process (even alone:
+        the executor may hand it to a warm process of its stage): lone attempts as
+        ``admit`` chooses them, or, for an executor that runs batches, batches of a
+        stage's ready attempts (see batching)."""
         if not getattr(self.executor, "batches", False):
-            return [[start] for start in admit(starts, free, free_gpu)]
+            return [([start], False) for start in admit(starts, free, free_gpu)]
         seen = {(s.run_id, s.stage, s.attempt) for s in starts}
         for key in list(self._ready_since):
             if key not in seen:
@@ -672,13 +672,16 @@ class Reconciler:
                     (now - ready).total_seconds(),
                 )
             )
-        self._keys = {(c.start.run_id, c.start.stage, c.start.attempt): c.key for c in candidates}
-        return plan_executions(candidates, free, free_gpu)
-
-    def _batchable(self, start: StartAttempt) -> bool:
-        """Whether this start may run in a batch process (even alone: the executor may
-        hand it to a warm process of its stage)."""
-        return self._keys.get((start.run_id, start.stage, start.attempt)) is not None
+        # A chunk holds attempts of one key: keyed ones, or a lone unkeyed one.
+        keyed = {
+            (c.start.run_id, c.start.stage, c.start.attempt)
+            for c in candidates
+            if c.key is not None
+        }
+        return [
+            (chunk, (chunk[0].run_id, chunk[0].stage, chunk[0].attempt) in keyed)
+            for chunk in plan_executions(candidates, free, free_gpu)
+        ]
 
     def _start_batch(
         self, starts: list[StartAttempt], by_id: dict[str, RunWithAttempts], trouble: _Trouble

@@ -46,6 +46,10 @@ WAIT_STEP_SECONDS = 0.02
 MAX_STATUS_BYTES = 4 * 2**20
 
 
+#: Clips one warm process serves at most: under a steady stream it would never go
+#: idle long enough to close, and its supervisor rereads every clip it was handed, so
+#: after this many the next clips start a fresh process.
+WARM_MAX_CLIPS = 256
 #: How long cancelling a clip of a batch waits for the stage to say it skipped it.
 CANCEL_WAIT_SECONDS = 0.5
 
@@ -326,7 +330,8 @@ class LocalExecutor:
         own while a slot may be free). False: start a process for them instead."""
         more = warm.directory / files.MORE
         if (
-            warm.child.poll() is not None
+            len(warm.members) >= WARM_MAX_CLIPS
+            or warm.child.poll() is not None
             or (more / contract.BATCH_CLOSED).exists()
             or not all((member / files.STATUS).exists() for member in warm.members)
         ):
