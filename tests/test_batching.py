@@ -283,14 +283,14 @@ def _keyed(settings: Settings, **local: object) -> Settings:
     )
 
 
-def _upload_mixed(runtime: Runtime, cameras: list[str]) -> list[str]:
+def _upload_mixed(runtime: Runtime, cameras: list[str], pipeline: str = "keyed") -> list[str]:
     at = datetime(2026, 3, 1, 12, tzinfo=UTC)
     for n, camera in enumerate(cameras):
         key = upload_key("acme", camera, at, n=n + 1).replace("acme/", "mixed/", 1)
         runtime.s3.client.put_object(Bucket=runtime.settings.s3.ingest_bucket, Key=key, Body=b"x")
     runtime.watcher.tick()
     runtime.reconciler.plan_new_clips()
-    return [run.id for run, _ in runtime.store.list_runs(pipeline="keyed")]
+    return [run.id for run, _ in runtime.store.list_runs(pipeline=pipeline)]
 
 
 def test_a_clip_that_kills_its_batch_takes_no_other_clip_down_for_good(
@@ -435,3 +435,24 @@ def test_a_clip_taken_back_from_a_closing_process_is_not_failed_by_it(
 
 #: REPORT_ALL, slow to start when $SLOW says so.
 SLOW_REPORT_ALL = "import os, time\ntime.sleep(float(os.environ.get('SLOW', '0')))\n" + REPORT_ALL
+
+
+def test_a_run_that_fails_settles_its_other_stage_still_running(
+    settings: Settings, tmp_path: Path
+) -> None:
+    pipelines = tmp_path / "pipelines"
+    pipelines.mkdir()
+    (pipelines / "split.yaml").write_text(
+        "name: split\ntrigger: {prefix: mixed/, suffix: .mp4}\nstages:\n"
+        "  - {name: refuse, algorithm: probe@1.0.0, inputs: {video: clip}, params: {mode: bad}}\n"
+        "  - {name: linger, algorithm: keyed@1.0.0, inputs: {video: clip}}\n"
+    )
+    split = _keyed(settings).model_copy(update={"pipeline_dirs": [pipelines]})
+    with open_runtime(split) as runtime:
+        [run_id] = _upload_mixed(runtime, ["hang1"], "split")
+        drive(runtime, [run_id], timeout=60, interval=0.1)
+        assert runtime.store.get_run(run_id).status == RunStatus.FAILED
+        linger = next(a for a in runtime.store.attempts_of_run(run_id) if a.stage == "linger")
+        assert linger.state == AttemptState.FAILED
+        assert linger.reason == "cancelled: the run ended"
+        assert runtime.store.count_attempts("local", None, None) == 0
