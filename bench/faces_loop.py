@@ -12,7 +12,7 @@ from algorithms.decode.video import open_video, output_size, sample_frames
 from algorithms.faces.centerface import CenterFace
 from bench.environment import bench_settings, counted_s3
 from bench.report import Figure
-from orchestrator.oneshot import one_shot_owner, run_files
+from orchestrator.cli.oneshot import one_shot_owner, run_files
 from orchestrator.service import open_runtime
 from tests.conftest import SampleClips
 

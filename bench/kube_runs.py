@@ -10,7 +10,7 @@ from tempfile import TemporaryDirectory
 from bench.environment import bench_settings, counted_s3
 from bench.local_runs import _files
 from bench.report import Figure
-from orchestrator.oneshot import one_shot_owner, run_files
+from orchestrator.cli.oneshot import one_shot_owner, run_files
 from orchestrator.service import open_runtime
 from orchestrator.settings import ClusterSettings
 from orchestrator.store.models import RunStatus

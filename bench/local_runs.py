@@ -11,7 +11,7 @@ import boto3
 
 from bench.environment import bench_settings, counted_s3
 from bench.report import Figure
-from orchestrator.oneshot import one_shot_owner, run_files
+from orchestrator.cli.oneshot import one_shot_owner, run_files
 from orchestrator.service import open_runtime
 from orchestrator.store.models import RunStatus
 

@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from orchestrator.domain.algorithm import AlgorithmManifest
 from orchestrator.domain.catalog import (
@@ -19,7 +20,7 @@ from orchestrator.domain.catalog import (
 from orchestrator.domain.pipeline import PipelineSpec
 from orchestrator.errors import CamflowError, NotFound
 from orchestrator.store import AlgorithmVersion, Store
-from orchestrator.store.models import Channel, utcnow
+from orchestrator.store.models import Channel, iso, utcnow
 
 log = logging.getLogger("camflow.registry")
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -156,3 +157,24 @@ class CatalogCache:
             self._catalog = self.registry.catalog(self.specs)
             self._stamp = stamp
         return self._catalog
+
+
+def version_json(row: AlgorithmVersion) -> dict[str, Any]:
+    manifest = row.manifest
+    return {
+        "name": row.name,
+        "version": row.version,
+        "channel": str(row.channel),
+        "image": manifest["image"],
+        "image_digest": row.image_digest,
+        "content_digest": row.content_digest,
+        "accelerators": manifest["accelerators"],
+        "inputs": manifest["inputs"],
+        "optional_inputs": manifest.get("optional_inputs", []),
+        "params_schema": manifest["params_schema"],
+        "timeout_seconds": manifest["timeout_seconds"],
+        "retries": manifest["retries"],
+        "source": row.source,
+        "registered_at": iso(row.registered_at),
+        "promoted_at": iso(row.promoted_at),
+    }

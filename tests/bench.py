@@ -106,7 +106,7 @@ def bench_faces(path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args()
-    from orchestrator.samples import make_clip
+    from orchestrator.cli.samples import make_clip
 
     with tempfile.TemporaryDirectory() as folder:
         clip = Path(folder) / "face.mp4"

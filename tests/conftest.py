@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from orchestrator.cli.samples import PHOTOS, Shot, make_clip
 from orchestrator.embedded_s3 import EmbeddedS3
-from orchestrator.samples import PHOTOS, Shot, make_clip
 from orchestrator.settings import Settings, load_settings
 from tests.postgres import POSTGRES_URL
 
@@ -169,7 +169,7 @@ def settings(tmp_path: Path, s3_server: EmbeddedS3) -> Settings:
 @pytest.fixture(scope="session")
 def motion_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A subject crossing a still scene between 1.5 s and 3.0 s, and a still scene."""
-    from orchestrator.samples import make_moving_object_clip, make_static_clip
+    from orchestrator.cli.samples import make_moving_object_clip, make_static_clip
 
     folder = tmp_path_factory.mktemp("motion")
     moving, still = folder / "moving.mp4", folder / "still.mp4"

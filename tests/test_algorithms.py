@@ -12,8 +12,8 @@ from algorithms.anonymize.tracks import Tracks, blur_boxes
 from algorithms.decode.video import open_video
 from algorithms.motion.detector import Segment, gate, segments
 from algorithms.thumbnails.__main__ import pick
-from orchestrator.oneshot import process_files
-from orchestrator.samples import load_photo
+from orchestrator.cli.oneshot import process_files
+from orchestrator.cli.samples import load_photo
 from orchestrator.settings import Settings
 from tests.conftest import SampleClips
 

@@ -18,9 +18,9 @@ from fastapi.testclient import TestClient
 from orchestrator.api.app import create_app
 from orchestrator.api.keys import create_key, revoke
 from orchestrator.api.problems import PROBLEM
-from orchestrator.cli_algorithms import version_json
 from orchestrator.domain.catalog import load_algorithm
 from orchestrator.domain.layout import clip_id, upload_key
+from orchestrator.registry import version_json
 from orchestrator.service import open_runtime, write_heartbeat
 from orchestrator.settings import PROJECT_ROOT, Settings
 from orchestrator.store import Clip

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from algorithms.faces.centerface import STRIDE, CenterFace, decode, network_size, nms
-from orchestrator.samples import PHOTOS, load_photo
+from orchestrator.cli.samples import PHOTOS, load_photo
 from tests.helpers import iou
 
 

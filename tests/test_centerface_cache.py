@@ -9,7 +9,7 @@ import pytest
 
 from algorithms.faces import centerface
 from algorithms.faces.centerface import CenterFace
-from orchestrator.samples import load_photo
+from orchestrator.cli.samples import load_photo
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from algorithms.faces.centerface import (
     network_size,
     nms,
 )
-from orchestrator.samples import PHOTOS, load_photo
+from orchestrator.cli.samples import PHOTOS, load_photo
 
 
 def reference_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:

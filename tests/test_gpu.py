@@ -8,7 +8,7 @@ import onnxruntime
 import pytest
 
 from algorithms.faces.centerface import CenterFace, providers_for
-from orchestrator.samples import load_photo
+from orchestrator.cli.samples import load_photo
 from tests.helpers import iou
 
 HAS_CUDA = "CUDAExecutionProvider" in onnxruntime.get_available_providers()

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.cli.trial import save_outputs, stage_log
 from orchestrator.embedded_s3 import EmbeddedS3
 from orchestrator.errors import StorageError
 from orchestrator.executors.local_runner import STDERR
 from orchestrator.storage import S3Gateway
-from orchestrator.trial import save_outputs, stage_log
 from tests.conftest import seed_objects
 
 KEYS = 2_345

@@ -37,17 +37,15 @@ from orchestrator.api.problems import (
     problems,
 )
 from orchestrator.api.security import presented_key
-from orchestrator.cli_algorithms import version_json
-from orchestrator.domain.layout import upload_key
+from orchestrator.domain.layout import NAME, upload_key
 from orchestrator.errors import CamflowError, NotFound
-from orchestrator.registry import content_digest
+from orchestrator.registry import content_digest, version_json
 from orchestrator.service import Runtime, heartbeat_age, read_heartbeat
 from orchestrator.store import ApiKey, Clip
 from orchestrator.store.models import AlgorithmVersion, Role, RunStatus, as_utc
 
 log = logging.getLogger("camflow.api")
 #: Camera and tenant names in keys and paths: no slashes, no dots first, no surprises.
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 #: The errors every authenticated operation can answer.
 AUTHENTICATED = (401, 403)
 

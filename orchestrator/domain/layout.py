@@ -7,6 +7,9 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+# A tenant or camera name: one key segment, safe in URLs, labels and paths.
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+
 # <tenant>/<camera>/<YYYY>/<MM>/<DD>/<HHMMSS>[-<n>].<ext>
 _TIMED_KEY = re.compile(
     r"^(?P<tenant>[^/]+)/(?P<camera>[^/]+)/(?P<y>\d{4})/(?P<m>\d{2})/(?P<d>\d{2})/"

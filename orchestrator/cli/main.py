@@ -15,7 +15,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from orchestrator import cli_output
+from orchestrator.cli import output as cli_output
 from orchestrator.errors import CamflowError
 from orchestrator.settings import Settings, load_settings
 
@@ -204,7 +204,7 @@ def process(
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 3600,
 ) -> None:
     """Run PIPELINE once on local FILES through the same engine, and print the results."""
-    from orchestrator.oneshot import process_files
+    from orchestrator.cli.oneshot import process_files
 
     try:
         settings = settings_from(ctx)
@@ -242,7 +242,7 @@ def demo(
 ) -> None:
     """Make real H.264 sample clips, upload them as cameras would, and watch camflow
     find the faces in them: embedded S3, SQLite and local processes, nothing else."""
-    from orchestrator.demo import run_demo
+    from orchestrator.cli.demo import run_demo
 
     try:
         settings = settings_from(ctx, home=out_dir.resolve())
@@ -456,7 +456,8 @@ def clusters(
 
 
 def _register_groups() -> None:
-    from orchestrator import cli_algorithms, cli_keys
+    from orchestrator.cli import algorithms as cli_algorithms
+    from orchestrator.cli import keys as cli_keys
 
     app.add_typer(cli_algorithms.app, name="algorithms")
     app.add_typer(cli_keys.app, name="keys")

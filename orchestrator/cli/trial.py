@@ -9,13 +9,13 @@ from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 from algorithms.contract import MANIFEST_NAME
+from orchestrator.cli.oneshot import one_shot_owner, run_files
 from orchestrator.domain.algorithm import AlgorithmManifest
 from orchestrator.domain.catalog import load_algorithm
 from orchestrator.domain.layout import stage_prefix
 from orchestrator.domain.pipeline import CLIP_INPUT, PipelineSpec, StageSpec
 from orchestrator.errors import ConfigError
 from orchestrator.executors.local_runner import STDERR
-from orchestrator.oneshot import one_shot_owner, run_files
 from orchestrator.service import Runtime, open_runtime
 from orchestrator.settings import Settings
 from orchestrator.storage import S3Gateway

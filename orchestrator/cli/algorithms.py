@@ -10,12 +10,11 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator import cli_output
+from orchestrator.cli import output as cli_output
 from orchestrator.errors import CamflowError
-from orchestrator.registry import Registry
+from orchestrator.registry import Registry, version_json
 from orchestrator.settings import Settings
-from orchestrator.store import AlgorithmVersion, Store
-from orchestrator.store.models import iso
+from orchestrator.store import Store
 
 app = typer.Typer(help="Package, try, register and promote algorithms.", no_args_is_help=True)
 out = Console()
@@ -23,7 +22,7 @@ err = Console(stderr=True)
 
 
 def _settings(ctx: typer.Context) -> Settings:
-    from orchestrator.cli import settings_from
+    from orchestrator.cli.main import settings_from
 
     return settings_from(ctx)
 
@@ -38,27 +37,6 @@ def _registry(ctx: typer.Context) -> Registry:
 def _fail(exc: Exception) -> typer.Exit:
     err.print(f"[red]error:[/] {exc}")
     return typer.Exit(code=1)
-
-
-def version_json(row: AlgorithmVersion) -> dict[str, Any]:
-    manifest = row.manifest
-    return {
-        "name": row.name,
-        "version": row.version,
-        "channel": str(row.channel),
-        "image": manifest["image"],
-        "image_digest": row.image_digest,
-        "content_digest": row.content_digest,
-        "accelerators": manifest["accelerators"],
-        "inputs": manifest["inputs"],
-        "optional_inputs": manifest.get("optional_inputs", []),
-        "params_schema": manifest["params_schema"],
-        "timeout_seconds": manifest["timeout_seconds"],
-        "retries": manifest["retries"],
-        "source": row.source,
-        "registered_at": iso(row.registered_at),
-        "promoted_at": iso(row.promoted_at),
-    }
 
 
 @app.command()
@@ -181,7 +159,7 @@ def new(
     ),
 ) -> None:
     """Scaffold a working algorithm: manifest, entry point, Dockerfile and a test."""
-    from orchestrator.scaffold import scaffold
+    from orchestrator.cli.scaffold import scaffold
 
     try:
         folder = scaffold(name, directory)
@@ -215,8 +193,8 @@ def try_(
 ) -> None:
     """Run one algorithm on one clip locally (decoding first when it needs frames) and
     show what it wrote, its metrics and its log."""
-    from orchestrator.cli import quiet_logging
-    from orchestrator.trial import try_algorithm
+    from orchestrator.cli.main import quiet_logging
+    from orchestrator.cli.trial import try_algorithm
 
     params = dict(_param(p) for p in param or [])
     try:

@@ -13,10 +13,10 @@ from typing import Any
 from rich.console import Console
 from rich.progress import Progress
 
-from orchestrator import cli_output
+from orchestrator.cli import output as cli_output
+from orchestrator.cli.samples import make_clip
 from orchestrator.domain.layout import upload_key
 from orchestrator.errors import NotFound
-from orchestrator.samples import make_clip
 from orchestrator.service import Runtime, Service, open_runtime
 from orchestrator.settings import Settings
 from orchestrator.store.models import RunStatus

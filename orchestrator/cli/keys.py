@@ -8,8 +8,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator import cli_output
 from orchestrator.api import keys
+from orchestrator.cli import output as cli_output
+from orchestrator.domain.layout import NAME
 from orchestrator.errors import CamflowError
 from orchestrator.store import Store
 from orchestrator.store.models import Role, iso
@@ -20,7 +21,7 @@ err = Console(stderr=True)
 
 
 def _store(ctx: typer.Context) -> Store:
-    from orchestrator.cli import settings_from
+    from orchestrator.cli.main import settings_from
 
     return Store(settings_from(ctx).store_url)
 
@@ -35,8 +36,6 @@ def create(
     json_output: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Create a key. Its text is shown once: only a hash is kept."""
-    from orchestrator.api.app import NAME
-
     for label, value in (("tenant", tenant), ("camera", camera)):
         if value is not None and not NAME.fullmatch(value):
             err.print(f"[red]error:[/] {label} {value!r}: use 1-63 letters, digits, '-' or '_'")
