@@ -64,16 +64,44 @@ class S3Uri:
         return f"s3://{self.bucket}/{self.key}"
 
 
-def s3_client() -> Any:
-    """A boto3 S3 client configured from the standard AWS variables."""
+def s3_client(environ: Mapping[str, str] | None = None) -> Any:
+    """A boto3 S3 client configured from the standard AWS variables: the process's, or
+    the credentials a batch item carries (each group of clips a warm process takes comes
+    with credentials for those clips only)."""
     import boto3
     from botocore.config import Config
 
+    keys: dict[str, Any] = {}
+    if environ is not None and environ.get("AWS_ACCESS_KEY_ID"):
+        keys = {
+            "aws_access_key_id": environ["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": environ.get("AWS_SECRET_ACCESS_KEY"),
+            "aws_session_token": environ.get("AWS_SESSION_TOKEN"),
+        }
     # Path-style addressing works with every S3 implementation (moto, MinIO, AWS).
     return boto3.client(
         "s3",
         config=Config(s3={"addressing_style": "path"}, retries={"mode": "standard"}),
+        **keys,
     )
+
+
+class _Clients:
+    """One client per set of credentials a batch has seen; the last few only, since a
+    warm process's earlier credentials are revoked once their clips are done."""
+
+    KEEP = 4
+
+    def __init__(self) -> None:
+        self._by_key: dict[str | None, Any] = {}
+
+    def for_env(self, environ: Mapping[str, str]) -> Any:
+        key = environ.get("AWS_ACCESS_KEY_ID")
+        client = self._by_key.pop(key, None) or s3_client(environ)
+        self._by_key[key] = client  # most recent last
+        while len(self._by_key) > self.KEEP:
+            self._by_key.pop(next(iter(self._by_key)))
+        return client
 
 
 @dataclass
@@ -385,7 +413,7 @@ def _write_report(path: str, payload: dict[str, Any]) -> None:
 
 
 def _run_batch(main: Main, items: list[dict[str, Any]]) -> int:
-    s3 = s3_client()
+    s3 = _Clients()
     parent = os.getppid()
     done = 0
     for item in items:
@@ -404,7 +432,7 @@ def _run_batch(main: Main, items: list[dict[str, Any]]) -> int:
     return contract.EXIT_OK
 
 
-def _run_batch_item(main: Main, item: dict[str, Any], s3: Any, position: str) -> None:
+def _run_batch_item(main: Main, item: dict[str, Any], clients: _Clients, position: str) -> None:
     started_at = _utc_now()
     report = item.get("report")
     if report:
@@ -418,7 +446,7 @@ def _run_batch_item(main: Main, item: dict[str, Any], s3: Any, position: str) ->
             _write_report(report, {"exit_code": 143, "reason": "cancelled", "started_at": None})
             return
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("CAMFLOW_")}, **item["env"]}
-    code, reason, manifest = _run_item(main, env, s3, item.get("log"), position)
+    code, reason, manifest = _run_item(main, env, clients.for_env(env), item.get("log"), position)
     if report:
         _write_report(
             report,

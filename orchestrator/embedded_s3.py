@@ -57,12 +57,19 @@ class EmbeddedS3:
     are kept under it, and an answered write is on disk.
     """
 
+    #: The keys of a server that does not enforce IAM (any signature passes there).
     ACCESS_KEY = "camflow-embedded"
-    SECRET_KEY = "camflow-embedded-secret"  # not a secret: the server is local
+    SECRET_KEY = "camflow-embedded-secret"  # not a secret: such a server checks nothing
 
-    def __init__(self, port: int | None = None, directory: Path | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, directory: Path | None = None, enforce: bool = False
+    ) -> None:
         self.port = port or 0
         self.directory = directory
+        #: IAM enforced, as S3 does: the orchestrator signs with random admin keys made
+        #: at start and kept in memory; stages get per-execution users (orchestrator.grants).
+        self.enforce = enforce
+        self._keys = (self.ACCESS_KEY, self.SECRET_KEY)
         self.restored = Restored()
         self._mirror: DiskMirror | None = None
         self._server: Any = None
@@ -104,6 +111,11 @@ class EmbeddedS3:
                     self.restored = mirror.restore()
                     _record_backend_changes()
                     app = DurableApp(app, mirror)
+                if self.enforce:
+                    from orchestrator.embedded_auth import EnforcingApp, create_admin
+
+                    self._keys = create_admin(str(self.port))
+                    app = EnforcingApp(app, self._keys[0])
                 self._server = make_server(
                     "127.0.0.1",
                     self.port,
@@ -142,7 +154,7 @@ class EmbeddedS3:
             self._mirror = None
 
     def access(self, region: str) -> S3Access:
-        return S3Access(self.endpoint_url, region, self.ACCESS_KEY, self.SECRET_KEY)
+        return S3Access(self.endpoint_url, region, *self._keys)
 
 
 def _listen(port: int) -> socket.socket:

@@ -23,6 +23,8 @@ from orchestrator.event_queue import EventQueue
 from orchestrator.executors.base import Executor
 from orchestrator.executors.local import LocalExecutor
 from orchestrator.fileio import write_json_atomic
+from orchestrator.grants.brokers import Broker
+from orchestrator.grants.choice import broker_for
 from orchestrator.leadership import Leadership
 from orchestrator.registry import CatalogCache, Registry
 from orchestrator.settings import PROJECT_ROOT, Settings
@@ -30,6 +32,7 @@ from orchestrator.storage import S3Access, S3Gateway
 from orchestrator.store import Store
 from orchestrator.store.models import RunStatus
 from orchestrator.watcher import Watcher
+from orchestrator.webhooks.delivery import DeliveryWorker
 
 log = logging.getLogger("camflow.service")
 
@@ -44,6 +47,9 @@ class Runtime:
     watcher: Watcher
     reconciler: Reconciler
     embedded: EmbeddedS3 | None
+    #: Mints stages' storage credentials; None where the executor gets none (a
+    #: Kubernetes executor whose clusters name an S3 Secret of their own).
+    broker: Broker | None = None
 
     @property
     def catalog(self) -> Catalog:
@@ -73,7 +79,9 @@ def s3_access(settings: Settings, durable: bool = False) -> tuple[S3Access, Embe
     choice = choose_s3(settings)
     if choice.embedded:
         embedded = (
-            EmbeddedS3(settings.s3.embedded_port, settings.home / "s3") if durable else EmbeddedS3()
+            EmbeddedS3(settings.s3.embedded_port, settings.home / "s3", enforce=True)
+            if durable
+            else EmbeddedS3(enforce=True)
         ).start()
         log.info("S3: %s", embedded.describe())
         return embedded.access(settings.s3.region), embedded
@@ -153,6 +161,13 @@ def open_runtime(
         if embedded:
             embedded.stop()
         raise
+    try:
+        broker = broker_for(settings, access)
+    except Exception:
+        store.close()
+        if embedded:
+            embedded.stop()
+        raise
     if executor is None and settings.executor == "kubernetes":
         from orchestrator.kube.actions import StoreActionLog
         from orchestrator.kube.executor import KubernetesExecutor
@@ -166,6 +181,7 @@ def open_runtime(
         base_env=access.stage_env(),
         cwd=PROJECT_ROOT,
         batch_linger_seconds=settings.local.batch_linger_seconds,
+        broker=broker,
     )
     try:
         queue = event_queue(
@@ -203,7 +219,7 @@ def open_runtime(
         batch_max_size=settings.engine.batch_max_size,
         batch_max_wait_seconds=settings.engine.batch_max_wait_seconds,
     )
-    return Runtime(settings, catalogs, store, s3, executor, watcher, reconciler, embedded)
+    return Runtime(settings, catalogs, store, s3, executor, watcher, reconciler, embedded, broker)
 
 
 def _guarded(name: str, job: Callable[[], object]) -> Callable[[], None]:
@@ -235,6 +251,7 @@ class Service:
         # A leader that loses the lease mid-tick stops acting at its next step.
         runtime.reconciler.may_act = lambda: self.leadership.leading
         self._events: threading.Thread | None = None
+        self.webhooks: DeliveryWorker | None = None
 
     def start(self) -> None:
         now = datetime.now(UTC)
@@ -253,12 +270,30 @@ class Service:
             next_run_time=now,
             id="sweep",
         )
+        if self.runtime.broker is not None:
+            # Stage credentials left by a crash, or outliving their stage, end here.
+            self.scheduler.add_job(
+                _guarded("credentials", self.runtime.broker.sweep),
+                "interval",
+                seconds=60,
+                next_run_time=now,
+                id="credentials",
+            )
         self.scheduler.add_job(
             _guarded("engine", self._engine_tick),
             "interval",
             seconds=settings.engine.interval_seconds,
             next_run_time=now,
             id="engine",
+        )
+        # Every replica sends webhooks (claims keep them apart), beside the engine.
+        self.webhooks = DeliveryWorker(self.runtime.store, settings.webhooks)
+        self.scheduler.add_job(
+            _guarded("webhooks", self.webhooks.run_once),
+            "interval",
+            seconds=settings.webhooks.interval_seconds,
+            next_run_time=now,
+            id="webhooks",
         )
         self.scheduler.start()
         if self.runtime.watcher.queue is not None:
@@ -347,7 +382,11 @@ class Service:
 
     def stop(self) -> None:
         self._stopping.set()
+        if self.webhooks is not None:
+            self.webhooks.stop()
         self.scheduler.shutdown(wait=True)
+        if self.webhooks is not None:
+            self.webhooks.close()
         if self._events is not None:
             self._events.join(timeout=self.runtime.settings.watcher.wait_seconds + 5)
         with contextlib.suppress(Exception):

@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     PositiveFloat,
     PositiveInt,
     SecretStr,
@@ -51,6 +52,14 @@ class S3Settings(_Group):
     #: Usually left unset: boto3 reads the standard AWS variables and files itself.
     access_key_id: str | None = None
     secret_access_key: SecretStr | None = None
+    #: How each stage process gets credentials for its own clip and outputs only (the
+    #: orchestrator's keys never reach a stage). "assume-role": STS AssumeRole on
+    #: ``stage_role_arn`` with a session policy per execution (AWS). "iam-user": an IAM
+    #: user per execution, deleted when it ends (the embedded S3, and S3s with the IAM
+    #: API). "auto": assume-role on AWS, iam-user with an endpoint or the embedded S3.
+    stage_credentials: Literal["auto", "assume-role", "iam-user"] = "auto"
+    #: The role stages' sessions assume (its own policy bounds every session's).
+    stage_role_arn: str | None = None
 
     @model_validator(mode="after")
     def _one_s3(self) -> S3Settings:
@@ -174,6 +183,8 @@ class ApiSettings(_Group):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     upload_url_seconds: int = Field(default=300, ge=30, le=3600)
+    #: The largest clip a camera may upload: the presigned POST's content-length-range.
+    upload_max_bytes: PositiveInt = 512 * 1024 * 1024
     download_url_seconds: int = Field(default=900, ge=30, le=86400)
     events_poll_seconds: PositiveFloat = 1.0
     #: An idle event stream sends a comment this often, so that proxies (whose idle
@@ -181,10 +192,37 @@ class ApiSettings(_Group):
     events_keepalive_seconds: PositiveFloat = 15.0
     #: /readyz fails when the engine has not finished a tick for this long.
     ready_max_age_seconds: PositiveFloat = 60
+    #: How long a dashboard sign-in lasts.
+    session_seconds: int = Field(default=12 * 3600, ge=60, le=30 * 86400)
+    #: Mark the dashboard's cookies Secure even on plain HTTP requests: for TLS that
+    #: ends at a proxy which does not send X-Forwarded-Proto (HTTPS requests always are).
+    secure_cookies: bool = False
 
 
 class KubernetesSettings(_Group):
     clusters: list[ClusterSettings] = Field(default_factory=list)
+
+
+class WebhookSettings(_Group):
+    """Signed webhooks to tenants' endpoints (orchestrator.webhooks)."""
+
+    #: Networks an endpoint may reach although they are not public (loopback,
+    #: link-local, private: the cluster's own): an operator's choice, never a tenant's.
+    allowed_networks: list[IPvAnyNetwork] = Field(default_factory=list)
+    #: More networks no endpoint may reach, besides every non-public one: the
+    #: cluster's pod and service ranges where they are public addresses.
+    blocked_networks: list[IPvAnyNetwork] = Field(default_factory=list)
+    #: A delivery that keeps failing is retried for this long, then listed for replay.
+    retry_horizon_seconds: PositiveFloat = 86_400
+    #: The first retry's delay, doubling per attempt up to the maximum (with jitter).
+    retry_base_seconds: PositiveFloat = 5
+    retry_max_seconds: PositiveFloat = 3_600
+    #: Each step of a request (connect, send, each read of the answer), and how many
+    #: requests go out at once from each replica.
+    timeout_seconds: PositiveFloat = 10
+    concurrency: PositiveInt = 8
+    #: How often each replica looks for deliveries that are due.
+    interval_seconds: PositiveFloat = 2
 
 
 class Settings(BaseSettings):
@@ -194,6 +232,9 @@ class Settings(BaseSettings):
 
     home: Path = Field(default_factory=lambda: Path.home() / ".camflow")
     log_level: str = "INFO"
+    #: "json": one object per line (time, level, logger, message, and clip, run, stage
+    #: and attempt where a line is about one) for log pipelines; "text" for people.
+    log_format: Literal["text", "json"] = "text"
     s3: S3Settings = Field(default_factory=S3Settings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     watcher: WatcherSettings = Field(default_factory=WatcherSettings)
@@ -204,6 +245,7 @@ class Settings(BaseSettings):
     executor: Literal["local", "kubernetes"] = "local"
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     algorithm_dirs: list[Path] = Field(default_factory=lambda: [PROJECT_ROOT / "algorithms"])
     pipeline_dirs: list[Path] = Field(default_factory=lambda: [PROJECT_ROOT / "pipelines"])
 

@@ -403,7 +403,7 @@ def test_a_clip_taken_back_from_a_closing_process_is_not_failed_by_it(
     executor = LocalExecutor(tmp_path / "attempts", batch_linger_seconds=0.3)
     executor.submit([_launch(0, [sys.executable, "-c", SLOW_REPORT_ALL], batch="b-first")])
     _wait(executor, ["a0"])
-    real = local_module.write_atomic
+    real = local_module.write_private
 
     def late_write(path: Path, data: str | bytes) -> None:
         if path.parent.name == "more":
@@ -414,7 +414,7 @@ def test_a_clip_taken_back_from_a_closing_process_is_not_failed_by_it(
             time.sleep(0.02)
         real(path, data)
 
-    monkeypatch.setattr(local_module, "write_atomic", late_write)
+    monkeypatch.setattr(local_module, "write_private", late_write)
     monkeypatch.setenv("SLOW", "1.0")  # the new process takes a moment to start
     submitted = executor.submit(
         [_launch(1, [sys.executable, "-c", SLOW_REPORT_ALL], batch="b-later")]

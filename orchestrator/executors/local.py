@@ -24,7 +24,7 @@ from typing import Any
 import psutil
 
 from algorithms import contract
-from orchestrator.errors import ExecutorError
+from orchestrator.errors import CamflowError, ExecutorError
 from orchestrator.executors import local_runner as files
 from orchestrator.executors.base import (
     Capacity,
@@ -34,7 +34,9 @@ from orchestrator.executors.base import (
     StageLaunch,
     Submission,
 )
-from orchestrator.fileio import write_atomic, write_json_atomic
+from orchestrator.fileio import write_json_atomic, write_private
+from orchestrator.grants.brokers import Broker, StageCredentials, without_credentials
+from orchestrator.grants.policy import grant_for
 
 log = logging.getLogger("camflow.local")
 
@@ -126,6 +128,10 @@ class _Warm:
     members: list[Path]
 
 
+def _env_of(credentials: StageCredentials | None) -> dict[str, str]:
+    return credentials.env() if credentials is not None else {}
+
+
 def _warm_key(launch: StageLaunch) -> tuple[str, ...]:
     """What a warm process runs: launches that share it may join it (never another
     tenant's: one process, one tenant)."""
@@ -155,6 +161,7 @@ class LocalExecutor:
         base_env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
         batch_linger_seconds: float = 0.0,
+        broker: Broker | None = None,
     ) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
@@ -171,6 +178,10 @@ class LocalExecutor:
         #: Batch processes this executor started that may take more clips, by what
         #: they run (a restart forgets them: they then run out their linger alone).
         self._warm: dict[tuple[str, ...], _Warm] = {}
+        #: Mints each process's storage credentials (None: stages use base_env's).
+        self.broker = broker
+        #: Credentials handed to processes still running: revoked once each exits.
+        self._issued: list[tuple[subprocess.Popen, StageCredentials]] = []
 
     def capacity(self) -> Capacity:
         return Capacity(slots=self.max_parallel, gpu_slots=min(self.gpus, self.max_parallel))
@@ -209,6 +220,9 @@ class LocalExecutor:
         # are none of a stage's business.
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("CAMFLOW_")}
         env = {**inherited, **self.base_env}
+        if self.broker is not None:
+            # Nor are the orchestrator's keys: each process gets its own, minted below.
+            env = without_credentials(env)
         if launch.workdir:
             # A registered algorithm's own modules import from its folder's parent.
             env["PYTHONPATH"] = os.pathsep.join(
@@ -238,9 +252,10 @@ class LocalExecutor:
         if not files.create_json_exclusive(directory / files.LAUNCH, spec):
             # Another engine claimed it in between: adopt, never start it twice.
             return {launch.attempt_id: self._submission(launch)}
-        env = {**self._stage_env(launch), **launch.env}
+        credentials = self._issue([launch])
+        env = {**self._stage_env(launch), **launch.env, **_env_of(credentials)}
         env[contract.ENV_MANIFEST_COPY] = str(directory / files.MANIFEST_COPY)
-        child = self._start_runner(directory, env)
+        child = self._start_runner(directory, env, credentials)
         self._children[launch.attempt_id] = child
         return {launch.attempt_id: self._submission(launch)}
 
@@ -286,7 +301,6 @@ class LocalExecutor:
     ) -> None:
         directory = self.root / "batches" / batch
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / files.BATCH_ITEMS).write_text(json.dumps(self._items(claimed)))
         first = claimed[0]
         # The stage's timeout is per clip: the batch has one for each of its clips.
         spec = self._runner_launch(first, first.timeout_seconds * len(claimed)) | {
@@ -297,7 +311,14 @@ class LocalExecutor:
         }
         if not files.create_json_exclusive(directory / files.LAUNCH, spec):
             return  # a replay of a batch already started
-        env = self._stage_env(first) | {contract.ENV_BATCH_FILE: str(directory / files.BATCH_ITEMS)}
+        credentials = self._issue(claimed)
+        # Owner-only: the items carry the batch's credentials.
+        write_private(directory / files.BATCH_ITEMS, json.dumps(self._items(claimed, credentials)))
+        env = (
+            self._stage_env(first)
+            | _env_of(credentials)
+            | {contract.ENV_BATCH_FILE: str(directory / files.BATCH_ITEMS)}
+        )
         # GPU processes do not linger: an idle one holds no slot in the engine's count
         # but would hold its GPU's memory while another stage is given that GPU.
         linger = self.batch_linger_seconds if first.accelerator == "cpu" else 0.0
@@ -305,7 +326,7 @@ class LocalExecutor:
             (directory / files.MORE).mkdir(exist_ok=True)
             env[contract.ENV_BATCH_MORE] = str(directory / files.MORE)
             env[contract.ENV_BATCH_LINGER] = str(linger)
-        child = self._start_runner(directory, env)
+        child = self._start_runner(directory, env, credentials)
         for launch in claimed:
             self._children[launch.attempt_id] = child
         if linger > 0:
@@ -313,11 +334,13 @@ class LocalExecutor:
             self._warm[key] = _Warm(batch, directory, child, members)
         log.info("batch %s: %d clips of stage %s in one process", batch, len(claimed), first.stage)
 
-    def _items(self, launches: list[StageLaunch]) -> list[dict[str, Any]]:
+    def _items(
+        self, launches: list[StageLaunch], credentials: StageCredentials | None
+    ) -> list[dict[str, Any]]:
         # Each clip's stderr goes to its own attempt's log as well as the batch's.
         return [
             {
-                "env": launch.env,
+                "env": launch.env | _env_of(credentials),
                 "report": str(self.root / launch.attempt_id / files.STATUS),
                 "log": str(self.root / launch.attempt_id / files.STDERR),
             }
@@ -344,7 +367,10 @@ class LocalExecutor:
                 (folder / files.STDOUT).symlink_to(warm.directory / files.STDOUT)
             write_json_atomic(folder / files.RUNNER, runner | {"batch": warm.batch})
         name = f"{time.time_ns():020d}-{os.getpid()}.json"
-        write_atomic(more / name, json.dumps(self._items(claimed)))
+        credentials = self._issue(claimed)
+        write_private(more / name, json.dumps(self._items(claimed, credentials)))
+        if credentials is not None:
+            self._issued.append((warm.child, credentials))
         if (more / contract.BATCH_CLOSED).exists():
             # It closed meanwhile: take them back, unless its last look took them. Taken
             # back under a suffix of their own, which its supervisor does not count as
@@ -369,7 +395,35 @@ class LocalExecutor:
             self._children[launch.attempt_id] = warm.child
         return True
 
-    def _start_runner(self, directory: Path, env: dict[str, str]) -> subprocess.Popen:
+    def _issue(self, launches: list[StageLaunch]) -> StageCredentials | None:
+        if self.broker is None:
+            return None
+        try:
+            return self.broker.issue(grant_for(launches))
+        except CamflowError as exc:
+            raise ExecutorError(str(exc)) from exc
+
+    def _revoke(self, credentials: StageCredentials) -> None:
+        if self.broker is not None:
+            try:
+                self.broker.revoke(credentials)
+            except Exception as exc:  # the sweep ends them at their expiry anyway
+                log.warning("could not revoke stage credentials %s: %s", credentials.handle, exc)
+
+    def _start_runner(
+        self, directory: Path, env: dict[str, str], credentials: StageCredentials | None = None
+    ) -> subprocess.Popen:
+        try:
+            child = self._popen(directory, env)
+        except ExecutorError:
+            if credentials is not None:
+                self._revoke(credentials)
+            raise
+        if credentials is not None:
+            self._issued.append((child, credentials))
+        return child
+
+    def _popen(self, directory: Path, env: dict[str, str]) -> subprocess.Popen:
         try:
             with (directory / "runner.log").open("ab") as runner_log:
                 return subprocess.Popen(
@@ -392,6 +446,11 @@ class LocalExecutor:
         for key, child in list(self._children.items()):
             if child.poll() is not None:
                 del self._children[key]
+        ended = [(child, c) for child, c in self._issued if child.poll() is not None]
+        if ended:
+            self._issued = [(child, c) for child, c in self._issued if child.poll() is None]
+            for _child, credentials in ended:
+                self._revoke(credentials)
 
     def poll(self, handles: Sequence[str]) -> dict[str, ExecStatus]:
         self._reap()
