@@ -28,6 +28,7 @@ from orchestrator.domain.discovery import (
 from orchestrator.domain.layout import clip_id
 from orchestrator.domain.pipeline import Trigger
 from orchestrator.event_queue import EventQueue, Message
+from orchestrator.logs import about
 from orchestrator.storage import ObjectInfo, S3Gateway
 from orchestrator.store import Clip, Store
 from orchestrator.store.models import RejectedObject
@@ -162,6 +163,7 @@ class Watcher:
                 clip.size,
                 clip.tenant,
                 clip.camera,
+                extra=about(clip.id),
             )
         for row in found.rejected:
             log.warning("not a clip: %s", row.reason)

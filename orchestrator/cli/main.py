@@ -45,9 +45,15 @@ def settings_from(ctx: typer.Context, **overrides: Any) -> Settings:
     return load_settings(options.config, **overrides)
 
 
-def _setup_logging(level: str, quiet: bool = False) -> None:
+def _setup_logging(level: str, quiet: bool = False, log_format: str = "text") -> None:
     handler: logging.Handler
-    if err.is_terminal:
+    if log_format == "json":
+        from orchestrator.logs import JsonFormatter
+
+        # One object per line, terminal or not: log pipelines read it either way.
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+    elif err.is_terminal:
         handler = RichHandler(console=err, show_path=False, rich_tracebacks=True)
         handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     else:
@@ -59,9 +65,9 @@ def _setup_logging(level: str, quiet: bool = False) -> None:
     logging.getLogger("camflow").setLevel("WARNING" if quiet else level.upper())
 
 
-def quiet_logging(level: str) -> None:
+def quiet_logging(level: str, log_format: str = "text") -> None:
     """For commands that show progress: only warnings and errors get through."""
-    _setup_logging(level, quiet=True)
+    _setup_logging(level, quiet=True, log_format=log_format)
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -106,7 +112,7 @@ def serve(
         given = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
         if given:
             settings = settings.model_copy(update={"api": settings.api.model_copy(update=given)})
-        _setup_logging(settings.log_level)
+        _setup_logging(settings.log_level, log_format=settings.log_format)
         runtime = open_runtime(settings, durable_s3=True)
     except CamflowError as exc:
         raise _fail(exc) from exc
@@ -162,6 +168,8 @@ def start_api(runtime: Any) -> Any:
             port=settings.api.port,
             log_level="warning",
             access_log=False,
+            # JSON logs: uvicorn's own lines go through camflow's handler, not its own.
+            **({"log_config": None} if settings.log_format == "json" else {}),
         )
     )
     threading.Thread(target=server.run, name="api", daemon=True).start()
@@ -208,7 +216,7 @@ def process(
 
     try:
         settings = settings_from(ctx)
-        _setup_logging(settings.log_level, quiet=True)
+        _setup_logging(settings.log_level, quiet=True, log_format=settings.log_format)
         with _progress() as progress:
             task = progress.add_task(f"{pipeline}: processing", total=len(files))
             results = process_files(
@@ -246,7 +254,7 @@ def demo(
 
     try:
         settings = settings_from(ctx, home=out_dir.resolve())
-        _setup_logging(settings.log_level, quiet=True)
+        _setup_logging(settings.log_level, quiet=True, log_format=settings.log_format)
         run_demo(settings, out, err, _progress, timeout)
     except (CamflowError, TimeoutError) as exc:
         raise _fail(exc) from exc

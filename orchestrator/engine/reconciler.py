@@ -60,6 +60,7 @@ from orchestrator.executors.base import (
     SubmitRefused,
 )
 from orchestrator.storage import S3Gateway
+from orchestrator.logs import about
 from orchestrator.store import Clip, Run, StageAttempt, Store
 from orchestrator.store.models import AttemptState, RunStatus, utcnow
 from orchestrator.store.repository import RunWithAttempts
@@ -114,9 +115,17 @@ class _Trouble:
         except Exception as exc:
             where = f"clip {_clip_name(view.clip)} run {view.run.id}"
             if isinstance(exc, UNAVAILABLE):
-                log.warning("%s: %s while %s it; trying again next tick", where, exc, step)
+            fields = about(view.clip.id, view.run.id)
+                log.warning(
+                    "%s: %s while %s it; trying again next tick", where, exc, step, extra=fields
+                )
             else:
-                log.exception("%s: unexpected error while %s it; the other runs go on", where, step)
+                log.exception(
+                    "%s: unexpected error while %s it; the other runs go on",
+                    where,
+                    step,
+                    extra=fields,
+                )
             self.runs.setdefault(view.run.id, (step, exc))
 
 
@@ -188,7 +197,9 @@ class Reconciler:
                 raise  # the store is away: so is the rest of this tick
             except Exception:
                 # Left unplanned, so it is tried again next tick; the others go on.
-                log.exception("clip %s: could not plan its runs", _clip_name(clip))
+                log.exception(
+                    "clip %s: could not plan its runs", _clip_name(clip), extra=about(clip.id)
+                )
                 if report is not None:
                     report.errors += 1
         return planned
@@ -205,9 +216,17 @@ class Reconciler:
         ]
         created = self.store.plan(clip.id, runs)
         for run in created:
-            log.info("clip %s: run %s queued (pipeline %s)", _clip_name(clip), run.id, run.pipeline)
+            log.info(
+                "clip %s: run %s queued (pipeline %s)",
+                _clip_name(clip),
+                run.id,
+                run.pipeline,
+                extra=about(clip.id, run.id),
+            )
         if not pipelines:
-            log.info("clip %s: no pipeline's trigger matches it", _clip_name(clip))
+            log.info(
+                "clip %s: no pipeline's trigger matches it", _clip_name(clip), extra=about(clip.id)
+            )
         return len(created)
 
     def plan_run(self, clip: Clip, pipeline: Pipeline) -> Run:
@@ -442,13 +461,20 @@ class Reconciler:
             f"attempt {attempt.attempt}"
         )
         if attempt.state == AttemptState.SUCCEEDED:
-            log.info("%s succeeded %s", where, attempt.metrics or {})
+            extra=about(view.clip.id, view.run.id, attempt.stage, attempt.attempt),
+            log.info("%s succeeded %s", where, attempt.metrics or {}, extra=fields)
         else:
             kind = "permanently" if attempt.permanent else "transiently"
             log.warning(
-                "%s failed %s (exit %s): %s", where, kind, attempt.exit_code, attempt.reason
+                "%s failed %s (exit %s): %s",
+                where,
+                kind,
+                attempt.exit_code,
+                attempt.reason,
+                extra=fields,
             )
 
+        fields = about(view.clip.id, view.run.id, attempt.stage, attempt.attempt)
     # --- act ----------------------------------------------------------------------------
 
     def tick(self, only: Collection[str] | None = None) -> TickReport:
@@ -571,6 +597,7 @@ class Reconciler:
         if it can be; the store records the failure in any case."""
         mine = [
             a.handle
+                    extra=about(view.clip.id, view.run.id),
             for a in view.attempts
             if a.handle
             and a.executor == self.executor.name
@@ -591,8 +618,15 @@ class Reconciler:
         )
         if done:
             telemetry.run_finished(view.run.pipeline, RunStatus.FAILED)
-            log.warning("clip %s run %s: failed: %s", _clip_name(view.clip), view.run.id, reason)
+            log.warning(
+                "clip %s run %s: failed: %s",
+                _clip_name(view.clip),
+                view.run.id,
+                reason,
+                extra=about(view.clip.id, view.run.id),
+            )
         return done
+                extra=about(view.clip.id, view.run.id),
 
     def _apply(self, action: Action, view: RunWithAttempts, report: TickReport) -> None:
         if isinstance(action, Resubmit):
@@ -790,7 +824,13 @@ class Reconciler:
             return True
         except CamflowError as exc:
             # Its place is recorded: a Resubmit tries there again, and only there.
-            log.warning("clip %s: could not submit %s: %s", _clip_name(view.clip), attempt.id, exc)
+            log.warning(
+                "clip %s: could not submit %s: %s",
+                _clip_name(view.clip),
+                attempt.id,
+                exc,
+                extra=about(view.clip.id, view.run.id, attempt.stage, attempt.attempt),
+            )
             return True
         self._record_submission(view, attempt, launch, submission)
         return True
@@ -809,7 +849,13 @@ class Reconciler:
                 telemetry.attempt_finished(attempt, ran=False)
         else:  # held where it was placed; the reason shows why it waits
             self.store.update_attempt(attempt.id, reason=str(exc))
-        log.warning("clip %s: %s refused: %s", _clip_name(view.clip), attempt.id, exc)
+        log.warning(
+            "clip %s: %s refused: %s",
+            _clip_name(view.clip),
+            attempt.id,
+            exc,
+            extra=about(view.clip.id, view.run.id, attempt.stage, attempt.attempt),
+        )
 
     def _place(
         self, view: RunWithAttempts, attempt: StageAttempt, fallback: str | None = None
@@ -849,7 +895,11 @@ class Reconciler:
             reason=None,
             log_uri=self.executor.log_uri(submission.handle),
         ):
-            log.warning("attempt %s moved on while it was submitted: left as it is", attempt.id)
+            log.warning(
+                "attempt %s moved on while it was submitted: left as it is",
+                attempt.id,
+                extra=about(view.clip.id, view.run.id, attempt.stage, attempt.attempt),
+            )
             return
         if view.run.status == RunStatus.PENDING:  # its first stage: one write per run
             self.store.mark_run_started(view.run.id, now)
@@ -873,6 +923,7 @@ class Reconciler:
 
     def _payload(self, view: RunWithAttempts, attempts: list[StageAttempt]) -> dict[str, Any]:
         """What the stages published: each succeeded stage's ``result`` output, under
+            extra=about(view.clip.id, view.run.id, attempt.stage, attempt.attempt),
         the checks it passed when the stage finished. If one fails them now (replaced
         since, or recorded by an older camflow), that attempt fails and BrokenContract
         says why the run does."""
@@ -930,8 +981,20 @@ class Reconciler:
         telemetry.run_finished(view.run.pipeline, status)
         if status == RunStatus.SUCCEEDED:
             log.info(
-                "clip %s run %s: succeeded, result at %s", _clip_name(view.clip), view.run.id, uri
+                extra=about(view.clip.id, view.run.id),
+                "clip %s run %s: succeeded, result at %s",
+                _clip_name(view.clip),
+                view.run.id,
+                uri,
+                extra=fields,
             )
         else:
-            log.warning("clip %s run %s: failed: %s", _clip_name(view.clip), view.run.id, error)
+            log.warning(
+                "clip %s run %s: failed: %s",
+                _clip_name(view.clip),
+                view.run.id,
+                error,
+                extra=fields,
+            )
         return status
+        fields = about(view.clip.id, view.run.id)
