@@ -59,8 +59,8 @@ from orchestrator.executors.base import (
     Submission,
     SubmitRefused,
 )
-from orchestrator.storage import S3Gateway
 from orchestrator.logs import about
+from orchestrator.storage import S3Gateway
 from orchestrator.store import Clip, Run, StageAttempt, Store
 from orchestrator.store.models import AttemptState, RunStatus, utcnow
 from orchestrator.store.repository import RunWithAttempts
@@ -114,8 +114,8 @@ class _Trouble:
                 yield
         except Exception as exc:
             where = f"clip {_clip_name(view.clip)} run {view.run.id}"
-            if isinstance(exc, UNAVAILABLE):
             fields = about(view.clip.id, view.run.id)
+            if isinstance(exc, UNAVAILABLE):
                 log.warning(
                     "%s: %s while %s it; trying again next tick", where, exc, step, extra=fields
                 )
@@ -453,6 +453,7 @@ class Reconciler:
             attempt.stage,
             attempt.attempt,
             status.reason,
+            extra=about(view.clip.id, view.run.id, attempt.stage, attempt.attempt),
         )
 
     def _log_outcome(self, view: RunWithAttempts, attempt: StageAttempt) -> None:
@@ -460,8 +461,8 @@ class Reconciler:
             f"clip {_clip_name(view.clip)} run {view.run.id}: stage {attempt.stage} "
             f"attempt {attempt.attempt}"
         )
+        fields = about(view.clip.id, view.run.id, attempt.stage, attempt.attempt)
         if attempt.state == AttemptState.SUCCEEDED:
-            extra=about(view.clip.id, view.run.id, attempt.stage, attempt.attempt),
             log.info("%s succeeded %s", where, attempt.metrics or {}, extra=fields)
         else:
             kind = "permanently" if attempt.permanent else "transiently"
@@ -474,7 +475,6 @@ class Reconciler:
                 extra=fields,
             )
 
-        fields = about(view.clip.id, view.run.id, attempt.stage, attempt.attempt)
     # --- act ----------------------------------------------------------------------------
 
     def tick(self, only: Collection[str] | None = None) -> TickReport:
@@ -589,6 +589,7 @@ class Reconciler:
                     "clip %s run %s: could not fail it either; trying again next tick",
                     _clip_name(view.clip),
                     view.run.id,
+                    extra=about(view.clip.id, view.run.id),
                 )
 
     def _give_up(self, view: RunWithAttempts, reason: str) -> bool:
@@ -597,7 +598,6 @@ class Reconciler:
         if it can be; the store records the failure in any case."""
         mine = [
             a.handle
-                    extra=about(view.clip.id, view.run.id),
             for a in view.attempts
             if a.handle
             and a.executor == self.executor.name
@@ -612,6 +612,7 @@ class Reconciler:
                 "clip %s run %s: cannot write its result.json; failing it in the store only",
                 _clip_name(view.clip),
                 view.run.id,
+                extra=about(view.clip.id, view.run.id),
             )
         done = self.store.finish_run(
             view.run.id, RunStatus.FAILED, reason, None, None, self.clock()
@@ -626,7 +627,6 @@ class Reconciler:
                 extra=about(view.clip.id, view.run.id),
             )
         return done
-                extra=about(view.clip.id, view.run.id),
 
     def _apply(self, action: Action, view: RunWithAttempts, report: TickReport) -> None:
         if isinstance(action, Resubmit):
@@ -913,6 +913,7 @@ class Reconciler:
             submission.accelerator,
             submission.placement,
             f" in batch {launch.batch}" if launch.batch else "",
+            extra=about(view.clip.id, view.run.id, attempt.stage, attempt.attempt),
         )
 
     def _pipeline(self, view: RunWithAttempts) -> Pipeline:
@@ -923,7 +924,6 @@ class Reconciler:
 
     def _payload(self, view: RunWithAttempts, attempts: list[StageAttempt]) -> dict[str, Any]:
         """What the stages published: each succeeded stage's ``result`` output, under
-            extra=about(view.clip.id, view.run.id, attempt.stage, attempt.attempt),
         the checks it passed when the stage finished. If one fails them now (replaced
         since, or recorded by an older camflow), that attempt fails and BrokenContract
         says why the run does."""
@@ -971,6 +971,7 @@ class Reconciler:
                 _clip_name(view.clip),
                 view.run.id,
                 exc,
+                extra=about(view.clip.id, view.run.id),
             )
             return None
         if not self.store.finish_run(view.run.id, status, error, result, uri, now):
@@ -979,9 +980,9 @@ class Reconciler:
         if any(a.state in (AttemptState.PENDING, AttemptState.RUNNING) for a in attempts):
             self.store.settle_attempts(view.run.id, "cancelled: the run ended", now)
         telemetry.run_finished(view.run.pipeline, status)
+        fields = about(view.clip.id, view.run.id)
         if status == RunStatus.SUCCEEDED:
             log.info(
-                extra=about(view.clip.id, view.run.id),
                 "clip %s run %s: succeeded, result at %s",
                 _clip_name(view.clip),
                 view.run.id,
@@ -997,4 +998,3 @@ class Reconciler:
                 extra=fields,
             )
         return status
-        fields = about(view.clip.id, view.run.id)
