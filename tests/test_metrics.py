@@ -41,6 +41,13 @@ FAMILIES = {
     "camflow_stage_attempts_in_flight": "gauge",
     "camflow_watcher_lag_seconds": "gauge",
     "camflow_rejected_objects": "gauge",
+    "camflow_watcher_discovery_delay_seconds": "gauge",
+    "camflow_gpu_slots": "gauge",
+    "camflow_gpu_slots_in_use": "gauge",
+    "camflow_gpu_wait_seconds": "histogram",
+    "camflow_gpu_waiting": "gauge",
+    "camflow_gpu_wait_oldest_seconds": "gauge",
+    "camflow_gpu_fallback_after_seconds": "gauge",
 }
 _numbers = itertools.count(1)
 

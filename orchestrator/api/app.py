@@ -39,6 +39,7 @@ from orchestrator.api.problems import (
 from orchestrator.api.security import presented_key
 from orchestrator.domain.layout import NAME, upload_key
 from orchestrator.errors import CamflowError, NotFound
+from orchestrator.operations import gpu_capacity
 from orchestrator.registry import content_digest, version_json
 from orchestrator.service import Runtime, heartbeat_age, read_heartbeat
 from orchestrator.store import ApiKey, Clip
@@ -161,7 +162,7 @@ def create_app(
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
     def metrics() -> PlainTextResponse:
-        body, content_type = render_metrics(store, clock())
+        body, content_type = render_metrics(store, clock(), gpu_capacity(settings))
         return PlainTextResponse(body, media_type=content_type)
 
     # --- cameras ------------------------------------------------------------------------
@@ -404,5 +405,5 @@ def create_app(
 
     from orchestrator.api.dashboard import router as dashboard
 
-    app.include_router(dashboard(store, presign, clock))
+    app.include_router(dashboard(store, presign, clock, gpu_slots=gpu_capacity(settings)))
     return app

@@ -6,7 +6,7 @@ API key a person signs in with lives in an HttpOnly, SameSite=Strict cookie.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -15,7 +15,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment
 from markupsafe import Markup
 
-from orchestrator.api import keys
+from orchestrator.api import keys, operations_page
+from orchestrator.api import live as live_pages
 from orchestrator.store import ApiKey, Store
 from orchestrator.store.models import Role, as_utc
 
@@ -23,7 +24,7 @@ COOKIE = "camflow_key"
 
 BASE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>camflow · {{ title }}</title>
-{% if refresh %}<meta http-equiv="refresh" content="{{ refresh }}">{% endif %}
+{% if live %}<script src="/dashboard/live.js" data-stream="{{ live }}" defer></script>{% endif %}
 <style>
  body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#1d2330;background:#f5f6f8}
  header{background:#1d2330;color:#fff;padding:10px 24px;display:flex;gap:24px;align-items:center}
@@ -43,8 +44,9 @@ BASE = """<!doctype html>
  input[type=password]{width:100%;padding:6px;margin:8px 0}
 </style></head><body>
 <header><strong>camflow</strong>{% if key %}<a href="/dashboard">runs</a>
+{% if key.role == "admin" %}<a href="/dashboard/operations">operations</a>{% endif %}
 <span>{{ key.tenant }} · {{ key.role }}</span><a href="/dashboard/logout">sign out</a>{% endif %}
-</header><main>{{ body }}</main></body></html>"""
+</header><main id="page"{% if live %} data-live{% endif %}>{{ body }}</main></body></html>"""
 
 LOGIN = """<h1>Sign in</h1>
 <form class="login" method="post" action="/dashboard/login">
@@ -138,16 +140,21 @@ def timeline(run: Any, attempts: list[Any], now: datetime) -> list[dict[str, Any
     return lanes
 
 
-def router(store: Store, presign: Callable[[str], str], clock: Callable[[], datetime]) -> APIRouter:
+def router(
+    store: Store,
+    presign: Callable[[str], str],
+    clock: Callable[[], datetime],
+    gpu_slots: Mapping[str, int] | None = None,
+) -> APIRouter:
     pages = APIRouter(prefix="/dashboard", include_in_schema=False)
 
     def render(
-        title: str, template: str, key: ApiKey | None, refresh: int = 0, **context: Any
+        title: str, template: str, key: ApiKey | None, live: str = "", **context: Any
     ) -> HTMLResponse:
         body = env.from_string(template).render(fmt=_fmt, seconds=_seconds, **context)
         # The inner page is rendered (and escaped) already: wrap it, don't escape twice.
         page = env.from_string(BASE).render(
-            title=title, key=key, refresh=refresh, body=Markup(body)
+            title=title, key=key, live=live, body=Markup(body)
         )
         return HTMLResponse(page)
 
@@ -201,7 +208,7 @@ def router(store: Store, presign: Callable[[str], str], clock: Callable[[], date
             row[status if status in ("succeeded", "failed") else "active"] += 1
         for row in cameras.values():
             row["clips"] = len(row["clips"])
-        return render("runs", RUNS, key, refresh=5, runs=rows, cameras=cameras)
+        return render("runs", RUNS, key, live=live_pages.STREAM, runs=rows, cameras=cameras)
 
     @pages.get("/runs/{run_id}")
     def run_page(run_id: str, request: Request) -> Response:
@@ -222,7 +229,7 @@ def router(store: Store, presign: Callable[[str], str], clock: Callable[[], date
             clip.key,
             RUN,
             key,
-            refresh=0 if run.finished_at else 3,
+            live="" if run.finished_at else f"{live_pages.STREAM}?run={run.id}",
             run=run,
             clip=clip,
             lanes=lanes,
@@ -230,4 +237,9 @@ def router(store: Store, presign: Callable[[str], str], clock: Callable[[], date
             summary=result.get("summary"),
         )
 
+    # Pages that update themselves from the event stream, and the operator's view.
+    pages.include_router(live_pages.router(store, signed_in))
+    pages.include_router(
+        operations_page.router(store, clock, gpu_slots or {}, render, signed_in)
+    )
     return pages

@@ -15,8 +15,8 @@ store it shares with the other replicas.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import datetime
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timedelta
 
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -24,19 +24,24 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 import orchestrator.telemetry  # noqa: F401  (registers the in-process metrics)
+from orchestrator import operations
+from orchestrator.operations import UNPLACED
 from orchestrator.store import Store
-from orchestrator.store.models import as_utc
+from orchestrator.store.models import AttemptState, as_utc
 from orchestrator.store.repository import ACTIVE
 
-#: The placement label of an attempt that no executor has placed yet.
-UNPLACED = "unplaced"
+#: The window of the watcher's discovery delay: long enough to span a sweep interval.
+DISCOVERY_WINDOW = timedelta(minutes=10)
 
 
 class StoreCollector(Collector):
     """The store's current state, read at each scrape."""
 
-    def __init__(self, store: Store, now: datetime) -> None:
+    def __init__(
+        self, store: Store, now: datetime, gpu_slots: Mapping[str, int] | None = None
+    ) -> None:
         self.store, self.now = store, now
+        self.gpu_slots = dict(gpu_slots or {})
 
     def collect(self) -> Iterator[Metric]:
         runs = self.store.active_run_counts()
@@ -47,19 +52,41 @@ class StoreCollector(Collector):
             active.add_metric([str(status)], runs.get(str(status), 0))
         yield active
 
-        in_flight: dict[tuple[str, str], int] = {}
-        for (placement, accelerator), count in self.store.in_flight().items():
-            key = (placement or UNPLACED, accelerator)
+        in_flight: dict[tuple[str, str, str], int] = {}
+        for placement, accelerator, state, started, count in operations.attempt_counts(self.store):
+            phase = "running" if state == AttemptState.RUNNING and started else "queued"
+            key = (placement or UNPLACED, accelerator, phase)
             in_flight[key] = in_flight.get(key, 0) + count
         queue = GaugeMetricFamily(
             "camflow_stage_attempts_in_flight",
             "Stage attempts recorded and not finished, by where they were placed (local, "
-            f"a cluster's name, or {UNPLACED} before any) and accelerator.",
-            labels=["placement", "accelerator"],
+            f"a cluster's name, or {UNPLACED} before any), accelerator and state (queued: "
+            "waiting for a slot, a node or an image; running: its code has started).",
+            labels=["placement", "accelerator", "state"],
         )
         for labels, count in sorted(in_flight.items()):
             queue.add_metric(list(labels), count)
         yield queue
+
+        in_use = operations.gpu_slots_in_use(self.store)
+        used = GaugeMetricFamily(
+            "camflow_gpu_slots_in_use",
+            "GPU executions handed out and not finished, by placement (a batch of clips "
+            "in one process holds one slot).",
+            labels=["placement"],
+        )
+        for placement in sorted(set(in_use) | set(self.gpu_slots)):
+            used.add_metric([placement], in_use.get(placement, 0))
+        yield used
+        slots = GaugeMetricFamily(
+            "camflow_gpu_slots",
+            "GPU slots the configuration offers, by placement (local.gpus, or each "
+            "cluster's gpu.slots).",
+            labels=["placement"],
+        )
+        for placement, total in sorted(self.gpu_slots.items()):
+            slots.add_metric([placement], total)
+        yield slots
 
         lag = GaugeMetricFamily(
             "camflow_watcher_lag_seconds", "Seconds since the watcher last recorded a new clip."
@@ -68,6 +95,13 @@ class StoreCollector(Collector):
         if newest is not None:
             lag.add_metric([], (self.now - as_utc(newest)).total_seconds())
         yield lag
+
+        yield GaugeMetricFamily(
+            "camflow_watcher_discovery_delay_seconds",
+            "The longest wait from upload (S3 LastModified) to record among the clips "
+            f"recorded in the last {int(DISCOVERY_WINDOW.total_seconds())} s (0: none).",
+            value=operations.discovery_delay(self.store, self.now, DISCOVERY_WINDOW),
+        )
 
         yield GaugeMetricFamily(
             "camflow_rejected_objects",
@@ -85,8 +119,10 @@ class _ThisProcess(Collector):
         yield from REGISTRY.collect()
 
 
-def render_metrics(store: Store, now: datetime) -> tuple[bytes, str]:
+def render_metrics(
+    store: Store, now: datetime, gpu_slots: Mapping[str, int] | None = None
+) -> tuple[bytes, str]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_ThisProcess())
-    registry.register(StoreCollector(store, now))
+    registry.register(StoreCollector(store, now, gpu_slots))
     return generate_latest(registry), CONTENT_TYPE_LATEST

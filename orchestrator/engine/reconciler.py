@@ -712,9 +712,11 @@ class Reconciler:
             for c in candidates
             if c.key is not None
         }
+        executions = plan_executions(candidates, free, free_gpu)
+        telemetry.gpu_admission(candidates, executions, lambda s: self._pipeline(by_id[s.run_id]))
         return [
             (chunk, (chunk[0].run_id, chunk[0].stage, chunk[0].attempt) in keyed)
-            for chunk in plan_executions(candidates, free, free_gpu)
+            for chunk in executions
         ]
 
     def _start_batch(
