@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from orchestrator.domain.catalog import (
     algorithm_files,
     load_algorithm,
 )
+from orchestrator.domain.layout import NAME as TENANT_NAME
 from orchestrator.domain.pipeline import PipelineSpec
 from orchestrator.errors import CamflowError, NotFound
 from orchestrator.store import AlgorithmVersion, Store
@@ -36,16 +37,20 @@ class RegistryError(CamflowError):
 _ADDED_LATER = {"batch": False}
 
 
-def content_digest(manifest: AlgorithmManifest, image_digest: str | None) -> str:
+def content_digest(
+    manifest: AlgorithmManifest,
+    image_digest: str | None,
+    image_digests: Mapping[str, str] | None = None,
+) -> str:
     fields = manifest.model_dump(mode="json")
     for name, default in _ADDED_LATER.items():
         if fields.get(name) == default:
             del fields[name]
-    canonical = json.dumps(
-        {"manifest": fields, "image_digest": image_digest},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
+    content: dict[str, Any] = {"manifest": fields, "image_digest": image_digest}
+    if image_digests:
+        # Only when given, so that versions registered before keep their digest.
+        content["image_digests"] = dict(sorted(image_digests.items()))
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -55,13 +60,20 @@ class Registry:
         self.clock = clock
 
     def register(
-        self, path: Path, image_digest: str | None = None
+        self,
+        path: Path,
+        image_digest: str | None = None,
+        owner: str | None = None,
+        image_digests: Mapping[str, str] | None = None,
     ) -> tuple[AlgorithmVersion, bool]:
         """Validates ``path`` (a folder or its algorithm.yaml) and records the version on
         ``dev``. Returns the row and whether it is new. Registering the same content
-        again is a no-op; the same version with other content is refused."""
+        again is a no-op; the same version with other content is refused. ``owner``:
+        the tenant it is registered for (None: the operator's, for every tenant)."""
         file = path / "algorithm.yaml" if path.is_dir() else path
-        return self.register_manifest(load_algorithm(file), image_digest, file.parent.resolve())
+        return self.register_manifest(
+            load_algorithm(file), image_digest, file.parent.resolve(), owner, image_digests
+        )
 
     def register_manifest(
         self,
@@ -69,15 +81,25 @@ class Registry:
         image_digest: str | None = None,
         folder: Path | None = None,
         owner: str | None = None,
+        image_digests: Mapping[str, str] | None = None,
     ) -> tuple[AlgorithmVersion, bool]:
-        """As ``register``, for a manifest that came without a folder (over the API)."""
+        """As ``register``, for a manifest that came without a folder (over the API).
+        ``image_digests``: accelerator -> digest of that accelerator's own image."""
         where = str(folder / "algorithm.yaml") if folder else manifest.ref
         if image_digest is not None and not DIGEST.fullmatch(image_digest):
             raise RegistryError(
                 f"image digest {image_digest!r} is not of the form sha256:<64 hex digits>; "
                 f"take it from `docker buildx imagetools inspect {manifest.image}`"
             )
-        digest = content_digest(manifest, image_digest)
+        if owner is not None and not TENANT_NAME.fullmatch(owner):
+            raise RegistryError(
+                f"{owner!r} is not a tenant name (the first segment of an upload key: "
+                "letters, digits, _ and -)"
+            )
+        image_digests = dict(image_digests or {})
+        for accelerator, value in image_digests.items():
+            _check_accelerator_digest(manifest, accelerator, value)
+        digest = content_digest(manifest, image_digest, image_digests)
         existing = self.store.get_algorithm_version(manifest.ref)
         row = existing or self.store.add_algorithm_version(
             AlgorithmVersion(
@@ -90,6 +112,7 @@ class Registry:
                 source=str(folder) if folder else None,
                 owner=owner,
                 registered_at=self.clock(),
+                image_digests=image_digests or None,
             )
         )
         if row.content_digest != digest:
@@ -127,6 +150,18 @@ class Registry:
         log.info("promoted %s to stable", row.id)
         return row
 
+    def publish(self, name: str, version: str) -> AlgorithmVersion:
+        """Lets every tenant's clips run ``name@version`` (an admin's decision: until
+        then an author's version runs only on its own tenant's clips)."""
+        row = self.store.set_published(f"{name}@{version}", self.clock())
+        if row is None:
+            known = [r.version for r in self.store.algorithm_versions(name)]
+            raise NotFound(
+                f"{name}@{version} is not registered" + (f"; {name} has {known}" if known else "")
+            )
+        log.info("published %s for every tenant", row.id)
+        return row
+
     def catalog(self, specs: Iterable[tuple[PipelineSpec, str]]) -> Catalog:
         catalog = Catalog()
         for row in self.store.algorithm_versions():
@@ -136,10 +171,34 @@ class Registry:
                 channel=row.channel,
                 image_digest=row.image_digest,
                 folder=Path(row.source) if row.source else None,
+                owner=row.owner,
+                published=row.published,
+                accelerator_digests=row.image_digests,
             )
         for spec, source in specs:
             catalog.add_pipeline(spec, source)
         return catalog
+
+
+def _check_accelerator_digest(manifest: AlgorithmManifest, accelerator: str, value: str) -> None:
+    resources = manifest.accelerators.get(accelerator)  # type: ignore[call-overload]
+    if resources is None:
+        raise RegistryError(
+            f"an image digest for {accelerator!r}, which {manifest.ref} does not support "
+            f"(it has {sorted(manifest.accelerators)})"
+        )
+    if not resources.image:
+        raise RegistryError(
+            f"{manifest.ref} has no image of its own for {accelerator!r} (no "
+            f"accelerators.{accelerator}.image): its default image's digest is "
+            "--image-digest sha256:…"
+        )
+    if not DIGEST.fullmatch(value):
+        raise RegistryError(
+            f"image digest {value!r} for {accelerator} is not of the form "
+            f"sha256:<64 hex digits>; take it from `docker buildx imagetools inspect "
+            f"{resources.image}`"
+        )
 
 
 class CatalogCache:
@@ -167,6 +226,7 @@ def version_json(row: AlgorithmVersion) -> dict[str, Any]:
         "channel": str(row.channel),
         "image": manifest["image"],
         "image_digest": row.image_digest,
+        "image_digests": row.image_digests or {},
         "content_digest": row.content_digest,
         "accelerators": manifest["accelerators"],
         "inputs": manifest["inputs"],
@@ -177,4 +237,8 @@ def version_json(row: AlgorithmVersion) -> dict[str, Any]:
         "source": row.source,
         "registered_at": iso(row.registered_at),
         "promoted_at": iso(row.promoted_at),
+        # None: the operator's (built in, or registered with the CLI), for every tenant.
+        "tenant": row.owner,
+        "published": row.published,
+        "published_at": iso(row.published_at),
     }

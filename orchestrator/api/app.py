@@ -343,8 +343,8 @@ def create_app(
 
     # --- authors ------------------------------------------------------------------------
 
-    def visible(key: ApiKey, owner: str | None) -> bool:
-        return key.role == Role.ADMIN or owner is None or owner == key.tenant
+    def visible(key: ApiKey, owner: str | None, published: bool = False) -> bool:
+        return key.role == Role.ADMIN or owner is None or owner == key.tenant or published
 
     def described(row: AlgorithmVersion) -> schemas.AlgorithmVersion:
         # The CLI's `--json` builds the same object.
@@ -353,12 +353,14 @@ def create_app(
     @app.get("/v1/algorithms", tags=["authors"], responses=problems(*AUTHENTICATED))
     def algorithms(key: Caller) -> list[schemas.AlgorithmVersion]:
         allow(key, Role.AUTHOR)
-        return [described(r) for r in store.algorithm_versions() if visible(key, r.owner)]
+        return [
+            described(r) for r in store.algorithm_versions() if visible(key, r.owner, r.published)
+        ]
 
     @app.get("/v1/algorithms/{name}", tags=["authors"], responses=problems(*AUTHENTICATED, 404))
     def algorithm(name: str, key: Caller) -> list[schemas.AlgorithmVersion]:
         allow(key, Role.AUTHOR)
-        rows = [r for r in store.algorithm_versions(name) if visible(key, r.owner)]
+        rows = [r for r in store.algorithm_versions(name) if visible(key, r.owner, r.published)]
         if not rows:
             raise Problem(404, f"no algorithm {name!r} that you can see")
         return [described(r) for r in rows]
@@ -372,20 +374,29 @@ def create_app(
     def register(body: schemas.AlgorithmRegistration, key: Caller) -> schemas.RegisteredAlgorithm:
         allow(key, Role.AUTHOR)
         manifest = body.manifest
+        # An author registers for its own tenant only; an admin may name any.
+        tenant = body.tenant or key.tenant
+        if tenant != key.tenant and key.role != Role.ADMIN:
+            raise Problem(
+                403,
+                f"an author key registers algorithms for its own tenant ({key.tenant!r}) "
+                f"only, not {tenant!r}: leave `tenant` out",
+            )
         others = {r.owner for r in store.algorithm_versions(manifest.name)}
-        if others and others != {key.tenant} and key.role != Role.ADMIN:
+        if others and others != {tenant} and key.role != Role.ADMIN:
             raise Problem(
                 403, f"the name {manifest.name!r} belongs to someone else: choose another"
             )
         existing = store.get_algorithm_version(manifest.ref)
-        if existing and existing.content_digest != content_digest(manifest, body.image_digest):
+        digest = content_digest(manifest, body.image_digest, body.image_digests)
+        if existing and existing.content_digest != digest:
             raise Problem(
                 409,
                 f"{manifest.ref} is registered already with other content: versions are "
                 "immutable, so register this one under a new version",
             )
         row, created = runtime.registry.register_manifest(
-            manifest, body.image_digest, owner=key.tenant
+            manifest, body.image_digest, owner=tenant, image_digests=body.image_digests
         )
         return schemas.RegisteredAlgorithm(**described(row).model_dump(), created=created)
 
@@ -397,11 +408,22 @@ def create_app(
     def promote(name: str, version: str, key: Caller) -> schemas.AlgorithmVersion:
         allow(key, Role.AUTHOR)
         row = store.get_algorithm_version(f"{name}@{version}")
-        if row is None or not visible(key, row.owner):
+        if row is None or not visible(key, row.owner, row.published):
             raise Problem(404, f"no algorithm version {name}@{version} that you can see")
         if row.owner != key.tenant and key.role != Role.ADMIN:
             raise Problem(403, f"{row.id} is not your tenant's to promote")
         return described(runtime.registry.promote(name, version))
+
+    @app.post(
+        "/v1/algorithms/{name}/versions/{version}/publish",
+        tags=["authors"],
+        responses=problems(*AUTHENTICATED, 404),
+    )
+    def publish(name: str, version: str, key: Caller) -> schemas.AlgorithmVersion:
+        """Admins only: lets every tenant's clips run this version. Until then an
+        author's version runs only on its own tenant's clips."""
+        allow(key, Role.ADMIN)
+        return described(runtime.registry.publish(name, version))
 
     from orchestrator.api.dashboard import router as dashboard
 

@@ -205,6 +205,17 @@ class KeyRevoked(BaseModel):
 class AlgorithmRegistration(BaseModel):
     manifest: AlgorithmManifest = Field(description="An algorithm.yaml, as JSON")
     image_digest: str | None = Field(default=None, pattern=r"^sha256:[0-9a-f]{64}$")
+    image_digests: dict[Accelerator, Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]] = (
+        Field(
+            default_factory=dict,
+            description="Digests of the accelerators' own images (`accelerators.gpu.image`)",
+        )
+    )
+    tenant: str | None = Field(
+        default=None,
+        description="The tenant it is registered for: an author's own (the default); "
+        "only an admin may name another",
+    )
 
 
 class AlgorithmVersion(BaseModel):
@@ -225,6 +236,13 @@ class AlgorithmVersion(BaseModel):
     source: str | None
     registered_at: datetime
     promoted_at: datetime | None
+    image_digests: dict[Accelerator, str]
+    tenant: str | None = Field(
+        description="The tenant that registered it (its clips alone run it unless "
+        "published); null: the operator's, for every tenant"
+    )
+    published: bool = Field(description="An admin published it: every tenant's clips run it")
+    published_at: datetime | None
 
 
 class RegisteredAlgorithm(AlgorithmVersion):

@@ -46,14 +46,26 @@ def register(
         Path, typer.Argument(help="An algorithm folder or its algorithm.yaml.", exists=True)
     ],
     image_digest: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="sha256:… of the pushed image; runs then use exactly that image. "
+            "ACCELERATOR=sha256:… (e.g. gpu=sha256:…) for an accelerator's own image "
+            "(accelerators.gpu.image). Repeatable."
+        ),
+    ] = None,
+    tenant: Annotated[
         str | None,
-        typer.Option(help="sha256:… of the pushed image; runs then use exactly that image."),
+        typer.Option(
+            help="Register it for this tenant: it then runs only on that tenant's clips "
+            "until an admin publishes it. Default: the operator's, for every tenant."
+        ),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Validate an algorithm and record it as an immutable version on the dev channel."""
     try:
-        row, created = _registry(ctx).register(path, image_digest)
+        default, per_accelerator = _digests(image_digest or [])
+        row, created = _registry(ctx).register(path, default, tenant, per_accelerator)
     except CamflowError as exc:
         raise _fail(exc) from exc
     if json_output:
@@ -63,6 +75,27 @@ def register(
     out.print(f"{what} {row.id} on channel {row.channel}")
     if created:
         out.print(f"promote it with: camflow algorithms promote {row.name} {row.version}")
+
+
+def _digests(values: list[str]) -> tuple[str | None, dict[str, str]]:
+    """``--image-digest`` values: one bare digest (the default image's) and any number
+    of ACCELERATOR=digest."""
+    default: str | None = None
+    per_accelerator: dict[str, str] = {}
+    for value in values:
+        accelerator, sep, digest = value.partition("=")
+        if not sep:
+            if default is not None:
+                raise CamflowError(
+                    "two digests for the default image: give one, and ACCELERATOR=sha256:… "
+                    "for an accelerator's own image"
+                )
+            default = value
+        elif accelerator in per_accelerator:
+            raise CamflowError(f"two digests for the {accelerator} image: give one")
+        else:
+            per_accelerator[accelerator] = digest
+    return default, per_accelerator
 
 
 @app.command()
@@ -80,6 +113,26 @@ def promote(
     out.print(f"{row.id} is now on stable")
 
 
+@app.command()
+def publish(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Algorithm name.")],
+    version: Annotated[str, typer.Argument(help="The version every tenant may run.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Publish a tenant's algorithm version (an admin's decision): pipelines then run it
+    on every tenant's clips they serve, not only on its own tenant's."""
+    try:
+        row = _registry(ctx).publish(name, version)
+    except CamflowError as exc:
+        raise _fail(exc) from exc
+    if json_output:
+        cli_output.print_json(out, version_json(row))
+        return
+    whose = f"tenant {row.owner}'s" if row.owner else "the operator's"
+    out.print(f"{row.id} ({whose}) is published: it runs on every tenant's clips")
+
+
 @app.command("list")
 def list_(
     ctx: typer.Context,
@@ -94,17 +147,24 @@ def list_(
         cli_output.print_json(out, [version_json(r) for r in rows])
         return
     table = Table()
-    for column in ("algorithm", "version", "channel", "accelerators", "image"):
+    for column in ("algorithm", "version", "channel", "tenant", "accelerators", "image"):
         table.add_column(column)
     for row in rows:
         table.add_row(
             row.name,
             row.version,
             str(row.channel),
+            _whose(row.owner, row.published),
             ", ".join(row.manifest["accelerators"]),
             row.manifest["image"] + (f"@{row.image_digest[:19]}…" if row.image_digest else ""),
         )
     out.print(table)
+
+
+def _whose(owner: str | None, published: bool) -> str:
+    if owner is None:
+        return "* (operator's)"
+    return f"{owner} (published)" if published else owner
 
 
 @app.command()
@@ -129,7 +189,10 @@ def show(
         cli_output.print_json(out, payload)
         return
     for item in payload:
-        out.print(f"[bold]{item['name']}@{item['version']}[/] ({item['channel']})")
+        out.print(
+            f"[bold]{item['name']}@{item['version']}[/] ({item['channel']}; tenant "
+            f"{_whose(item['tenant'], item['published'])})"
+        )
         out.print(
             yaml.safe_dump(
                 {
@@ -137,6 +200,7 @@ def show(
                     for k in (
                         "image",
                         "image_digest",
+                        "image_digests",
                         "accelerators",
                         "inputs",
                         "optional_inputs",

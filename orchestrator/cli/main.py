@@ -469,6 +469,9 @@ def _register_groups() -> None:
 
     app.add_typer(cli_algorithms.app, name="algorithms")
     app.add_typer(cli_keys.app, name="keys")
+    from orchestrator.cli import tenancy as cli_tenancy
+
+    app.command("skipped")(cli_tenancy.skipped)
 
 
 _register_groups()

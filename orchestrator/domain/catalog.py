@@ -6,7 +6,7 @@ straight to the line that needs fixing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -68,6 +68,18 @@ class ResolvedStage:
     image_digest: str | None = None
     #: The folder the algorithm was registered from (local runs start there).
     source: Path | None = None
+    #: The tenant whose author registered this version; None: the operator's (built-in
+    #: and CLI registrations), which every tenant may run.
+    owner: str | None = None
+    #: An admin published it: every tenant may run it.
+    published: bool = False
+    #: accelerator -> the registered digest of that accelerator's own image
+    #: (``accelerators.<acc>.image``), pinned like the default image's.
+    accelerator_digests: Mapping[str, str] = field(default_factory=dict)
+
+    def runs_for(self, tenant: str) -> bool:
+        """Whether this version may run on ``tenant``'s clips."""
+        return self.owner is None or self.owner == tenant or self.published
 
     @property
     def timeout_seconds(self) -> int:
@@ -93,6 +105,26 @@ class Pipeline:
         """stage -> the exact algorithm version it resolved to."""
         return {name: stage.algorithm.ref for name, stage in self.stages.items()}
 
+    def refusal(self, tenant: str) -> str | None:
+        """Why this pipeline may not run on a clip of ``tenant``, or None if it may: it
+        must serve the tenant, and every algorithm version it uses must be the tenant's
+        own, the operator's, or published by an admin."""
+        if not self.spec.serves(tenant):
+            return (
+                f"pipeline {self.name!r} does not serve tenant {tenant!r}: an admin adds "
+                f"the tenant to the `tenants` of {self.source}"
+            )
+        for name, stage in self.stages.items():
+            if not stage.runs_for(tenant):
+                algorithm = stage.algorithm
+                return (
+                    f"stage {name!r} of pipeline {self.name!r} uses {algorithm.ref}, which "
+                    "another tenant registered and an admin has not published: it runs only "
+                    "on its own tenant's clips (an admin publishes it with `camflow "
+                    f"algorithms publish {algorithm.name} {algorithm.version}`)"
+                )
+        return None
+
 
 CHANNELS = ("stable", "dev")
 
@@ -110,6 +142,12 @@ class Catalog:
     channels: dict[str, str] = field(default_factory=dict)  # ref -> channel
     image_digests: dict[str, str] = field(default_factory=dict)  # ref -> sha256:...
     sources: dict[str, Path] = field(default_factory=dict)  # ref -> folder
+    #: ref -> the tenant that registered it (absent: the operator's).
+    owners: dict[str, str] = field(default_factory=dict)
+    #: refs an admin published: any tenant may run them.
+    published: set[str] = field(default_factory=set)
+    #: ref -> {accelerator: digest of that accelerator's own image}.
+    accelerator_digests: dict[str, dict[str, str]] = field(default_factory=dict)
     specs: dict[str, tuple[PipelineSpec, str]] = field(default_factory=dict)
     _pinned: dict[tuple[str, tuple[tuple[str, str], ...]], Pipeline] = field(
         default_factory=dict, repr=False
@@ -122,6 +160,9 @@ class Catalog:
         channel: str = "dev",
         image_digest: str | None = None,
         folder: Path | None = None,
+        owner: str | None = None,
+        published: bool = False,
+        accelerator_digests: Mapping[str, str] | None = None,
     ) -> None:
         versions = self.algorithms.setdefault(manifest.name, {})
         if manifest.version in versions and versions[manifest.version] != manifest:
@@ -134,6 +175,12 @@ class Catalog:
             self.image_digests[manifest.ref] = image_digest
         if folder is not None:
             self.sources[manifest.ref] = folder
+        if owner is not None:
+            self.owners[manifest.ref] = owner
+        if published:
+            self.published.add(manifest.ref)
+        if accelerator_digests:
+            self.accelerator_digests[manifest.ref] = dict(accelerator_digests)
 
     def with_algorithm(self, manifest: AlgorithmManifest, folder: Path | None) -> Catalog:
         """A copy that also knows ``manifest`` (replacing a registered one of the same
@@ -149,6 +196,9 @@ class Catalog:
             dict(self.channels),
             dict(self.image_digests),
             sources,
+            dict(self.owners),
+            set(self.published),
+            dict(self.accelerator_digests),
             dict(self.specs),
         )
 
@@ -230,6 +280,9 @@ class Catalog:
                 params,
                 self.image_digests.get(algorithm.ref),
                 self.sources.get(algorithm.ref),
+                owner=self.owners.get(algorithm.ref),
+                published=algorithm.ref in self.published,
+                accelerator_digests=self.accelerator_digests.get(algorithm.ref, {}),
             )
         return Pipeline(spec, stages, source)
 

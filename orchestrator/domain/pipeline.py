@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator
 
 from orchestrator.domain.algorithm import NAME_PATTERN, Accelerator
+from orchestrator.domain.layout import NAME as TENANT_NAME
 
 #: The input reference that means "the uploaded clip itself".
 CLIP_INPUT = "clip"
+#: ``tenants: "*"``: the pipeline serves every tenant.
+EVERY_TENANT = "*"
 
 
 class Trigger(BaseModel):
@@ -86,8 +89,46 @@ class PipelineSpec(BaseModel):
 
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
+    #: The tenants whose clips this pipeline runs on: a list of names, or "*" for every
+    #: tenant. Pipeline files are the operator's (an admin's) to write, so this is an
+    #: admin's decision. Left out, it is "*": pipelines written before tenancy keep
+    #: running as they did, and an author's algorithm in one still runs only on its own
+    #: tenant's clips unless published (the catalog checks each stage).
+    tenants: list[str] | Literal["*"] = EVERY_TENANT
     trigger: Trigger = Field(default_factory=Trigger)
     stages: list[StageSpec] = Field(min_length=1)
+
+    @field_validator("tenants", mode="before")
+    @classmethod
+    def _list_or_star(cls, tenants: Any) -> Any:
+        if isinstance(tenants, str) and tenants != EVERY_TENANT:
+            raise ValueError(
+                f'{tenants!r}: write a list of tenant names ([acme, shop]), or "*" for every tenant'
+            )
+        return tenants
+
+    @field_validator("tenants")
+    @classmethod
+    def _tenant_names(cls, tenants: list[str] | str) -> list[str] | str:
+        if isinstance(tenants, str):
+            return tenants
+        if not tenants:
+            raise ValueError(
+                'is empty: the pipeline would serve no one; list tenants, or write "*" '
+                "for every tenant"
+            )
+        for tenant in tenants:
+            if tenant == EVERY_TENANT:
+                raise ValueError('"*" means every tenant: write `tenants: "*"`, not in a list')
+            if not TENANT_NAME.fullmatch(tenant):
+                raise ValueError(
+                    f"{tenant!r} is not a tenant name (the first segment of an upload key: "
+                    "letters, digits, _ and -)"
+                )
+        return sorted(set(tenants))
+
+    def serves(self, tenant: str) -> bool:
+        return self.tenants == EVERY_TENANT or tenant in self.tenants
 
     def graph_problem(self) -> tuple[str, str] | None:
         """The first (field, problem) in how stages refer to each other, if any."""

@@ -6,14 +6,16 @@ carries out the actions; tests call ``decide`` directly with hand-made state.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from algorithms.contract import EXIT_BAD_INPUT
 from orchestrator.domain.catalog import Pipeline
+from orchestrator.domain.layout import run_id
 from orchestrator.executors.base import ExecState, ExecStatus
-from orchestrator.store.models import AttemptState, Run, RunStatus, StageAttempt
+from orchestrator.store.models import AttemptState, Clip, Run, RunStatus, StageAttempt
+from orchestrator.store.tenancy import SkippedRun
 
 
 @dataclass(frozen=True)
@@ -264,6 +266,33 @@ def decide(
             fallback = placement.fallback
         decision.starts.append(StartAttempt(run.id, name, number, accelerator, fallback))
     return decision
+
+
+def tenancy(
+    clip: Clip, pipelines: Iterable[Pipeline], now: datetime
+) -> tuple[list[Pipeline], list[SkippedRun]]:
+    """Which of the pipelines whose trigger matched ``clip`` may run on it, and the
+    others as rows that say why not: a pipeline runs on a clip of tenant T only if it
+    serves T and every algorithm version it uses is T's own, the operator's, or
+    published by an admin. Nothing is dropped without a row."""
+    allowed: list[Pipeline] = []
+    skipped: list[SkippedRun] = []
+    for pipeline in pipelines:
+        reason = pipeline.refusal(clip.tenant)
+        if reason is None:
+            allowed.append(pipeline)
+        else:
+            skipped.append(
+                SkippedRun(
+                    id=run_id(clip.id, pipeline.name),
+                    clip_id=clip.id,
+                    pipeline=pipeline.name,
+                    tenant=clip.tenant,
+                    reason=reason,
+                    skipped_at=now,
+                )
+            )
+    return allowed, skipped
 
 
 def admit(

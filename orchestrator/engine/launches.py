@@ -49,12 +49,17 @@ def code_root(source: Path | None, command: list[str]) -> str | None:
     return str(source)
 
 
-def image_reference(resolved: ResolvedStage, resources: Resources) -> str:
-    """The image to run: pinned to its registered digest when the author gave one."""
+def image_reference(
+    resolved: ResolvedStage, resources: Resources, accelerator: str | None = None
+) -> str:
+    """The image to run: pinned to its registered digest when one is known, the
+    default image's or, for an accelerator's own image, the one registered for it."""
     if resources.image:
-        return resources.image
-    image = resolved.algorithm.image
-    return f"{image}@{resolved.image_digest}" if resolved.image_digest else image
+        image, digest = resources.image, resolved.accelerator_digests.get(accelerator or "")
+    else:
+        image, digest = resolved.algorithm.image, resolved.image_digest
+    # An image named by digest in the manifest is pinned already.
+    return f"{image}@{digest}" if digest and "@" not in image else image
 
 
 def build_launch(
@@ -89,7 +94,7 @@ def build_launch(
         tenant=clip.tenant,
         clip_id=clip.id,
         algorithm=resolved.algorithm.ref,
-        image=image_reference(resolved, resources),
+        image=image_reference(resolved, resources, accelerator),
         workdir=code_root(resolved.source, resolved.algorithm.command),
         command=resolved.algorithm.command,
         env={

@@ -34,6 +34,7 @@ from orchestrator.engine.decide import (
     admit,
     decide,
     outcome,
+    tenancy,
 )
 from orchestrator.engine.launches import build_launch, compose_result
 from orchestrator.engine.outputs import (
@@ -210,11 +211,18 @@ class Reconciler:
             for p in self.catalog.pipelines.values()
             if p.spec.trigger.matches(clip.bucket, clip.key, self.default_bucket)
         ]
+        allowed, skipped = tenancy(clip, pipelines, self.clock())
         runs = [
             Run(id=run_id(clip.id, p.name), clip_id=clip.id, pipeline=p.name, algorithms=p.pins)
-            for p in pipelines
+            for p in allowed
         ]
-        created = self.store.plan(clip.id, runs)
+        created = self.store.plan(clip.id, runs, skipped)
+        for row in skipped:
+            # A pipeline scoped to other tenants is routine; an algorithm refused is not.
+            served = self.catalog.pipelines[row.pipeline].spec.serves(clip.tenant)
+            (log.warning if served else log.info)(
+                "clip %s: pipeline %s not run: %s", _clip_name(clip), row.pipeline, row.reason
+            )
         for run in created:
             log.info(
                 "clip %s: run %s queued (pipeline %s)",

@@ -7,5 +7,6 @@ from orchestrator.store.models import (
     StageAttempt,
 )
 from orchestrator.store.repository import Store
+from orchestrator.store.tenancy import SkippedRun as SkippedRun
 
 __all__ = ["AlgorithmVersion", "ApiKey", "Checkpoint", "Clip", "Run", "StageAttempt", "Store"]

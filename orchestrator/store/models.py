@@ -236,6 +236,15 @@ class AlgorithmVersion(SQLModel, table=True):
     owner: str | None = Field(default=None, index=True, max_length=255)
     registered_at: datetime = Field(default_factory=utcnow)
     promoted_at: datetime | None = None
+    #: When an admin published it; a version with an owner runs on other tenants'
+    #: clips only once published (the operator's run on every tenant's anyway).
+    published_at: datetime | None = None
+    #: accelerator -> digest of that accelerator's own image (``accelerators.<acc>.image``).
+    image_digests: dict[str, str] | None = Field(default=None, sa_column=Column(JSON))
+
+    @property
+    def published(self) -> bool:
+        return self.published_at is not None
 
 
 class Role(StrEnum):

@@ -34,6 +34,7 @@ from orchestrator.store.models import (
     StageAttempt,
     utcnow,
 )
+from orchestrator.store.tenancy import SkippedRun
 
 ACTIVE = (RunStatus.PENDING, RunStatus.RUNNING)
 #: The counter behind ``Run.finished_seq``, the event stream's cursor.
@@ -300,6 +301,14 @@ class Store:
             query = select(RejectedObject).order_by(col(RejectedObject.seen_at).desc())
             return list(session.exec(query.limit(limit)).all())
 
+    def skipped_runs(self, limit: int = 100, clip_id: str | None = None) -> list[SkippedRun]:
+        """Pipelines that tenancy kept off clips, newest first (or one clip's)."""
+        with self.session() as session:
+            query = select(SkippedRun).order_by(col(SkippedRun.skipped_at).desc())
+            if clip_id is not None:
+                query = query.where(col(SkippedRun.clip_id) == clip_id)
+            return list(session.exec(query.limit(limit)).all())
+
     # --- leadership -------------------------------------------------------------------
 
     def hold_lease(self, name: str, holder: str, now: datetime, until: datetime) -> int | None:
@@ -366,12 +375,16 @@ class Store:
             )
             return list(session.exec(query).all())
 
-    def plan(self, clip_id: str, runs: Iterable[Run]) -> list[Run]:
-        """Creates the clip's runs (unless they exist) and marks it planned, atomically."""
+    def plan(
+        self, clip_id: str, runs: Iterable[Run], skipped: Iterable[SkippedRun] = ()
+    ) -> list[Run]:
+        """Creates the clip's runs (unless they exist), records the pipelines tenancy
+        refused (``skipped``) and marks the clip planned, atomically."""
         with self.session() as session:
             existing = set(session.exec(select(Run.pipeline).where(Run.clip_id == clip_id)).all())
             created = [run for run in runs if run.pipeline not in existing]
             session.add_all(created)
+            session.add_all(self._new_rows(session, SkippedRun, list(skipped)))
             session.exec(update(Clip).where(col(Clip.id) == clip_id).values(planned=True))
             session.commit()
             return created
@@ -667,17 +680,30 @@ class Store:
             session.commit()
             return row
 
-    def registry_stamp(self) -> tuple[int, datetime | None, datetime | None]:
-        """Changes whenever a version is registered or promoted: cheap to poll."""
+    def set_published(self, ref: str, at: datetime) -> AlgorithmVersion | None:
+        """Marks a version published (first time only: ``at`` is kept as it was)."""
         with self.session() as session:
-            count, registered, promoted = session.exec(
+            row = session.get(AlgorithmVersion, ref)
+            if row is None:
+                return None
+            if row.published_at is None:
+                row.published_at = at
+                session.add(row)
+                session.commit()
+            return row
+
+    def registry_stamp(self) -> tuple[int, datetime | None, datetime | None, datetime | None]:
+        """Changes whenever a version is registered, promoted or published: cheap to poll."""
+        with self.session() as session:
+            count, registered, promoted, published = session.exec(
                 select(
                     func.count(),
                     func.max(AlgorithmVersion.registered_at),
                     func.max(AlgorithmVersion.promoted_at),
+                    func.max(AlgorithmVersion.published_at),
                 )
             ).one()
-            return int(count), registered, promoted
+            return int(count), registered, promoted, published
 
     # --- API keys -----------------------------------------------------------------------
 
