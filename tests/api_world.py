@@ -17,8 +17,6 @@ def seed_clip(runtime: Runtime, tenant: str, camera: str) -> Clip:
     bucket, results = runtime.settings.s3.ingest_bucket, runtime.settings.s3.results_bucket
     key = upload_key(tenant, camera, T0)
     runtime.s3.client.put_object(Bucket=bucket, Key=key, Body=b"clip")
-    thumb = f"{tenant}/{camera}/thumb.jpg"
-    runtime.s3.client.put_object(Bucket=results, Key=thumb, Body=b"jpeg")
     clip = Clip(
         id=clip_id(bucket, key, tenant),
         bucket=bucket,
@@ -29,6 +27,9 @@ def seed_clip(runtime: Runtime, tenant: str, camera: str) -> Clip:
         camera=camera,
     )
     runtime.store.record_clips([clip])
+    # Where the faces pipeline's thumbnails stage puts them: the run's own results.
+    thumb = f"{tenant}/{camera}/{clip.id}/faces/thumbnails/0.jpg"
+    runtime.s3.client.put_object(Bucket=results, Key=thumb, Body=b"jpeg")
     run = Run(id=f"r-{tenant[:8]:0<8}{camera[:8]:0<8}"[:18], clip_id=clip.id, pipeline="faces")
     runtime.store.plan(clip.id, [run])
     runtime.store.finish_run(

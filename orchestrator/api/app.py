@@ -16,6 +16,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException
 
 from orchestrator.api import keys, schemas
+from orchestrator.api.artifacts import run_folder, sort_artifacts
 from orchestrator.api.cursors import (
     CURSOR_MAX_LENGTH,
     CURSOR_PATTERN,
@@ -37,12 +38,13 @@ from orchestrator.api.problems import (
     problems,
 )
 from orchestrator.api.security import presented_key
+from orchestrator.api.sessions import DashboardSessions
 from orchestrator.domain.layout import NAME, upload_key
 from orchestrator.errors import CamflowError, NotFound
 from orchestrator.operations import gpu_capacity
 from orchestrator.registry import content_digest, version_json
 from orchestrator.service import Runtime, heartbeat_age, read_heartbeat
-from orchestrator.store import ApiKey, Clip
+from orchestrator.store import ApiKey, Clip, Run
 from orchestrator.store.models import AlgorithmVersion, Role, RunStatus, as_utc
 
 log = logging.getLogger("camflow.api")
@@ -134,13 +136,31 @@ def create_app(
             raise Problem(404, f"no clip {clip_id!r} in your tenant")
         return clip
 
-    def presign(uri: str) -> str:
-        bucket, object_key = uri.removeprefix("s3://").split("/", 1)
-        return s3.client.generate_presigned_url(
-            "get_object",
-            Params={"Bucket": bucket, "Key": object_key},
-            ExpiresIn=settings.api.download_url_seconds,
-        )
+    def signed_artifacts(run: Run, clip: Clip) -> list[schemas.Artifact]:
+        """Presigned GETs for what ``run``'s result names under its own results; the
+        rest is listed as withheld, with why (see orchestrator.api.artifacts)."""
+        folder = run_folder(clip.tenant, clip.camera, clip.id, run.pipeline)
+        made = (run.result or {}).get("artifacts")
+        signable, refused = sort_artifacts(made, settings.s3.results_bucket, folder)
+        signed: list[schemas.Artifact] = []
+        for item in signable:
+            url = s3.client.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": item.bucket, "Key": item.key},
+                ExpiresIn=settings.api.download_url_seconds,
+            )
+            if item.t is not None:
+                signed.append(schemas.Thumbnail(pipeline=run.pipeline, t=item.t, url=url))
+            else:
+                signed.append(schemas.AnonymizedVideo(pipeline=run.pipeline, url=url))
+        for withheld in refused:
+            log.warning("run %s: %s %s: not signed", run.id, withheld.kind, withheld.reason)
+            signed.append(
+                schemas.WithheldArtifact(
+                    pipeline=run.pipeline, reason=f"{withheld.kind}: {withheld.reason}"
+                )
+            )
+        return signed
 
     # --- operations ---------------------------------------------------------------------
 
@@ -183,7 +203,8 @@ def create_app(
     def upload(
         camera: CameraName, key: Caller, body: schemas.UploadRequest | None = None
     ) -> schemas.UploadGrant:
-        """A short-lived presigned PUT URL for one clip, under this camera's prefix."""
+        """A short-lived presigned POST for one clip, under this camera's prefix: that
+        key only, at most `api.upload_max_bytes`, the content type asked for."""
         allow(key, Role.CAMERA)
         if not NAME.fullmatch(camera):
             raise Problem(400, "a camera name is 1-63 letters, digits, '-' or '_'")
@@ -192,17 +213,25 @@ def create_app(
         request = body or schemas.UploadRequest()
         at = request.recorded_at or clock()
         object_key = upload_key(key.tenant, camera, at, n=secrets.randbelow(900_000) + 100_000)
-        bucket = settings.s3.ingest_bucket
-        url = s3.client.generate_presigned_url(
-            "put_object",
-            Params={"Bucket": bucket, "Key": object_key, "ContentType": request.content_type},
+        bucket, limit = settings.s3.ingest_bucket, settings.api.upload_max_bytes
+        # A POST policy, unlike a presigned PUT, can bound the size. boto3 adds the
+        # bucket and this exact key (no starts-with) to the conditions itself.
+        post = s3.client.generate_presigned_post(
+            Bucket=bucket,
+            Key=object_key,
+            Fields={"Content-Type": request.content_type},
+            Conditions=[
+                {"Content-Type": request.content_type},
+                ["content-length-range", 1, limit],
+            ],
             ExpiresIn=settings.api.upload_url_seconds,
         )
         return schemas.UploadGrant(
-            url=url,
-            headers={"Content-Type": request.content_type},
+            url=post["url"],
+            fields=post["fields"],
             bucket=bucket,
             key=object_key,
+            max_bytes=limit,
             expires_in=settings.api.upload_url_seconds,
         )
 
@@ -284,23 +313,12 @@ def create_app(
 
     @app.get("/v1/clips/{clip_id}/artifacts", tags=["customers"], responses=CLIP_PROBLEMS)
     def artifacts(clip_id: str, key: Caller) -> list[schemas.Artifact]:
-        """Presigned GET URLs for a clip's thumbnails and videos."""
+        """Presigned GET URLs for a clip's thumbnails and videos. Only objects under
+        each run's own results are signed; anything else a result names is listed as
+        `withheld`, with the reason."""
         allow(key, Role.CUSTOMER)
         found = owned_clip(key, clip_id)
-        signed: list[schemas.Artifact] = []
-        for run in store.runs_of_clip(found.id):
-            made = (run.result or {}).get("artifacts") or {}
-            for item in made.get("thumbnails", []):
-                signed.append(
-                    schemas.Thumbnail(pipeline=run.pipeline, t=item["t"], url=presign(item["uri"]))
-                )
-            if made.get("anonymized_video"):
-                signed.append(
-                    schemas.AnonymizedVideo(
-                        pipeline=run.pipeline, url=presign(made["anonymized_video"])
-                    )
-                )
-        return signed
+        return [a for run in store.runs_of_clip(found.id) for a in signed_artifacts(run, found)]
 
     async def event_start(
         key: Caller,
@@ -427,5 +445,10 @@ def create_app(
 
     from orchestrator.api.dashboard import router as dashboard
 
-    app.include_router(dashboard(store, presign, clock, gpu_slots=gpu_capacity(settings)))
+    sessions = DashboardSessions(
+        store, settings.api.session_seconds, settings.api.secure_cookies, clock
+    )
+    app.include_router(
+        dashboard(store, signed_artifacts, clock, sessions, gpu_slots=gpu_capacity(settings))
+    )
     return app

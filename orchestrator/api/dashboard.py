@@ -1,7 +1,9 @@
 """The dashboard: runs, a run's stage timeline and thumbnails, per-camera activity.
 
-Server-rendered HTML (autoescaped: camera names and errors are data, not markup); the
-API key a person signs in with lives in an HttpOnly, SameSite=Strict cookie.
+Server-rendered HTML (autoescaped: camera names and errors are data, not markup). A
+person signs in with an API key once; the browser then holds a server-side session's id,
+never the key (orchestrator.api.sessions), and the sign-in and sign-out forms carry CSRF
+tokens.
 """
 
 from __future__ import annotations
@@ -15,12 +17,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment
 from markupsafe import Markup
 
-from orchestrator.api import keys, operations_page
+from orchestrator.api import keys, operations_page, schemas
 from orchestrator.api import live as live_pages
-from orchestrator.store import ApiKey, Store
+from orchestrator.api.sessions import DashboardSessions
+from orchestrator.store import ApiKey, Clip, Run, Store
 from orchestrator.store.models import Role, as_utc
-
-COOKIE = "camflow_key"
 
 BASE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>camflow · {{ title }}</title>
@@ -50,9 +51,18 @@ BASE = """<!doctype html>
 
 LOGIN = """<h1>Sign in</h1>
 <form class="login" method="post" action="/dashboard/login">
+<input type="hidden" name="csrf" value="{{ csrf }}">
 <label>API key (customer or admin)<input type="password" name="key" autocomplete="off"></label>
 {% if error %}<p class="error">{{ error }}</p>{% endif %}
 <button type="submit">Sign in</button></form>"""
+
+# Signing out changes state, so it is a POST with a token only this session's pages
+# know; the header's link leads here, so that no page needs to carry the token.
+LOGOUT = """<h1>Sign out</h1>
+<form class="logout" method="post" action="/dashboard/logout">
+<input type="hidden" name="csrf" value="{{ csrf }}">
+{% if error %}<p class="error">{{ error }}</p>{% endif %}
+<button type="submit">Sign out</button></form>"""
 
 RUNS = """<h1>Runs</h1>
 <table id="runs"><tr><th>clip</th><th>camera</th><th>pipeline</th><th>status</th>
@@ -142,8 +152,9 @@ def timeline(run: Any, attempts: list[Any], now: datetime) -> list[dict[str, Any
 
 def router(
     store: Store,
-    presign: Callable[[str], str],
+    artifacts: Callable[[Run, Clip], list[schemas.Artifact]],
     clock: Callable[[], datetime],
+    sessions: DashboardSessions,
     gpu_slots: Mapping[str, int] | None = None,
 ) -> APIRouter:
     pages = APIRouter(prefix="/dashboard", include_in_schema=False)
@@ -159,30 +170,59 @@ def router(
         return HTMLResponse(page)
 
     def signed_in(request: Request) -> ApiKey | None:
-        key = keys.verify(store, request.cookies.get(COOKIE, ""))
+        key = sessions.current(request)
         return key if key and key.role in (Role.CUSTOMER, Role.ADMIN) else None
 
+    def login_form(request: Request, status: int = 200, error: str = "") -> HTMLResponse:
+        token = sessions.login_token(request)
+        response = render("sign in", LOGIN, None, error=error, csrf=token)
+        response.status_code = status
+        sessions.keep_login_token(request, response, token)
+        sessions.forget_legacy(request, response)
+        return response
+
     @pages.get("/login")
-    def login_page() -> HTMLResponse:
-        return render("sign in", LOGIN, None)
+    def login_page(request: Request) -> HTMLResponse:
+        return login_form(request)
 
     @pages.post("/login")
-    def login(key: str = Form("")) -> Response:
+    def login(request: Request, key: str = Form(""), csrf: str = Form("")) -> Response:
+        if not sessions.login_allowed(request, csrf):
+            return login_form(
+                request,
+                403,
+                "This sign-in form expired or did not come from this dashboard: "
+                "sign in again here.",
+            )
         row = keys.verify(store, key.strip())
         if row is None or row.role not in (Role.CUSTOMER, Role.ADMIN):
-            response = render(
-                "sign in", LOGIN, None, error="That is not a live customer or admin key."
-            )
-            response.status_code = 401
-            return response
+            return login_form(request, 401, "That is not a live customer or admin key.")
         response = RedirectResponse("/dashboard", status_code=303)
-        response.set_cookie(COOKIE, key.strip(), httponly=True, samesite="strict", max_age=8 * 3600)
+        sessions.sign_in(request, response, row)
         return response
 
     @pages.get("/logout")
-    def logout() -> Response:
+    def logout_page(request: Request) -> Response:
+        key, token = signed_in(request), sessions.logout_token(request)
+        if key is None or token is None:
+            return RedirectResponse("/dashboard/login", status_code=303)
+        return render("sign out", LOGOUT, key, csrf=token)
+
+    @pages.post("/logout")
+    def logout(request: Request, csrf: str = Form("")) -> Response:
+        key = signed_in(request)
+        if key is not None and not sessions.logout_allowed(request, csrf):
+            response = render(
+                "sign out",
+                LOGOUT,
+                key,
+                csrf=sessions.logout_token(request),
+                error="That sign-out did not come from this dashboard: use this button.",
+            )
+            response.status_code = 403
+            return response
         response = RedirectResponse("/dashboard/login", status_code=303)
-        response.delete_cookie(COOKIE)
+        sessions.sign_out(request, response)
         return response
 
     @pages.get("")
@@ -221,8 +261,9 @@ def router(
         run, clip = found
         result = run.result or {}
         thumbnails = [
-            {"t": t["t"], "url": presign(t["uri"])}
-            for t in (result.get("artifacts") or {}).get("thumbnails", [])
+            {"t": a.t, "url": a.url}
+            for a in artifacts(run, clip)
+            if isinstance(a, schemas.Thumbnail)
         ]
         lanes = timeline(run, store.attempts_of_run(run.id), clock())
         return render(

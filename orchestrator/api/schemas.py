@@ -70,14 +70,18 @@ class UploadRequest(BaseModel):
 
 
 class UploadGrant(BaseModel):
-    """A presigned PUT: send the clip's bytes to `url` with `method` and `headers`."""
+    """A presigned POST for exactly one object: send a `multipart/form-data` POST to
+    `url` with every one of `fields` as a form field, and the clip last, as the field
+    `file`. S3 refuses any other key, a body over `max_bytes` (or empty), another
+    content type, and any upload once `expires_in` seconds have passed."""
 
-    method: Literal["PUT"] = "PUT"
+    method: Literal["POST"] = "POST"
     url: str
-    headers: dict[str, str]
+    fields: dict[str, str] = Field(description="Form fields to send as they are, before `file`")
     bucket: str
     key: str
-    expires_in: int = Field(description="Seconds the URL stays valid")
+    max_bytes: int = Field(description="The largest clip this grant takes")
+    expires_in: int = Field(description="Seconds the grant stays valid")
 
 
 # --- customers ------------------------------------------------------------------------
@@ -190,7 +194,16 @@ class AnonymizedVideo(BaseModel):
     url: str = Field(description="A presigned GET URL")
 
 
-Artifact = Annotated[Thumbnail | AnonymizedVideo, Field(discriminator="kind")]
+class WithheldArtifact(BaseModel):
+    """An artifact a result names that is not signed: it is not under that run's own
+    results (another tenant's, another clip's or another bucket's object)."""
+
+    pipeline: str
+    kind: Literal["withheld"] = "withheld"
+    reason: str
+
+
+Artifact = Annotated[Thumbnail | AnonymizedVideo | WithheldArtifact, Field(discriminator="kind")]
 
 
 class KeyRevoked(BaseModel):

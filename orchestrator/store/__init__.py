@@ -7,6 +7,16 @@ from orchestrator.store.models import (
     StageAttempt,
 )
 from orchestrator.store.repository import Store
+from orchestrator.store.sessions import DashboardSession
 from orchestrator.store.tenancy import SkippedRun as SkippedRun
 
-__all__ = ["AlgorithmVersion", "ApiKey", "Checkpoint", "Clip", "Run", "StageAttempt", "Store"]
+__all__ = [
+    "AlgorithmVersion",
+    "ApiKey",
+    "Checkpoint",
+    "Clip",
+    "DashboardSession",
+    "Run",
+    "StageAttempt",
+    "Store",
+]
