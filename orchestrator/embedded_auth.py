@@ -10,6 +10,7 @@ the flag for the request it is serving (werkzeug serves each request on its own 
 moto cannot authenticate presigned URLs (it reads the Authorization header only), so
 this layer verifies a presigned request's SigV4 query signature itself, against the
 embedded server's own admin key, the only one that presigns, and then lets it through.
+A presigned POST's form is checked against its policy (orchestrator.embedded_post).
 Anything unsigned is refused, as S3 refuses it.
 """
 
@@ -24,6 +25,8 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, quote
+
+from orchestrator.embedded_post import Refusal, check_form_upload, is_form_upload
 
 _flag = threading.local()
 _installed = threading.Lock()
@@ -169,6 +172,11 @@ class EnforcingApp:
             if problem:
                 return _denied(start_response, "AccessDenied", problem)
             return self._pass(environ, start_response, enforce=False)
+        if is_form_upload(environ):  # a presigned POST (an upload grant): its policy
+            checked = check_form_upload(environ, self.admin_key_id, _secret_of)
+            if isinstance(checked, Refusal):
+                return checked.respond(start_response)
+            return self._pass(checked, start_response, enforce=False)
         return _denied(start_response, "AccessDenied", "anonymous requests are not allowed")
 
     def _pass(

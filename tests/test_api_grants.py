@@ -1,18 +1,22 @@
 """What the API lends out: presigned POSTs for uploads, presigned GETs for artifacts.
 
-Uploads go to the suite's S3 (a moto server over HTTP). moto 5 does not check a POST
-policy at all (neither its signature nor its conditions: an oversize body or another
-key is stored, and `expiration` is not read), only that a Content-Length is sent; so the
-policy document each grant carries is decoded and checked here, condition by condition,
-as S3 enforces it, and the upload itself is made against moto with the grant as issued.
+moto 5 alone does not check a POST policy at all (neither its signature nor its
+conditions: an oversize body or another key is stored, and `expiration` is not read),
+only that a Content-Length is sent. So each grant's policy document is decoded and
+checked here condition by condition, the upload is made against the suite's moto with
+the grant as issued, and the embedded S3 that `camflow serve` runs (which checks a
+POST's policy itself, see orchestrator.embedded_post) is shown refusing what S3 refuses.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,8 +27,10 @@ from sqlmodel import select
 from orchestrator.api.app import create_app
 from orchestrator.api.artifacts import judge, run_folder
 from orchestrator.api.keys import create_key
+from orchestrator.embedded_post import post_problem
+from orchestrator.embedded_s3 import EmbeddedS3
 from orchestrator.service import open_runtime
-from orchestrator.settings import Settings
+from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Clip, Run
 from orchestrator.store.models import Role
 from tests.api_world import seed_clip
@@ -220,3 +226,95 @@ def test_the_dashboard_shows_only_signed_thumbnails(world: dict[str, Any]) -> No
 def test_judge(uri: object, allowed: bool) -> None:
     verdict = judge(uri, "results", run_folder("t", "c", "c-1", "faces"))
     assert isinstance(verdict, tuple) is allowed, verdict
+
+
+# --- the embedded S3 enforces the grant -------------------------------------------------
+
+
+@pytest.fixture
+def enforcing(tmp_path: Path) -> Iterator[Settings]:
+    """Settings on an embedded S3 that enforces IAM, as `camflow serve` starts it."""
+    server = EmbeddedS3(enforce=True).start()
+    access = server.access("us-east-1")
+    suffix = uuid.uuid4().hex[:8]
+    try:
+        yield load_settings(
+            home=tmp_path / "home",
+            s3={
+                "endpoint_url": server.endpoint_url,
+                "embedded": False,
+                "ingest_bucket": f"ingest-{suffix}",
+                "results_bucket": f"results-{suffix}",
+                "access_key_id": access.access_key_id,
+                "secret_access_key": access.secret_access_key,
+            },
+            api={"upload_max_bytes": 4096},
+        )
+    finally:
+        server.stop()
+
+
+def test_the_embedded_s3_takes_a_grants_upload_and_enforces_its_policy(
+    enforcing: Settings,
+) -> None:
+    with open_runtime(enforcing) as runtime:
+        _, camera = create_key(runtime.store, "tenant-a", Role.CAMERA, "door")
+        client = TestClient(create_app(runtime))
+        headers = {"Authorization": f"Bearer {camera}"}
+
+        def grant() -> dict[str, Any]:
+            answer = client.post("/v1/cameras/door/uploads", headers=headers)
+            assert answer.status_code == 201, answer.text
+            return dict(answer.json())
+
+        def send(grant: dict[str, Any], body: bytes, **fields: str) -> httpx.Response:
+            form = {**grant["fields"], **fields}
+            return httpx.post(grant["url"], data=form, files={"file": body})
+
+        first = grant()
+        too_big = send(first, bytes(4097))
+        assert (too_big.status_code, "EntityTooLarge") == (400, _code(too_big))
+        assert _code(send(first, b"")) == "EntityTooSmall"
+        elsewhere = first["key"].replace("tenant-a/door/", "tenant-b/gate/")
+        assert _code(send(first, b"clip", key=elsewhere)) == "AccessDenied"
+        assert _code(send(first, b"clip", **{"Content-Type": "text/html"})) == "AccessDenied"
+        assert _code(send(first, b"clip", acl="public-read")) == "AccessDenied"
+        forged = {**first, "url": first["url"].replace("ingest-", "results-")}
+        assert _code(send(forged, b"clip")) == "AccessDenied"
+        unsigned = {**first, "fields": {**first["fields"], "x-amz-signature": "0" * 64}}
+        assert _code(send(unsigned, b"clip")) == "AccessDenied"
+        listed = runtime.s3.client.list_objects_v2(Bucket=first["bucket"])
+        assert listed.get("KeyCount") == 0  # nothing refused was stored
+
+        sent = send(first, bytes(4096))
+        assert sent.status_code == 204, sent.text
+        stored = runtime.s3.client.head_object(Bucket=first["bucket"], Key=first["key"])
+        assert (stored["ContentLength"], stored["ContentType"]) == (4096, "video/mp4")
+
+
+def _code(response: httpx.Response) -> str:
+    found = re.search(r"<Code>([^<]+)</Code>", response.text)
+    return found.group(1) if found else f"HTTP {response.status_code}"
+
+
+def test_a_policy_is_refused_once_it_expires_or_when_another_key_signed_it(
+    world: dict[str, Any],
+) -> None:
+    grant = world["client"].post("/v1/cameras/door/uploads", headers=world["keys"]["camera"]).json()
+    fields = {name.lower(): value for name, value in grant["fields"].items()}
+    key_id = fields["x-amz-credential"].split("/")[0]
+    secret = world["runtime"].s3.access.secret_access_key
+
+    def problem(now: datetime, trusted: str = key_id, size: int = 10) -> str | None:
+        refused = post_problem(fields, size, grant["bucket"], trusted, lambda _: secret, now)
+        return refused.message if refused else None
+
+    expires = datetime.fromisoformat(_policy(grant)["expiration"].replace("Z", "+00:00"))
+    assert problem(expires - timedelta(seconds=1)) is None
+    assert problem(expires) == "Invalid according to Policy: Policy expired."
+    assert problem(expires, trusted="AKIAOTHER") == (
+        "only the orchestrator's own presigned POSTs are accepted"
+    )
+    assert "maximum allowed size (4096 bytes)" in str(
+        problem(expires - timedelta(seconds=1), size=4097)
+    )
