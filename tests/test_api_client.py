@@ -32,7 +32,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from camflow_models import ClipPage, ProblemDetails, RunStatus, RunPage
+from camflow_models import ClipPage, ProblemDetails, RunStatus, RunPage, UploadGrant
 
 page = ClipPage.model_validate_json(Path(sys.argv[1]).read_text())
 newest: datetime = page.items[0].discovered_at
@@ -42,7 +42,11 @@ runs = RunPage.model_validate_json(Path(sys.argv[2]).read_text())
 done: bool = runs.items[0].status is RunStatus.succeeded
 refusal = ProblemDetails.model_validate_json(Path(sys.argv[3]).read_text())
 status: int = refusal.status
-print(page.items[0].camera, size, newest.year, cursor, done, status)
+grant = UploadGrant.model_validate_json(Path(sys.argv[4]).read_text())
+fields: dict[str, str] = grant.fields
+limit: int = grant.max_bytes
+exact: bool = fields["key"] == grant.key
+print(page.items[0].camera, size, newest.year, cursor, done, status, exact, limit)
 '''
 #: A misuse the generated types must catch: the cursor is a string, or none.
 MISUSE = CLIENT.replace("cursor: str | None = page.next", "cursor: int = page.next")
@@ -61,15 +65,19 @@ def test_a_generated_client_reads_real_answers_and_type_checks(
     with open_runtime(settings) as runtime:
         seed_clip(runtime, "tenant-a", "door")
         _, text = create_key(runtime.store, "tenant-a", Role.CUSTOMER)
+        _, camera = create_key(runtime.store, "tenant-a", Role.CAMERA, "door")
         client = TestClient(create_app(runtime))
         headers = {"Authorization": f"Bearer {text}"}
         answers = {
             "clips.json": client.get("/v1/clips", headers=headers),
             "runs.json": client.get("/v1/runs", headers=headers),
             "refusal.json": client.get("/v1/clips/c-0000000000000000", headers=headers),
+            "grant.json": client.post(
+                "/v1/cameras/door/uploads", headers={"Authorization": f"Bearer {camera}"}
+            ),
         }
         document = client.get("/openapi.json").json()
-    assert [a.status_code for a in answers.values()] == [200, 200, 404]
+    assert [a.status_code for a in answers.values()] == [200, 200, 404, 201]
     for name, answer in answers.items():
         (tmp_path / name).write_bytes(answer.content)
     generate(
@@ -100,4 +108,4 @@ def test_a_generated_client_reads_real_answers_and_type_checks(
         check=False,
     )
     assert ran.returncode == 0, ran.stderr
-    assert ran.stdout.split() == ["door", "4", "2026", "None", "True", "404"]
+    assert ran.stdout.split() == ["door", "4", "2026", "None", "True", "404", "True", "536870912"]
