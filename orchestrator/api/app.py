@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException
 
-from orchestrator.api import keys, schemas
+from orchestrator.api import exports, keys, schemas
 from orchestrator.api.artifacts import run_folder, sort_artifacts
 from orchestrator.api.cursors import (
     CURSOR_MAX_LENGTH,
@@ -451,4 +451,5 @@ def create_app(
     app.include_router(
         dashboard(store, signed_artifacts, clock, sessions, gpu_slots=gpu_capacity(settings))
     )
+    app.include_router(exports.router(store, caller, allow))
     return app

@@ -472,6 +472,11 @@ def _register_groups() -> None:
     from orchestrator.cli import tenancy as cli_tenancy
 
     app.command("skipped")(cli_tenancy.skipped)
+    from orchestrator.cli import export as cli_export
+    from orchestrator.cli import status as cli_status
+
+    app.command("export")(cli_export.export)
+    app.command("status")(cli_status.status)
 
 
 _register_groups()
