@@ -84,8 +84,11 @@ def test_a_customer_sees_a_finished_run_with_its_thumbnails(
         customer = {"Authorization": f"Bearer {customer_key}"}
 
         grant = httpx.post(f"{base}/v1/cameras/door/uploads", headers=camera).json()
-        put = httpx.put(grant["url"], content=clips.face.read_bytes(), headers=grant["headers"])
-        assert put.status_code == 200, put.text
+        # A camera's upload, as a browser form would send it: the grant's fields, the file.
+        sent = httpx.post(
+            grant["url"], data=grant["fields"], files={"file": clips.face.read_bytes()}
+        )
+        assert sent.status_code == 204, sent.text
         deadline = time.monotonic() + 180
         while True:
             runs = httpx.get(f"{base}/v1/runs", headers=customer).json()["items"]
@@ -104,6 +107,9 @@ def test_a_customer_sees_a_finished_run_with_its_thumbnails(
             page.fill("input[name=key]", customer_key)
             page.click("button[type=submit]")
             page.wait_for_selector("#runs")
+            session = {c["name"]: c for c in page.context.cookies()}["camflow_session"]
+            assert session["httpOnly"] and session["sameSite"] == "Lax"
+            assert customer_key not in session["value"]  # an id, never the key
             row = page.locator("#runs tr", has_text=grant["key"])
             assert "succeeded" in row.inner_text()
             assert "door" in page.locator("#cameras").inner_text()
@@ -120,8 +126,14 @@ def test_a_customer_sees_a_finished_run_with_its_thumbnails(
             )
             OUTPUT.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(OUTPUT / "dashboard-run.png"), full_page=True)
+            # Signing out: the header's link, then the form that carries the CSRF token.
+            page.click("header >> text=sign out")
+            page.click("form.logout button[type=submit]")
+            page.wait_for_selector("input[name=key]")
+            cookies = {c["name"]: c for c in page.context.cookies()}
+            assert "camflow_session" not in cookies
+            assert cookies["camflow_csrf"]["httpOnly"]
             # Another tenant's customer sees none of it.
-            page.goto(f"{base}/dashboard/logout")
             page.fill("input[name=key]", other_key)
             page.click("button[type=submit]")
             page.wait_for_selector("#runs")
