@@ -202,7 +202,7 @@ def test_jsonl_has_a_line_per_detection_and_one_per_empty_frame(world: World) ->
     first = rows[0]
     assert first["camera"] == "door" and first["pipeline"] == "faces"
     assert first["clip_id"] == world.face["clip_id"] and first["key"].startswith("acme/door/")
-    assert first["time"] == "2026-03-01T12:00:00Z" and first["t"] == 0.0
+    assert first["time"] == "2026-03-01T12:00:00.000Z" and first["t"] == 0.0
     later = next(r for r in rows if r["t"] > 0)
     recorded = datetime.fromisoformat(later["time"])
     assert recorded == T0 + timedelta(seconds=later["t"])  # the camera's clock, not ours

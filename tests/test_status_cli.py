@@ -130,7 +130,7 @@ def test_status_summarises_a_busy_system(store_url: str, tmp_path: Path) -> None
     for says in (
         "engine ticking: last tick",
         "leader replica-a",
-        "newest clip recorded 3",  # 30-odd seconds ago
+        "last new clip found 3",  # 30-odd seconds ago
         "3 queued, 1 running; last hour: 3 succeeded, 2 failed, 1 cancelled",
         "attempts in flight",
         "2 x stage decode failed: the clip is not a readable video",
@@ -155,5 +155,11 @@ def test_status_of_a_store_where_nothing_ran_yet(store_url: str, tmp_path: Path)
     assert shown["in_flight"] == [] and shown["failures"] == []
     screen = " ".join(_status(tmp_path, store_url).stdout.split())
     assert "engine not ticking: last tick never; no replica holds the lease" in screen
-    assert "newest clip recorded never" in screen
+    assert "last new clip found never" in screen
     assert "in flight no stage attempts" in screen
+
+
+def test_status_and_export_have_help() -> None:
+    for command, says in (("status", "--json"), ("export", "--format")):
+        done = CliRunner().invoke(app, [command, "--help"])
+        assert done.exit_code == 0 and says in done.output, done.output

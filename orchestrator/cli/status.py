@@ -117,7 +117,7 @@ def render(status: Status) -> Group:
             f"[bold]engine[/]     {state}: last tick {_ago(engine.tick_age_seconds)}{leader}"
         ),
         Text.from_markup(
-            f"[bold]watcher[/]    newest clip recorded {_ago(status.watcher_lag_seconds)}; "
+            f"[bold]watcher[/]    last new clip found {_ago(status.watcher_lag_seconds)}; "
             f"{status.rejected_objects} object(s) rejected"
         ),
         Text.from_markup(

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from orchestrator.store.models import as_utc, iso
+from orchestrator.store.models import as_utc
 
 ExportFormat = Literal["jsonl", "csv"]
 FORMATS: tuple[ExportFormat, ...] = ("jsonl", "csv")
@@ -86,7 +86,7 @@ def render_run(source: RunSource, result: dict[str, Any], fmt: ExportFormat) -> 
         except ValidationError:
             skipped += 1
             continue
-        at = iso(source.recorded_at + timedelta(seconds=frame.t))
+        at = _instant(source.recorded_at + timedelta(seconds=frame.t))
         for detection in frame.detections or [None]:
             row = {
                 "time": at,
@@ -114,6 +114,11 @@ def file_name(
         return as_utc(at).strftime("%Y-%m-%dT%H%M%SZ") if at else None
 
     return f"{camera}_{stamp(since) or 'start'}_{stamp(until) or 'now'}.{fmt}"
+
+
+def _instant(at: datetime) -> str:
+    # Milliseconds always, so that every time has the same width (CSV sorts as text).
+    return as_utc(at).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _json_line(row: dict[str, Any]) -> str:
