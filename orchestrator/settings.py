@@ -71,6 +71,23 @@ class S3Settings(_Group):
 class StoreSettings(_Group):
     #: Any SQLAlchemy URL; default: SQLite file ``<home>/camflow.db``.
     url: str | None = None
+    #: A file that holds the URL (a mounted Secret), so that its password is in no
+    #: environment variable; read once, when the settings load.
+    url_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _url_from_file(self) -> StoreSettings:
+        if self.url_file is None:
+            return self
+        if self.url is not None:
+            raise ValueError("url and url_file both name the store: give one")
+        try:
+            self.url = self.url_file.read_text().strip() or None
+        except OSError as exc:
+            raise ValueError(f"url_file {self.url_file} cannot be read: {exc.strerror}") from exc
+        if self.url is None:
+            raise ValueError(f"url_file {self.url_file} is empty")
+        return self
 
 
 class WatcherSettings(_Group):
@@ -147,6 +164,49 @@ class GpuNodes(_Group):
     slots: int = Field(default=1, ge=0)
 
 
+class PodPeer(_Group):
+    """Pods a stage may reach in the cluster (an in-cluster S3 such as MinIO), by their
+    namespace and labels: a NetworkPolicy sees pod addresses, never a Service's."""
+
+    namespace: str = Field(min_length=1)
+    labels: dict[str, str] = Field(min_length=1)
+
+
+class StageEgress(_Group):
+    """Where a cluster's stage pods may connect besides DNS: S3 as the pods reach it.
+    `camflow egress-policy` renders it into the camflow-stage NetworkPolicy. Restrict
+    the buckets themselves with the VPC endpoint's policy: a NetworkPolicy sees only
+    addresses, and every bucket of a region shares them."""
+
+    #: S3's addresses as pods reach them: an interface VPC endpoint's subnets or ENIs
+    #: (with private DNS, ``s3.<region>.amazonaws.com`` resolves to them).
+    cidrs: list[IPvAnyNetwork] = Field(default_factory=list)
+    #: Prefix lists (``pl-…`` or a name such as ``com.amazonaws.us-east-1.s3``, a
+    #: gateway endpoint's): resolved into their CIDRs, with the EC2 API, when rendered.
+    prefix_lists: list[str] = Field(default_factory=list)
+    #: An S3 inside the cluster, by its pods.
+    pods: list[PodPeer] = Field(default_factory=list)
+    ports: list[int] = Field(default_factory=lambda: [443], min_length=1)
+
+    @model_validator(mode="after")
+    def _somewhere(self) -> StageEgress:
+        if not (self.cidrs or self.prefix_lists or self.pods):
+            raise ValueError(
+                "names no destination: give S3's cidrs, prefix_lists or pods (or leave "
+                "stage_egress out)"
+            )
+        everything = [str(c) for c in self.cidrs if c.prefixlen == 0]
+        if everything:
+            raise ValueError(
+                f"{everything[0]} is every address: name the S3 endpoint's (a VPC "
+                "endpoint's subnets or prefix list)"
+            )
+        for port in self.ports:
+            if not 0 < port < 65536:
+                raise ValueError(f"port {port} is not a TCP port")
+        return self
+
+
 class ClusterSettings(_Group):
     name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,39}$")
     #: dev clusters run algorithm versions on the dev channel; prod runs stable ones.
@@ -175,6 +235,8 @@ class ClusterSettings(_Group):
     #: How long a pod may wait on an image that cannot be pulled, or on a container
     #: that cannot be created (a missing Secret), before its attempt fails.
     stuck_grace_seconds: float = Field(default=60, ge=0)
+    #: Where stage pods may connect besides DNS (S3), for its NetworkPolicy.
+    stage_egress: StageEgress | None = None
 
 
 class ApiSettings(_Group):

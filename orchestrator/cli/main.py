@@ -472,6 +472,9 @@ def _register_groups() -> None:
     from orchestrator.cli import tenancy as cli_tenancy
 
     app.command("skipped")(cli_tenancy.skipped)
+    from orchestrator.cli import egress as cli_egress
+
+    app.command("egress-policy")(cli_egress.egress_policy)
     from orchestrator.cli import export as cli_export
     from orchestrator.cli import status as cli_status
 
