@@ -172,7 +172,9 @@ def open_runtime(
         from orchestrator.kube.actions import StoreActionLog
         from orchestrator.kube.executor import KubernetesExecutor
 
-        executor = KubernetesExecutor(settings.kubernetes.clusters, actions=StoreActionLog(store))
+        executor = KubernetesExecutor(
+            settings.kubernetes.clusters, actions=StoreActionLog(store), broker=broker
+        )
     executor = executor or LocalExecutor(
         settings.home / "attempts",
         max_parallel=settings.local.max_parallel,

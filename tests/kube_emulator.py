@@ -276,6 +276,10 @@ class Emulator:
     jobs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     pods: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     secrets: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    #: The uids in each Secret's ownerReferences: the garbage collector deletes a Secret
+    #: whose owners are all gone (pkg/controller/garbagecollector/garbagecollector.go,
+    #: attemptToDeleteItem: a dependent with no owner left is deleted).
+    secret_owners: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
     requests: list[tuple[str, str]] = field(default_factory=list)
     #: Every request as the authorizer saw it (the RBAC test checks them all).
@@ -464,6 +468,9 @@ class Emulator:
             return 200, {"major": "1", "minor": "34", "gitVersion": "v1.34.0-emulated"}, {}
         if path == "/api/v1/nodes":
             return self._page("NodeList", "v1", self.nodes, query)
+        secret = re.fullmatch(r"/api/v1/namespaces/([^/]+)/secrets(?:/([^/]+))?", path)
+        if secret:
+            return self._secret(method, secret.group(1), secret.group(2), body)
         match = re.fullmatch(r"/apis/batch/v1/namespaces/([^/]+)/jobs(?:/([^/]+))?", path)
         pods = re.fullmatch(r"/api/v1/namespaces/([^/]+)/pods(?:/([^/]+))?", path)
         if not match and not pods:
@@ -553,6 +560,41 @@ class Emulator:
         self.jobs[(namespace, job_name)] = job
         return 201, copy.deepcopy(job), {}
 
+    def _secret(
+        self, method: str, namespace: str, name: str | None, body: Any
+    ) -> tuple[int, Any, dict[str, str]]:
+        """core/v1 Secrets: create (409 if it exists), replace, read, delete. ``data`` is
+        base64 and ``stringData`` plain text merged over it, as the apiserver's Secret
+        strategy does (pkg/apis/core/v1/conversion.go); reads return ``data`` only."""
+        if namespace not in self.namespaces:
+            return 404, status_object(404, "NotFound", f'namespaces "{namespace}" not found'), {}
+        if method == "POST" and name is None:
+            name = body["metadata"]["name"]
+            if (namespace, name) in self.secrets:
+                exists = f'secrets "{name}" already exists'
+                return 409, status_object(409, "AlreadyExists", exists), {}
+        key = (namespace, name or "")
+        if method in ("POST", "PUT"):
+            if method == "PUT" and key not in self.secrets:
+                return 404, status_object(404, "NotFound", f'secrets "{name}" not found'), {}
+            data = {k: base64.b64decode(v).decode() for k, v in (body.get("data") or {}).items()}
+            data |= body.get("stringData") or {}
+            self.secrets[key] = data
+            owners = body["metadata"].get("ownerReferences") or []
+            self.secret_owners[key] = {o["uid"] for o in owners}
+            stored = self.stamp({"metadata": copy.deepcopy(body["metadata"])}, namespace)
+            return (201 if method == "POST" else 200), {"kind": "Secret", **stored}, {}
+        if key not in self.secrets:
+            return 404, status_object(404, "NotFound", f'secrets "{name}" not found'), {}
+        if method == "GET":
+            data = {k: base64.b64encode(v.encode()).decode() for k, v in self.secrets[key].items()}
+            return 200, {"kind": "Secret", "metadata": {"name": name}, "data": data}, {}
+        if method == "DELETE":
+            self.secrets.pop(key)
+            self.secret_owners.pop(key, None)
+            return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}, {}
+        return 405, status_object(405, "MethodNotAllowed", method), {}
+
     def delete_job(self, namespace: str, name: str, policy: str | None) -> None:
         """batch/v1 orphans a deleted Job's pods unless told otherwise (its registry
         strategy's DefaultGarbageCollectionPolicy); Background and Foreground delete them
@@ -560,6 +602,13 @@ class Emulator:
         job = self.jobs.pop((namespace, name), None)
         if job is None:
             return
+        uid = job["metadata"]["uid"]
+        for key, owners in list(self.secret_owners.items()):
+            if key[0] == namespace and uid in owners:
+                owners.discard(uid)
+                if not owners:  # the garbage collector's work, done here at once
+                    self.secrets.pop(key, None)
+                    del self.secret_owners[key]
         owned = [
             k
             for k, p in self.pods.items()

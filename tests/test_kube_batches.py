@@ -508,7 +508,7 @@ def test_a_clip_of_a_batch_stuck_after_another_ran_fails_with_the_kubelet_reason
             assert outcome[index].status == RunStatus.FAILED
             assert outcome[index].error == (
                 "stage probe failed after 1 attempt: its container cannot be created "
-                '(CreateContainerConfigError: secret "camflow-s3" not found): check the '
+                f'(CreateContainerConfigError: secret "{name}" not found): check the '
                 "Secrets and ConfigMaps it uses"
             )
     _until(lambda: not dev.jobs(), timeout=5)  # deleted: nothing of it is left to run

@@ -7,6 +7,7 @@ whose docstring names the upstream source of each behaviour relied on here)."""
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,7 +64,10 @@ def _probe_settings(settings: Settings, clusters: list[Cluster]) -> Settings:
 def test_a_create_whose_answer_was_lost_is_retried_on_the_same_cluster_only(
     settings: Settings, made: list[Cluster], tmp_path: Path, s3_server: EmbeddedS3
 ) -> None:
+    # Its pod waits for the Job's own Secret, made once a retried create adopts the
+    # Job: not stuck meanwhile.
     first = _make(made, tmp_path, s3_server, "dev")
+    first.settings = first.settings.model_copy(update={"stuck_grace_seconds": 30})
     second = _make(made, tmp_path, s3_server, "dev2")
     # The server makes the Job, and every answer is lost: the create "fails".
     first.emulator.inject("POST", r"/jobs$", status=503, after=True, times=5)
@@ -313,14 +317,16 @@ def test_a_missing_secret_fails_with_the_kubelet_reason(
     settings: Settings, made: list[Cluster], tmp_path: Path, s3_server: EmbeddedS3
 ) -> None:
     dev = _make(made, tmp_path, s3_server, "dev")
-    dev.emulator.secrets.clear()
+    # The Job is made, its own Secret never is (the create of it fails every time).
+    dev.emulator.inject("POST", r"/secrets$", status=403, times=1000)
     with open_runtime(_probe_settings(settings, [dev])) as runtime:
         run_id = _upload(runtime, "ok")
         drive(runtime, [run_id], timeout=30, interval=0.1)
-        assert runtime.store.get_run(run_id).error == (
+        assert re.fullmatch(
             "stage probe failed after 1 attempt: its container cannot be created "
-            '(CreateContainerConfigError: secret "camflow-s3" not found): check the Secrets '
-            "and ConfigMaps it uses"
+            r'\(CreateContainerConfigError: secret "cf-probe-[0-9a-f]+" not found\): '
+            "check the Secrets and ConfigMaps it uses",
+            runtime.store.get_run(run_id).error or "",
         )
 
 
@@ -626,3 +632,27 @@ def test_a_delete_decided_while_the_cluster_was_away_survives_a_restart(
         executor.capacity()
         assert executor.actions.pending_deletes() == []
     assert dev.jobs() == []
+
+
+def test_each_job_reads_credentials_of_its_own_owned_by_it(
+    settings: Settings, made: list[Cluster], tmp_path: Path, s3_server: EmbeddedS3
+) -> None:
+    dev = _make(made, tmp_path, s3_server, "dev")
+    with open_runtime(_probe_settings(settings, [dev])) as runtime:
+        run_id = _upload(runtime, "ok")
+        drive(runtime, [run_id], timeout=60, interval=0.1)
+        assert runtime.store.get_run(run_id).status == RunStatus.SUCCEEDED
+        [job] = dev.jobs()
+        name, uid = job["metadata"]["name"], job["metadata"]["uid"]
+        env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in env if "valueFrom" in e}
+        # The Job's own Secret, never the cluster-wide one, and no value in the Job.
+        assert refs == {"AWS_ACCESS_KEY_ID": name, "AWS_SECRET_ACCESS_KEY": name}
+        assert not any(e["name"].startswith("AWS_ACC") and "value" in e for e in env)
+        with dev.emulator.lock:
+            secret = dev.emulator.secrets[("camflow-jobs", name)]
+            assert dev.emulator.secret_owners[("camflow-jobs", name)] == {uid}
+        assert secret["AWS_ACCESS_KEY_ID"] not in ("testing", runtime.s3.access.access_key_id)
+        dev.emulator.delete_job("camflow-jobs", name, "Background")
+        with dev.emulator.lock:  # the garbage collector deletes it with its owner
+            assert ("camflow-jobs", name) not in dev.emulator.secrets

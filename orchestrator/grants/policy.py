@@ -9,7 +9,7 @@ since one process holds one set of credentials for all of them.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -52,20 +52,31 @@ def grant_for(launches: Sequence[StageLaunch]) -> Grant:
     as one exact key."""
     if not launches:
         raise ValueError("a grant needs at least one attempt")
+    return grant_of(
+        [launch.env for launch in launches],
+        max(launch.timeout_seconds for launch in launches),
+        launches[0].attempt_id,
+    )
+
+
+def grant_of(envs: Sequence[Mapping[str, str]], timeout_seconds: int, label: str) -> Grant:
+    """The grant for the stage-contract variables of each clip (what a Job carries)."""
+    if not envs:
+        raise ValueError("a grant needs at least one clip")
     reads: set[str] = set()
     read_prefixes: set[str] = set()
     writes: set[str] = set()
-    for launch in launches:
-        for uri in json.loads(launch.env[contract.ENV_INPUTS]).values():
+    for env in envs:
+        for uri in json.loads(env[contract.ENV_INPUTS]).values():
             tail = _split(uri)
             (read_prefixes if tail.endswith("/") else reads).add(tail)
-        writes.add(_as_prefix(_split(launch.env[contract.ENV_OUTPUT])))
+        writes.add(_as_prefix(_split(env[contract.ENV_OUTPUT])))
     return Grant(
         reads=sorted(reads),
         read_prefixes=sorted(read_prefixes),
         write_prefixes=sorted(writes),
-        seconds=max(launch.timeout_seconds for launch in launches) + GRACE_SECONDS,
-        label=launches[0].attempt_id,
+        seconds=timeout_seconds + GRACE_SECONDS,
+        label=label,
     )
 
 

@@ -196,6 +196,17 @@ class ClusterApi:
                 return None
             raise
 
+    def create_secret(self, body: dict[str, Any]) -> bool:
+        """True if created now, False if it existed already (an earlier try made it)."""
+        created = self.call(
+            f"create secret {body['metadata']['name']}",
+            lambda: self.core.create_namespaced_secret(
+                self.cluster.namespace, body, _request_timeout=self.timeout, _preload_content=False
+            ),
+            creating=True,
+        )
+        return created is not None
+
     def probe(self) -> None:
         """One quick question (the server's version): does the cluster answer at all?"""
         self.call(

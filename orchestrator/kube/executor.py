@@ -18,10 +18,11 @@ one Job against its cluster's budget, as it holds one slot of the engine's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -37,6 +38,8 @@ from orchestrator.executors.base import (
     Submission,
     SubmitRefused,
 )
+from orchestrator.grants.brokers import AssumeRoleBroker, Broker
+from orchestrator.grants.policy import grant_of
 from orchestrator.kube.api import ClusterApi, ClusterUnreachable, KubeApiError
 from orchestrator.kube.jobs import (
     ANNOTATION_ATTEMPT,
@@ -50,7 +53,11 @@ from orchestrator.kube.jobs import (
     batch_job_name,
     build_batch_job,
     build_job,
+    clip_envs,
+    credentials_secret,
     job_name,
+    timeout_of,
+    with_own_credentials,
 )
 from orchestrator.kube.routing import choose_cluster
 from orchestrator.kube.status import (
@@ -181,6 +188,7 @@ class KubernetesExecutor:
         actions: ActionLog | None = None,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        broker: Broker | None = None,
     ) -> None:
         if not clusters:
             raise ExecutorError(
@@ -203,6 +211,8 @@ class KubernetesExecutor:
         self._regroup: dict[str, tuple[dict[str, Any], list[int]]] = {}
         self._clock = clock
         self._now = now
+        #: Mints each Job's own storage credentials (None: the cluster's s3_secret).
+        self.broker = broker
 
     # --- cluster health -----------------------------------------------------------------
 
@@ -572,9 +582,14 @@ class KubernetesExecutor:
             if by_batch is None
             else batch_job_name(by_batch, launch.stage, "gpu")
         )
-        self._create_job(
-            cluster, job, launch.accelerator, _handle(cluster, gpu_twin), self._batch_twin(launch)
-        )
+        with self._own_credentials(cluster, job, [launch]) as job:
+            self._create_job(
+                cluster,
+                job,
+                launch.accelerator,
+                _handle(cluster, gpu_twin),
+                self._batch_twin(launch),
+            )
         return Submission(
             handle=_handle(cluster, job["metadata"]["name"]),
             accelerator=launch.accelerator,
@@ -590,7 +605,8 @@ class KubernetesExecutor:
             raise SubmitRefused(str(exc), final=True) from exc
         accelerator = launches[0].accelerator
         gpu_twin = batch_job_name(launches[0].batch or "", launches[0].stage, "gpu")
-        self._create_job(cluster, job, accelerator, _handle(cluster, gpu_twin))
+        with self._own_credentials(cluster, job, launches) as job:
+            self._create_job(cluster, job, accelerator, _handle(cluster, gpu_twin))
         name = job["metadata"]["name"]
         log.info(
             "batch %s: %d clips of stage %s in Indexed Job %s on %s",
@@ -608,6 +624,54 @@ class KubernetesExecutor:
             )
             for index, launch in enumerate(launches)
         }
+
+    @contextlib.contextmanager
+    def _own_credentials(
+        self, cluster: ClusterSettings, job: dict[str, Any], launches: list[StageLaunch]
+    ) -> Iterator[dict[str, Any]]:
+        """Yields the Job to create; with a broker, one that reads its credentials from a
+        Secret of its own name, made once the Job exists (see ``_ensure_secret``)."""
+        if self.broker is None:
+            yield job
+            return
+        session = isinstance(self.broker, AssumeRoleBroker)
+        yield with_own_credentials(job, session_token=session)
+        self._ensure_secret(cluster, job)
+
+    def _adopt_secret(self, cluster: ClusterSettings, job: dict[str, Any]) -> None:
+        """An adopted Job still gets its Secret; if it cannot, the Job is adopted anyway,
+        and its pods fail with the kubelet's reason after the cluster's grace."""
+        try:
+            self._ensure_secret(cluster, job)
+        except CamflowError as exc:
+            log.warning("Job %s on %s: %s", job["metadata"]["name"], cluster.name, exc)
+
+    def _ensure_secret(self, cluster: ClusterSettings, job: dict[str, Any]) -> None:
+        """Mints credentials for the clips the Job runs (read from the Job) and makes its
+        Secret, owned by the Job so that the garbage collector deletes it with the Job
+        (the TTL's delete included). Its pods wait for it as for any missing Secret. One
+        an earlier try made (before a crash) is kept: its keys still hold, and running
+        pods may use them. Called after a create, and when a Job is adopted."""
+        if self.broker is None:
+            return
+        name = job["metadata"]["name"]
+        api = self.apis[cluster.name]
+        created = api.get_job(name)
+        if created is None:
+            raise ExecutorError(f"Job {name} is gone before its credentials were made")
+        try:
+            credentials = self.broker.issue(grant_of(clip_envs(created), timeout_of(created), name))
+        except CamflowError as exc:
+            raise ExecutorError(f"no storage credentials for Job {name}: {exc}") from exc
+        try:
+            made = api.create_secret(
+                credentials_secret(created, created["metadata"]["uid"], credentials.env())
+            )
+        except BaseException:
+            self.broker.revoke(credentials)
+            raise
+        if not made:
+            self.broker.revoke(credentials)
 
     def _batch_twin(self, launch: StageLaunch) -> tuple[str, str] | None:
         """For a CPU attempt recorded in a batch: the GPU batch Job it may have been
@@ -697,6 +761,7 @@ class KubernetesExecutor:
             launch.attempt_id
         ):  # a batch of one, or a clip that took its batch's name (see _reserve)
             log.info("%s is Job %s on %s: adopted", launch.attempt_id, name, cluster.name)
+            self._adopt_secret(cluster, job)
             return Submission(
                 handle=_handle(cluster, name),
                 accelerator=launch.accelerator,
@@ -706,6 +771,7 @@ class KubernetesExecutor:
         if launch.attempt_id not in attempts:  # it went alone (another shape, say)
             return None
         log.info("%s is in batch Job %s on %s: adopted", launch.attempt_id, name, cluster.name)
+        self._adopt_secret(cluster, job)
         return Submission(
             handle=_handle(cluster, name, attempts.index(launch.attempt_id)),
             accelerator=launch.accelerator,

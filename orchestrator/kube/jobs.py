@@ -3,6 +3,7 @@ functions, tested as golden YAML and against the Kubernetes schema."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -340,3 +341,58 @@ def build_batch_job(
         spec,
         pod,
     )
+
+
+#: The variables a Job's own credentials Secret holds (the session token only for STS).
+CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def with_own_credentials(job: dict[str, Any], session_token: bool) -> dict[str, Any]:
+    """``job`` reading its S3 credentials from a Secret of its own name (made for it
+    after the create, owned by it), in place of the cluster-wide one: its values never
+    appear in the Job, and they allow its clips only."""
+    job = copy.deepcopy(job)
+    name = job["metadata"]["name"]
+    keys = CREDENTIAL_KEYS if session_token else CREDENTIAL_KEYS[:2]
+    for container in job["spec"]["template"]["spec"]["containers"]:
+        env = [e for e in container.get("env", []) if e["name"] not in CREDENTIAL_KEYS]
+        env += [
+            {"name": key, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}} for key in keys
+        ]
+        container["env"] = env
+    return job
+
+
+def credentials_secret(job: dict[str, Any], uid: str, values: Mapping[str, str]) -> dict[str, Any]:
+    """The Secret for ``with_own_credentials``: owned by the Job, so the garbage
+    collector deletes it with the Job (the TTL controller's delete included)."""
+    meta = job["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta.get("namespace"),
+            "labels": dict(meta.get("labels", {})),
+            "ownerReferences": [
+                {"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": uid}
+            ],
+        },
+        "stringData": dict(values),
+    }
+
+
+def clip_envs(job: dict[str, Any]) -> list[dict[str, str]]:
+    """The stage-contract variables of each clip a Job runs: its batch items, or the
+    container's own for a lone Job. What its credentials must allow, read from the Job
+    itself, so that a Job adopted after a crash gets the same grant."""
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    if ENV_BATCH in env:
+        return [item["env"] for item in json.loads(env[ENV_BATCH])]
+    return [env]
+
+
+def timeout_of(job: dict[str, Any]) -> int:
+    return int(job["spec"]["template"]["spec"].get("activeDeadlineSeconds") or 0)
