@@ -157,6 +157,7 @@ def serve(
 def start_api(runtime: Any) -> Any:
     """The HTTP API in a thread of this process (uvicorn); returns its server."""
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     from orchestrator.api.app import create_app
 
@@ -169,7 +170,7 @@ def start_api(runtime: Any) -> Any:
             log_level="warning",
             access_log=False,
             # JSON logs: uvicorn's own lines go through camflow's handler, not its own.
-            **({"log_config": None} if settings.log_format == "json" else {}),
+            log_config=None if settings.log_format == "json" else LOGGING_CONFIG,
         )
     )
     threading.Thread(target=server.run, name="api", daemon=True).start()

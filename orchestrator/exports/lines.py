@@ -87,7 +87,8 @@ def render_run(source: RunSource, result: dict[str, Any], fmt: ExportFormat) -> 
             skipped += 1
             continue
         at = _instant(source.recorded_at + timedelta(seconds=frame.t))
-        for detection in frame.detections or [None]:
+        found: list[_Detection | None] = [*frame.detections] or [None]
+        for detection in found:
             row = {
                 "time": at,
                 "camera": source.camera,

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, model_validator
 from sqlalchemy import and_, func, or_
+from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
 from orchestrator.domain.layout import NAME
@@ -101,7 +102,10 @@ def sources(store: Store, query: ExportQuery, page_size: int = PAGE_SIZE) -> Ite
     after: tuple[datetime, str] | None = None
     while True:
         statement = _filtered(
-            select(Run.id, Run.pipeline, Clip.id, Clip.key, Clip.recorded_at).select_from(Run),
+            # SQLAlchemy's select: sqlmodel's types it for at most four columns.
+            sa_select(
+                col(Run.id), col(Run.pipeline), col(Clip.id), col(Clip.key), col(Clip.recorded_at)
+            ).select_from(Run),
             query,
         )
         if after is not None:
