@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from orchestrator.domain.catalog import Catalog, load_catalog
-from orchestrator.kube.jobs import build_batch_job, build_job
+from orchestrator.kube.jobs import build_batch_job, build_job, with_own_credentials
 from orchestrator.settings import PROJECT_ROOT, ClusterSettings, KubernetesSettings
 from tests.kube_fixtures import launch_for
 
@@ -83,8 +83,9 @@ def shipped_clusters() -> list[ClusterSettings]:
 def every_job() -> list[dict[str, Any]]:
     """Each Job the shipped pipelines can make on the shipped clusters: every stage on
     each accelerator it supports and each cluster that has it, alone and (for
-    algorithms that take batches) as a batch, with images by tag and by digest. A
-    stage that two pipelines share makes the same Job but for its labels: once."""
+    algorithms that take batches) as a batch, with images by tag and by digest, and
+    with credentials of its own. A stage that two pipelines share makes the same Job
+    but for its labels: once."""
     jobs: dict[tuple[str, ...], dict[str, Any]] = {}
     clusters = shipped_clusters()
     shipped = ([PROJECT_ROOT / "algorithms"], [PROJECT_ROOT / "pipelines"])
@@ -102,6 +103,9 @@ def every_job() -> list[dict[str, Any]]:
                             continue
                         launch = launch_for(pipeline, stage, accelerator)
                         jobs[key] = build_job(launch, cluster)
+                        if not pinned:  # as made where a broker mints its credentials
+                            own = with_own_credentials(jobs[key], session_token=True)
+                            jobs[(*key, "own-credentials")] = own
                         if resolved.algorithm.batch:
                             launches = [launch_for(pipeline, stage, accelerator, n) for n in (1, 2)]
                             batch = build_batch_job(f"b-{stage}", launches, cluster)
