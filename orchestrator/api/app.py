@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException
 
-from orchestrator.api import exports, keys, schemas
+from orchestrator.api import exports, keys, schemas, webhooks
 from orchestrator.api.artifacts import run_folder, sort_artifacts
 from orchestrator.api.cursors import (
     CURSOR_MAX_LENGTH,
@@ -452,4 +452,5 @@ def create_app(
         dashboard(store, signed_artifacts, clock, sessions, gpu_slots=gpu_capacity(settings))
     )
     app.include_router(exports.router(store, caller, allow))
+    app.include_router(webhooks.router(store, settings.webhooks, caller, clock))
     return app

@@ -29,6 +29,9 @@ from orchestrator.operations import UNPLACED
 from orchestrator.store import Store
 from orchestrator.store.models import AttemptState, as_utc
 from orchestrator.store.repository import ACTIVE
+from orchestrator.store.webhooks import DeliveryState
+from orchestrator.webhooks import delivery  # noqa: F401  (registers the webhook attempt counter)
+from orchestrator.webhooks.outbox import Outbox
 
 #: The window of the watcher's discovery delay: long enough to span a sweep interval.
 DISCOVERY_WINDOW = timedelta(minutes=10)
@@ -108,6 +111,19 @@ class StoreCollector(Collector):
             "Objects a trigger matches that cannot be clips (no tenant/camera in the key); "
             "`camflow rejected` lists them.",
             value=self.store.count_rejected(),
+        )
+
+        webhooks = Outbox(self.store).counts()
+        yield GaugeMetricFamily(
+            "camflow_webhook_deliveries_pending",
+            "Webhook deliveries not yet accepted by their endpoint and still being retried.",
+            value=webhooks[DeliveryState.PENDING],
+        )
+        yield GaugeMetricFamily(
+            "camflow_webhook_deliveries_failed",
+            "Webhook deliveries retried until the horizon and never accepted; "
+            "`camflow webhooks deliveries --state failed` lists them for replay.",
+            value=webhooks[DeliveryState.FAILED],
         )
 
 

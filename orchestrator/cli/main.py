@@ -467,9 +467,11 @@ def clusters(
 def _register_groups() -> None:
     from orchestrator.cli import algorithms as cli_algorithms
     from orchestrator.cli import keys as cli_keys
+    from orchestrator.cli import webhooks as cli_webhooks
 
     app.add_typer(cli_algorithms.app, name="algorithms")
     app.add_typer(cli_keys.app, name="keys")
+    app.add_typer(cli_webhooks.app, name="webhooks")
     from orchestrator.cli import tenancy as cli_tenancy
 
     app.command("skipped")(cli_tenancy.skipped)

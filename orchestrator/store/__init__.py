@@ -9,6 +9,7 @@ from orchestrator.store.models import (
 from orchestrator.store.repository import Store
 from orchestrator.store.sessions import DashboardSession
 from orchestrator.store.tenancy import SkippedRun as SkippedRun
+from orchestrator.store.webhooks import WebhookDelivery, WebhookEndpoint
 
 __all__ = [
     "AlgorithmVersion",
@@ -19,4 +20,6 @@ __all__ = [
     "Run",
     "StageAttempt",
     "Store",
+    "WebhookDelivery",
+    "WebhookEndpoint",
 ]

@@ -35,6 +35,7 @@ from orchestrator.store.models import (
     utcnow,
 )
 from orchestrator.store.tenancy import SkippedRun
+from orchestrator.store.webhooks import enqueue_run_event
 
 ACTIVE = (RunStatus.PENDING, RunStatus.RUNNING)
 #: The counter behind ``Run.finished_seq``, the event stream's cursor.
@@ -544,7 +545,13 @@ class Store:
             .where(col(Run.id) == run_id, col(Run.status).in_(ACTIVE))
             .values(**values, finished_seq=seq)
         )
-        return bool(changed.rowcount)
+        if not changed.rowcount:
+            return False
+        # Its webhooks, in the same transaction: a run never ends without them.
+        enqueue = enqueue_run_event(run_id, values["status"], values["finished_at"])
+        if enqueue is not None:
+            session.exec(enqueue)  # type: ignore[call-overload]
+        return True
 
     @staticmethod
     def _bump(session: Session, name: str) -> int | None:
