@@ -48,6 +48,9 @@ FAMILIES = {
     "camflow_gpu_waiting": "gauge",
     "camflow_gpu_wait_oldest_seconds": "gauge",
     "camflow_gpu_fallback_after_seconds": "gauge",
+    "camflow_webhook_attempts": "counter",
+    "camflow_webhook_deliveries_pending": "gauge",
+    "camflow_webhook_deliveries_failed": "gauge",
 }
 _numbers = itertools.count(1)
 
