@@ -383,6 +383,12 @@ def test_charts_are_accessible_svg_with_their_data_escaped() -> None:
     assert _svg(charts.bars("Nothing", [], [])).find(f"{ns}text") is not None
 
 
+def test_axis_labels_are_short_and_distinct() -> None:
+    ticks = [0.02 * k / 4 for k in range(5)]
+    assert [charts.number(t) for t in ticks] == ["0", "0.005", "0.01", "0.015", "0.02"]
+    assert [charts.number(v) for v in (2.5, 1200, 15000)] == ["2.5", "1.2k", "15k"]
+
+
 def test_axis_tops_are_round() -> None:
     assert [charts.nice_ceiling(v) for v in (0, 0.3, 1, 3, 7, 11, 4100)] == [
         1.0,

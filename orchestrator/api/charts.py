@@ -59,21 +59,23 @@ def nice_ceiling(value: float) -> float:
 
 
 def number(value: float) -> str:
-    """Short figures for labels: 3, 2.5, 0.42, 1.2k."""
+    """Short figures for labels: 3, 2.5, 0.005, 1.2k."""
     if value >= 10_000:
         return f"{value / 1000:.0f}k"
     if value >= 1000:
         return f"{value / 1000:.1f}k"
     if value == int(value):
         return str(int(value))
-    return f"{value:.2f}" if value < 1 else f"{value:.1f}"
+    return f"{value:.3g}"
 
 
-def _open(title: str, description: str, height: int = HEIGHT) -> tuple[str, list[str]]:
+def _open(
+    title: str, description: str, height: int = HEIGHT, width: int = WIDTH
+) -> tuple[str, list[str]]:
     ident = f"chart-{next(_ids)}"
     head = (
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" '
-        f'viewBox="0 0 {WIDTH} {height}" width="100%" preserveAspectRatio="xMinYMin meet" '
+        f'viewBox="0 0 {width} {height}" width="100%" preserveAspectRatio="xMinYMin meet" '
         f'aria-labelledby="{ident}-t {ident}-d">'
         f'<title id="{ident}-t">{escape(title)}</title>'
         f'<desc id="{ident}-d">{escape(description)}</desc>'
@@ -94,14 +96,14 @@ def _legend(series: Sequence[Series]) -> str:
     return "".join(parts)
 
 
-def _y_axis(top: float, height: int, unit: str) -> str:
+def _y_axis(top: float, height: int, unit: str, width: int = WIDTH) -> str:
     plot = height - TOP - BOTTOM
     parts = []
     for k in range(5):
         value = top * k / 4
         y = TOP + plot - plot * k / 4
         parts.append(
-            f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>'
+            f'<line class="grid" x1="{LEFT}" x2="{width - RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>'
             f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">'
             f"{escape(number(value))}{escape(unit) if k == 4 else ''}</text>"
         )
@@ -109,7 +111,7 @@ def _y_axis(top: float, height: int, unit: str) -> str:
 
 
 def empty(title: str, message: str) -> Markup:
-    head, _ = _open(title, message, height=80)
+    head, _ = _open(title, message, height=60)
     return Markup(f'{head}<text x="{LEFT}" y="44">{escape(message)}</text></svg>')
 
 
@@ -119,24 +121,27 @@ def time_lines(
     series: Sequence[Series],
     unit: str = "",
     description: str = "",
+    width: int = WIDTH,
+    height: int = HEIGHT,
 ) -> Markup:
     """Lines over time, one point per time (equally spaced), with a time axis marked
-    every few hours."""
+    at six even steps and at its end."""
     if not times:
         return empty(title, "No data in this window.")
     top = nice_ceiling(max((max(s.values, default=0) for s in series), default=0))
-    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    plot_w, plot_h = width - LEFT - RIGHT, height - TOP - BOTTOM
     step = plot_w / max(1, len(times) - 1)
-    head, _ = _open(title, description or title)
-    parts = [head, _legend(series), _y_axis(top, HEIGHT, unit)]
-    # A label every four hours of the window (or at its ends when it is short).
+    head, _ = _open(title, description or title, height, width)
+    parts = [head, _legend(series), _y_axis(top, height, unit, width)]
     every = max(1, len(times) // 6)
-    for i in range(0, len(times), every):
+    marks = [i for i in range(0, len(times), every) if len(times) - 1 - i >= every / 2]
+    for i in [*marks, len(times) - 1]:
         x = LEFT + i * step
+        anchor = "end" if i == len(times) - 1 and i else "middle"
         parts.append(
-            f'<line class="axis" x1="{x:.1f}" x2="{x:.1f}" y1="{HEIGHT - BOTTOM}" '
-            f'y2="{HEIGHT - BOTTOM + 4}"/><text x="{x:.1f}" y="{HEIGHT - BOTTOM + 16}" '
-            f'text-anchor="middle">{times[i]:%H:%M}</text>'
+            f'<line class="axis" x1="{x:.1f}" x2="{x:.1f}" y1="{height - BOTTOM}" '
+            f'y2="{height - BOTTOM + 4}"/><text x="{x:.1f}" y="{height - BOTTOM + 16}" '
+            f'text-anchor="{anchor}">{times[i]:%H:%M}</text>'
         )
     for item in series:
         points = " ".join(
@@ -151,8 +156,8 @@ def time_lines(
             "</polyline>"
         )
     parts.append(
-        f'<line class="axis" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{HEIGHT - BOTTOM}" '
-        f'y2="{HEIGHT - BOTTOM}"/></svg>'
+        f'<line class="axis" x1="{LEFT}" x2="{width - RIGHT}" y1="{height - BOTTOM}" '
+        f'y2="{height - BOTTOM}"/></svg>'
     )
     return Markup("".join(parts))
 
@@ -164,11 +169,12 @@ def bars(
     unit: str = "",
     description: str = "",
     stacked: bool = False,
+    none: str = "Nothing to show.",
 ) -> Markup:
     """Horizontal bars, one row per category: side by side for each series, or one
-    bar of stacked parts."""
+    bar of stacked parts. ``none``: what an empty chart says instead."""
     if not categories:
-        return empty(title, "Nothing to show.")
+        return empty(title, none)
     totals = [
         sum(s.values[i] for s in series) if stacked else max(s.values[i] for s in series)
         for i in range(len(categories))

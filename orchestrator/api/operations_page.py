@@ -36,7 +36,8 @@ OPERATIONS = """<style>
  .ops section{background:#fff;padding:12px 16px} .ops h2{font-size:15px;margin:0 0 6px}
  .ops .figures{color:#5c6475;font-size:12px;margin:6px 0 0} .ops .wide{grid-column:1/-1}
  .ops table{margin:0} .ops td.count{text-align:right;width:60px}
- .ops .runs a{margin-right:6px;font-family:ui-monospace,monospace;font-size:12px}
+ .ops .runs a{margin-right:6px;font-family:ui-monospace,monospace;font-size:12px;
+  white-space:nowrap}
 </style>
 <h1>Operations</h1>
 <p class="figures">The last 24 hours, every tenant, as of {{ fmt(o.now) }} UTC.</p>
@@ -103,6 +104,8 @@ def draw(o: Overview) -> dict[str, Markup]:
             f"{max((m.succeeded for m in minutes), default=0)} succeeded and "
             f"{max((m.failed for m in minutes), default=0)} failed in one minute."
         ),
+        width=1120,
+        height=240,
     )
     stages = charts.bars(
         "Stage duration p50 and p95",
@@ -127,6 +130,7 @@ def draw(o: Overview) -> dict[str, Markup]:
             for row in o.load
         )
         or "Nothing queued or running.",
+        none="Nothing queued or running now.",
     )
     slots = charts.bars(
         "GPU slots in use",
@@ -141,6 +145,7 @@ def draw(o: Overview) -> dict[str, Markup]:
             for row in o.gpu_slots
         )
         or "No GPUs are configured and none is in use.",
+        none="No GPUs are configured and none is in use.",
     )
     w = o.gpu_waits
     waits = (
