@@ -328,6 +328,13 @@ class Settings(BaseSettings):
         return self.store.url or f"sqlite:///{self.home / 'camflow.db'}"
 
     @property
+    def store_url_shown(self) -> str:
+        """The store's URL for logs and messages: its password, if any, masked."""
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.store_url).render_as_string(hide_password=True)
+
+    @property
     def s3_endpoint(self) -> str | None:
         return self.s3.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
 

@@ -82,7 +82,7 @@ def run_demo(
     with open_runtime(settings) as runtime:
         where = runtime.s3.access.endpoint_url or "AWS"
         kind = "embedded, in memory" if runtime.embedded else "configured"
-        err.print(f"S3: {where} ({kind}); store: {settings.store_url}")
+        err.print(f"S3: {where} ({kind}); store: {settings.store_url_shown}")
         err.print(
             f"pipelines: {', '.join(sorted(runtime.catalog.pipelines))}; stages run as "
             f"local processes, {settings.local.max_parallel} at a time"

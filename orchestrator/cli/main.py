@@ -125,7 +125,7 @@ def serve(
     log.info(
         "serving: store %s, S3 %s, pipelines %s; stages run as local processes "
         "(at most %d at once)",
-        settings.store_url,
+        settings.store_url_shown,
         runtime.s3.access.endpoint_url or "AWS",
         sorted(runtime.catalog.pipelines),
         settings.local.max_parallel,
