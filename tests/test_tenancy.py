@@ -421,3 +421,23 @@ def test_only_an_admin_publishes_and_then_every_author_sees_it(api: dict[str, An
     # Seeing is not owning: B still cannot promote it.
     promote = f"/v1/algorithms/a-own/versions/{manifest.version}/promote"
     assert client.post(promote, headers=keys["author_b"]).status_code == 403
+
+
+def test_the_cli_registers_for_a_tenant_with_each_images_digest(tmp_path: Path) -> None:
+    folder = _faces_gpu(tmp_path)
+    (folder / "algorithm.yaml").write_text(
+        (folder / "algorithm.yaml").read_text().replace("name: faces", "name: acme-faces")
+    )
+    env = {"CAMFLOW_STORE__URL": f"sqlite:///{tmp_path / 'camflow.db'}"}
+    args = ["algorithms", "register", str(folder), "--tenant", "acme", "--json"]
+    done = CliRunner().invoke(
+        cli, [*args, "--image-digest", DIGEST, "--image-digest", f"gpu={DIGEST}"], env=env
+    )
+    assert done.exit_code == 0, done.output
+    body = json.loads(done.stdout)
+    assert (body["tenant"], body["published"]) == ("acme", False)
+    assert (body["image_digest"], body["image_digests"]) == (DIGEST, {"gpu": DIGEST})
+    twice = CliRunner().invoke(
+        cli, [*args, "--image-digest", DIGEST, "--image-digest", DIGEST], env=env
+    )
+    assert twice.exit_code == 1 and "two digests for the default image" in twice.output
