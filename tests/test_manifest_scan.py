@@ -4,7 +4,7 @@ cluster and accelerator, with and without registered image digests). No check fa
 each finding that stays is skipped on the object itself, with its reason.
 
 checkov pins boto3 far below camflow's, so it lives in a virtual environment of its
-own (`.venv-scan`, from constraints-scan.txt; .ci/run makes it)."""
+own (`.venv-scan`, from constraints-scan.txt; the suite makes it once)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,18 +42,43 @@ OFFLINE_JSON = ("--skip-download", "--output", "json")
 def _checkov() -> str:
     for candidate in (
         os.environ.get("CAMFLOW_CHECKOV"),
-        str(PROJECT_ROOT / ".venv-scan" / "bin" / "checkov"),
+        str(SCAN_VENV / "bin" / "checkov"),
         shutil.which("checkov"),
     ):
         if candidate and Path(candidate).is_file():
             return candidate
-    why = (
-        "checkov is not installed: python3 -m venv .venv-scan && .venv-scan/bin/pip "
-        "install -c constraints-scan.txt checkov (its own venv: it pins boto3 below ours)"
-    )
-    if os.environ.get("CI"):
-        pytest.fail(why)
-    pytest.skip(why)
+    return _install_checkov()
+
+
+#: checkov's own virtual environment: it pins boto3 far below camflow's.
+SCAN_VENV = PROJECT_ROOT / ".venv-scan"
+
+
+def _install_checkov() -> str:
+    """Makes ``.venv-scan`` from the project's own pins (constraints-scan.txt), once: the
+    suite's one command installs everything it runs. Skips, saying why, where no package
+    index answers (outside CI)."""
+    steps = [
+        [sys.executable, "-m", "venv", str(SCAN_VENV)],
+        [
+            str(SCAN_VENV / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "-c",
+            str(PROJECT_ROOT / "constraints-scan.txt"),
+            "checkov",
+        ],
+    ]
+    for step in steps:
+        done = subprocess.run(step, capture_output=True, text=True)
+        if done.returncode != 0:
+            why = f"could not install checkov into {SCAN_VENV}: {done.stderr.strip()[-500:]}"
+            if os.environ.get("CI"):
+                pytest.fail(why)
+            pytest.skip(why)
+    return str(SCAN_VENV / "bin" / "checkov")
 
 
 def _with_digests(catalog: Catalog) -> Catalog:
