@@ -334,8 +334,9 @@ def finished_runs(store: Store, since: datetime) -> tuple[list[tuple[Any, ...]],
     """(id, status, finished at, error if failed) of the runs finished since ``since``,
     newest first: the newest ``MAX_ROWS`` by ``finished_seq`` (its unique index), so
     the read stops there however long the history."""
+    # sqlmodel's select is typed for up to four columns; it takes any number.
     newest = (
-        select(
+        select(  # type: ignore[call-overload]
             col(Run.id).label("id"),
             col(Run.status).label("status"),
             col(Run.finished_at).label("finished_at"),
@@ -348,7 +349,9 @@ def finished_runs(store: Store, since: datetime) -> tuple[list[tuple[Any, ...]],
         .subquery()
     )
     query = (
-        select(newest.c.id, newest.c.status, newest.c.finished_at, newest.c.error, newest.c.seq)
+        select(  # type: ignore[call-overload]
+            newest.c.id, newest.c.status, newest.c.finished_at, newest.c.error, newest.c.seq
+        )
         .where(newest.c.finished_at >= since)
         .order_by(newest.c.seq.desc())
     )
@@ -384,7 +387,7 @@ def stage_latencies(store: Store, since: datetime) -> list[StageLatency]:
         .limit(MAX_ROWS)
     )
     with store.session() as session:
-        return latencies(session.exec(query).all())
+        return latencies(session.exec(query).all())  # type: ignore[arg-type]
 
 
 def attempt_counts(store: Store) -> list[tuple[str | None, str, str, bool, int]]:
@@ -392,7 +395,7 @@ def attempt_counts(store: Store) -> list[tuple[str | None, str, str, bool, int]]
     started (index on ``stage_attempts.state``: only the unfinished are read)."""
     started = col(StageAttempt.started_at).is_not(None)
     query = (
-        select(
+        select(  # type: ignore[call-overload]
             StageAttempt.placement,
             StageAttempt.accelerator,
             StageAttempt.state,

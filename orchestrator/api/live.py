@@ -97,7 +97,7 @@ def finished_after(
         query = query.join(Clip, col(Clip.id) == col(Run.clip_id)).where(col(Clip.tenant) == tenant)
     with store.session() as session:
         rows = session.exec(query.order_by(col(Run.finished_seq)).limit(limit)).all()
-    return [(run_id, str(status), int(seq)) for run_id, status, seq in rows]
+    return [(run_id, str(status), int(seq or 0)) for run_id, status, seq in rows]
 
 
 def last_finished(store: Store) -> int:
