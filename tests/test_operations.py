@@ -20,7 +20,7 @@ from sqlalchemy import event
 from sqlmodel import select
 
 from orchestrator import operations, telemetry
-from orchestrator.api import charts
+from orchestrator.api import charts, live
 from orchestrator.api.app import create_app
 from orchestrator.api.charts import Series
 from orchestrator.api.keys import create_key
@@ -484,6 +484,18 @@ def test_the_dashboard_stream_needs_a_session_and_tells_of_finished_runs(
                     )
         finally:
             server.should_exit = True
+
+
+def test_a_page_follows_only_a_run_its_key_may_see(history: History) -> None:
+    store = history.store
+    run = history.runs[0].id  # tenant acme's
+    mine, _ = create_key(store, "acme", Role.CUSTOMER)
+    theirs, _ = create_key(store, "other", Role.CUSTOMER)
+    admin, _ = create_key(store, "ops", Role.ADMIN)
+    assert live.watched_run(store, mine, run) == run
+    assert live.watched_run(store, admin, run) == run
+    assert live.watched_run(store, theirs, run) is None
+    assert live.watched_run(store, mine, None) is None
 
 
 # --- the GPU queue the engine reports ---------------------------------------------------

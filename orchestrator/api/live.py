@@ -105,6 +105,16 @@ def last_finished(store: Store) -> int:
         return int(session.exec(select(func.max(Run.finished_seq))).one() or 0)
 
 
+def watched_run(store: Store, key: ApiKey, run_id: str | None) -> str | None:
+    """The run whose progress a page follows, if the key may see it: another tenant's
+    run is followed as one that does not exist (not at all), so that its progress
+    cannot be learnt from the stream."""
+    if run_id is None:
+        return None
+    tenant = None if key.role == Role.ADMIN else key.tenant
+    return run_id if store.tenant_run(run_id, tenant) is not None else None
+
+
 def activity(store: Store, tenant: str | None, run_id: str | None, overview: bool) -> Any:
     """A fingerprint of what a page shows, cheap to read: it changes when a run is
     made, and when an attempt of the watched run (or, for the operations page, any
@@ -201,6 +211,7 @@ def router(
         # its content type; a 401 makes it give up, and the page fall back to polling.
         if key is None:
             return Response("sign in first", status_code=401, media_type="text/plain")
+        run = await asyncio.to_thread(watched_run, store, key, run)
         stream = dashboard_events(
             store,
             key,
