@@ -389,6 +389,7 @@ def test_deliveries_that_fail_for_the_whole_horizon_stop_and_replay(
     finally:
         worker.close()
     assert {g.headers["webhook-id"] for g in receiver.got} == {failed.id}
+    assert _deliveries(store)[0].attempts == 1  # counted afresh from the replay
 
 
 def test_a_redirect_is_not_followed(store: Store, receiver: Receiver) -> None:
@@ -661,6 +662,12 @@ def test_serve_delivers_from_its_own_job(settings: Settings, receiver: Receiver)
 
 
 # --- the CLI ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["", "add", "list", "remove", "deliveries", "replay"])
+def test_every_webhooks_command_has_help(command: str) -> None:
+    result = CliRunner().invoke(cli, ["webhooks", *command.split(), "--help"])
+    assert result.exit_code == 0 and "Usage" in result.output, result.output
 
 
 def test_the_cli_adds_lists_replays_and_removes(

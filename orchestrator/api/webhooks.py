@@ -25,6 +25,7 @@ from orchestrator.webhooks.targets import MAX_URL_LENGTH, Resolver, TargetRefuse
 
 #: The names in orchestrator.store.webhooks.EVENT_TYPES (a test keeps them equal).
 EventType = Literal["run.succeeded", "run.failed"]
+ALL_EVENTS: tuple[EventType, ...] = ("run.succeeded", "run.failed")
 
 
 class EndpointRequest(BaseModel):
@@ -35,7 +36,7 @@ class EndpointRequest(BaseModel):
         examples=["https://hooks.example.com/camflow"],
     )
     events: list[EventType] = Field(
-        default_factory=lambda: list(EVENT_TYPES),
+        default_factory=lambda: list(ALL_EVENTS),
         min_length=1,
         max_length=len(EVENT_TYPES),
         description="The events to deliver; all of them if not given",
@@ -81,7 +82,7 @@ class Delivery(BaseModel):
     event_type: str
     run_id: str
     state: Literal["pending", "delivered", "failed"]
-    attempts: int
+    attempts: int = Field(description="Attempts since it was queued, or last replayed")
     created_at: datetime
     next_attempt_at: datetime | None = Field(
         description="When it is tried next; null unless pending"

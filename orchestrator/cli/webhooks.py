@@ -115,7 +115,7 @@ def list_(
 ) -> None:
     """List endpoints (never their secrets)."""
     _, outbox = _open(ctx)
-    payload = [
+    payload: list[dict[str, Any]] = [
         {
             "id": r.id,
             "tenant": r.tenant,

@@ -66,6 +66,7 @@ class WebhookDelivery(SQLModel, table=True):
     event_type: str = Field(max_length=64)
     run_id: str = Field(foreign_key="runs.id", max_length=32)
     state: DeliveryState = Field(default=DeliveryState.PENDING, max_length=16)
+    #: Attempts since it was queued, or last replayed.
     attempts: int = 0
     created_at: datetime = Field(default_factory=utcnow)
     #: Retries stop once a retry would come later than horizon after this: the
@@ -92,7 +93,7 @@ def enqueue_run_event(run_id: str, status: RunStatus, at: datetime) -> Insert | 
         return None
     endpoint = WebhookEndpoint
     tenant = (
-        select(Clip.tenant)
+        select(col(Clip.tenant))
         .join(Run, col(Run.clip_id) == col(Clip.id))
         .where(col(Run.id) == run_id)
         .scalar_subquery()
@@ -103,28 +104,17 @@ def enqueue_run_event(run_id: str, status: RunStatus, at: datetime) -> Insert | 
     table = WebhookDelivery.__table__  # type: ignore[attr-defined]
     # Typed as the columns are, so that the state is stored as the ORM stores it.
     state_type, time_type = table.c.state.type, table.c.next_attempt_at.type
-    rows = select(
-        literal(f"msg_{run_id}_") + col(endpoint.id),
-        col(endpoint.id),
-        col(endpoint.tenant),
-        literal(event),
-        literal(run_id),
-        literal(DeliveryState.PENDING, type_=state_type),
-        literal(0),
-        literal(at, type_=time_type),
-        literal(at, type_=time_type),
-        literal(at, type_=time_type),
-    ).where(col(endpoint.tenant) == tenant, wanted)
-    columns: list[Any] = [
-        "id",
-        "endpoint_id",
-        "tenant",
-        "event_type",
-        "run_id",
-        "state",
-        "attempts",
-        "created_at",
-        "window_started_at",
-        "next_attempt_at",
-    ]
-    return insert(WebhookDelivery).from_select(columns, rows)
+    values: dict[str, Any] = {
+        "id": literal(f"msg_{run_id}_").concat(col(endpoint.id)),
+        "endpoint_id": col(endpoint.id),
+        "tenant": col(endpoint.tenant),
+        "event_type": literal(event),
+        "run_id": literal(run_id),
+        "state": literal(DeliveryState.PENDING, type_=state_type),
+        "attempts": literal(0),
+        "created_at": literal(at, type_=time_type),
+        "window_started_at": literal(at, type_=time_type),
+        "next_attempt_at": literal(at, type_=time_type),
+    }
+    rows = select(*values.values()).where(col(endpoint.tenant) == tenant, wanted)
+    return insert(WebhookDelivery).from_select(list(values), rows)

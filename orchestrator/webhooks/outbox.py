@@ -147,7 +147,8 @@ class Outbox:
         self, delivery_id: str, now: datetime, tenant: str | None = None
     ) -> WebhookDelivery | None:
         """Sends a delivery again, whatever its state, with the same id (a receiver
-        that has it already can tell), at once and with a new retry window. A send
+        that has it already can tell), at once and with a new retry window (and its
+        attempts counted afresh, so the backoff starts small again). A send
         under way loses its claim: its outcome is not recorded, this one's is."""
         with self.store.session() as session:
             row = session.get(WebhookDelivery, delivery_id)
@@ -155,6 +156,8 @@ class Outbox:
                 return None
             row.state = DeliveryState.PENDING
             row.next_attempt_at = row.window_started_at = now
+            # The backoff starts over with the window (attempts count within it).
+            row.attempts = 0
             row.claimed_until = row.claim = None
             session.add(row)
             session.commit()
