@@ -407,6 +407,43 @@ def test_a_redirect_is_not_followed(store: Store, receiver: Receiver) -> None:
     assert "redirect to /elsewhere: redirects are not followed" in str(row.last_error)
 
 
+def test_an_answer_that_trickles_in_does_not_hold_the_sender() -> None:
+    """A refusal whose body comes a byte at a time, each well within the timeout: its
+    reading stops at the timeout, not at the end of the body."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\nTransfer-Encoding: chunked\r\n\r\n")
+        while not stop.is_set():
+            try:
+                conn.sendall(b"1\r\nx\r\n")
+            except OSError:
+                break
+            time.sleep(0.2)
+        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    from orchestrator.webhooks.delivery import Sender, policy_of
+
+    sender = Sender(policy_of(_settings()), timeout_seconds=1)
+    started = time.monotonic()
+    try:
+        port = listener.getsockname()[1]
+        sent = sender.send(f"http://127.0.0.1:{port}/", {}, b"{}")
+    finally:
+        stop.set()
+        sender.close()
+        listener.close()
+    assert time.monotonic() - started < 5
+    assert (sent.accepted, sent.status) == (False, 500)
+    assert str(sent.error).startswith("answered 500: xxx")
+
+
 def test_the_guard_holds_at_send_time_too(store: Store, receiver: Receiver) -> None:
     """An endpoint that was allowed (or whose name now resolves elsewhere) is checked
     again at each send: without the operator's allowance nothing goes to loopback."""

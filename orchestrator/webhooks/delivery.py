@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -107,7 +108,9 @@ class Sender:
                 },
                 extensions=extensions,
             ) as response:
-                answer = _start_of(response)
+                # A 2xx's body is never read; another's first bytes say why it refused.
+                ok = 200 <= response.status_code < 300
+                answer = "" if ok else _start_of(response, time.monotonic() + self.timeout)
         except httpx.TimeoutException:
             return Sent(False, None, f"no answer within {self.timeout:g} s")
         except httpx.HTTPError as exc:
@@ -128,12 +131,13 @@ class Sender:
         )
 
 
-def _start_of(response: httpx.Response) -> str:
-    """The first bytes of an answer's body, as text; the rest is never read."""
+def _start_of(response: httpx.Response, deadline: float) -> str:
+    """The first bytes of an answer's body, as text, read until ``deadline`` at most (a
+    body that trickles in would hold the sender otherwise); the rest is never read."""
     kept = b""
     for chunk in response.iter_bytes():
         kept += chunk
-        if len(kept) >= ANSWER_BYTES:
+        if len(kept) >= ANSWER_BYTES or time.monotonic() > deadline:
             break
     return kept[:ANSWER_BYTES].decode("utf-8", "replace").strip()
 
