@@ -27,7 +27,8 @@ from orchestrator.api.app import create_app
 from orchestrator.api.keys import create_key
 from orchestrator.api.webhooks import EventType
 from orchestrator.cli.main import app as cli
-from orchestrator.service import Service, open_runtime
+from orchestrator.domain.layout import upload_key
+from orchestrator.service import Service, drive, open_runtime
 from orchestrator.settings import Settings, WebhookSettings
 from orchestrator.store import Clip, Run, Store
 from orchestrator.store.models import Role, RunStatus, utcnow
@@ -37,6 +38,7 @@ from orchestrator.webhooks.delivery import DeliveryWorker
 from orchestrator.webhooks.outbox import Outbox
 from orchestrator.webhooks.schedule import RetrySchedule, Sent, after_attempt
 from orchestrator.webhooks.targets import Policy, TargetRefused, check, parse, refusal, resolve
+from tests.conftest import SampleClips
 
 #: What the tests' receivers listen on: loopback, which only an operator may allow.
 LOOPBACK = ["127.0.0.0/8", "::1/128"]
@@ -696,6 +698,36 @@ def test_serve_delivers_from_its_own_job(settings: Settings, receiver: Receiver)
         finally:
             service.stop()
     assert [v["type"] for v in receiver.verified] == ["run.succeeded"]
+
+
+@pytest.mark.slow
+def test_real_clips_through_the_engine_reach_the_receiver(
+    settings: Settings, clips: SampleClips, receiver: Receiver
+) -> None:
+    """Real H.264 clips uploaded, found and run by the engine (the faces pipeline):
+    the run that succeeds and the one that fails each reach the receiver, verified."""
+    settings = settings.model_copy(update={"webhooks": _settings()})
+    with open_runtime(settings) as runtime:
+        _endpoint(runtime.store, receiver)
+        at = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+        for n, path in enumerate([clips.face, clips.corrupt]):
+            key = upload_key("acme", "door", at + timedelta(seconds=n))
+            runtime.s3.upload_file(path, settings.s3.ingest_bucket, key)
+        runtime.watcher.tick()
+        runtime.reconciler.plan_new_clips()
+        runs = [run.id for run, _ in runtime.store.list_runs()]
+        assert len(runs) == 2
+        drive(runtime, runs, timeout=300, interval=0.2)
+        worker = DeliveryWorker(runtime.store, settings.webhooks)
+        try:
+            assert worker.run_once().delivered == 2
+        finally:
+            worker.close()
+    assert receiver.refused == []
+    by_type = {v["type"]: v["data"] for v in receiver.verified}
+    assert sorted(by_type) == ["run.failed", "run.succeeded"]
+    assert by_type["run.succeeded"]["summary"]["labels"]["face"] > 0
+    assert "not a readable video" in by_type["run.failed"]["error"]
 
 
 # --- the CLI ------------------------------------------------------------------------------
