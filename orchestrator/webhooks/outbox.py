@@ -136,13 +136,6 @@ class Outbox:
             order = (col(WebhookDelivery.created_at).desc(), col(WebhookDelivery.id).desc())
             return list(session.exec(query.order_by(*order).limit(limit)).all())
 
-    def delivery(self, delivery_id: str, tenant: str | None = None) -> WebhookDelivery | None:
-        with self.store.session() as session:
-            row = session.get(WebhookDelivery, delivery_id)
-            if row is None or (tenant is not None and row.tenant != tenant):
-                return None
-            return row
-
     def replay(
         self, delivery_id: str, now: datetime, tenant: str | None = None
     ) -> WebhookDelivery | None:
