@@ -213,3 +213,45 @@ def test_the_sweep_ends_expired_credentials(enforced: Settings) -> None:
         iam = runtime.s3.access.client("iam", boto3.session.Config())
         with pytest.raises(ClientError):
             iam.get_user(UserName=credentials.handle)
+
+
+def test_on_aws_without_a_stage_role_camflow_says_what_to_set(settings: Settings) -> None:
+    from orchestrator.errors import ConfigError
+    from orchestrator.grants.choice import broker_for
+    from orchestrator.storage import S3Access
+
+    aws = settings.model_copy(
+        update={"s3": settings.s3.model_copy(update={"stage_credentials": "auto"})}
+    )
+    with pytest.raises(ConfigError, match=r"s3.stage_role_arn: .*CAMFLOW_S3__STAGE_ROLE_ARN"):
+        broker_for(aws, S3Access(None, "us-east-1", "AKIA", "secret"))
+
+
+def test_on_aws_a_session_with_the_grant_as_its_policy(settings: Settings) -> None:
+    """STS's side (moto answers AssumeRole; it ignores session policies, so what is
+    checked here is what camflow asks for: the enforcing test above proves the policy)."""
+    from orchestrator.grants.brokers import AssumeRoleBroker
+
+    access = settings.model_copy().s3
+    kwargs = {
+        "endpoint_url": access.endpoint_url,
+        "region_name": access.region,
+        "aws_access_key_id": "testing",
+        "aws_secret_access_key": "testing",
+    }
+    role = boto3.client("iam", **kwargs).create_role(
+        RoleName=f"camflow-stage-{access.ingest_bucket}",
+        AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
+    )["Role"]["Arn"]
+    asked: list[dict] = []  # type: ignore[type-arg]
+    sts = boto3.client("sts", **kwargs)
+    sts.meta.events.register(
+        "provide-client-params.sts.AssumeRole", lambda params, **_: asked.append(params)
+    )
+    grant = Grant(reads=["b/k"], read_prefixes=[], write_prefixes=["b/o/"], seconds=60, label="a-1")
+    credentials = AssumeRoleBroker(sts, role).issue(grant)
+    assert credentials.session_token and credentials.access_key_id.startswith("ASIA")
+    [params] = asked
+    assert json.loads(params["Policy"]) == policy_document(grant)
+    assert params["DurationSeconds"] == 900  # STS's floor: shorter grants still get 15 min
+    assert credentials.env()["AWS_SESSION_TOKEN"] == credentials.session_token

@@ -20,8 +20,10 @@ def broker_for(settings: Settings, access: S3Access) -> Broker:
         return IamUserBroker(access.client("iam", config))
     if not settings.s3.stage_role_arn:
         raise ConfigError(
-            "stages get per-execution credentials from STS on AWS: set s3.stage_role_arn "
+            "settings",
+            "s3.stage_role_arn",
+            "stages get per-execution credentials from STS on AWS: set it "
             "(CAMFLOW_S3__STAGE_ROLE_ARN) to the role their sessions assume, one the "
-            "orchestrator may sts:AssumeRole (see the README's Security model)"
+            "orchestrator may sts:AssumeRole (see the README's Security model)",
         )
     return AssumeRoleBroker(access.client("sts", config), settings.s3.stage_role_arn)
