@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
-from orchestrator.embedded_post import Refusal, check_form_upload, is_form_upload
+from orchestrator.embedded_post import Refusal, check_form_upload, is_form_upload, signing_key
 
 _flag = threading.local()
 _installed = threading.Lock()
@@ -89,13 +89,6 @@ def _denied(start_response: Callable[..., Any], code: str, message: str) -> Iter
     return [body]
 
 
-def _signing_key(secret: str, date: str, region: str, service: str) -> bytes:
-    key = f"AWS4{secret}".encode()
-    for part in (date, region, service, "aws4_request"):
-        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-    return key
-
-
 def _uri_encode(text: str) -> str:
     return quote(text, safe="-_.~")
 
@@ -148,7 +141,7 @@ def presigned_problem(environ: dict[str, Any], trusted: str, now: datetime) -> s
         ]
     )
     expected = hmac.new(
-        _signing_key(secret, date, region, service), to_sign.encode(), hashlib.sha256
+        signing_key(secret, date, region, service), to_sign.encode(), hashlib.sha256
     ).hexdigest()
     if not hmac.compare_digest(expected, signature):
         return "the presigned URL's signature does not match"
@@ -165,6 +158,10 @@ class EnforcingApp:
         self.admin_key_id = admin_key_id
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if str(environ.get("PATH_INFO", "")).startswith("/moto-api"):
+            # moto's own admin API checks nothing: it would hand out every key and
+            # object, reset the data or turn authentication off.
+            return _denied(start_response, "AccessDenied", "not an S3 request")
         if environ.get("HTTP_AUTHORIZATION"):
             return self._pass(environ, start_response, enforce=True)
         if "X-Amz-Signature=" in environ.get("QUERY_STRING", ""):

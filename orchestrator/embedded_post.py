@@ -50,7 +50,8 @@ def _denied(message: str) -> Refusal:
     return Refusal("403 Forbidden", "AccessDenied", message)
 
 
-def _signing_key(secret: str, date: str, region: str, service: str) -> bytes:
+def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
+    """SigV4's derived key: the same for a header, a query or a POST policy signature."""
     key = f"AWS4{secret}".encode()
     for part in (date, region, service, "aws4_request"):
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()
@@ -107,7 +108,7 @@ def post_problem(
     if secret is None:
         return _denied("the key that signed this policy is gone")
     expected = hmac.new(
-        _signing_key(secret, date, region, service), encoded.encode(), hashlib.sha256
+        signing_key(secret, date, region, service), encoded.encode(), hashlib.sha256
     ).hexdigest()
     if not hmac.compare_digest(expected, signature):
         return _denied("the policy's signature does not match")
@@ -184,12 +185,24 @@ def check_form_upload(
     bucket = str(environ.get("PATH_INFO", "")).strip("/")
     if not bucket or "/" in bucket:
         return _denied("a presigned POST goes to its bucket's URL")
+    if environ.get("QUERY_STRING"):
+        # A form POST with a query is another operation (?delete, ?uploads...) to moto.
+        return _denied("a presigned POST's URL has no query")
     body = _spool(environ, length)
     reading = {**environ, "wsgi.input": body}
     _, form, files = parse_form_data(reading)
-    upload = files.get("file")
-    if upload is None:
-        return Refusal("400 Bad Request", "InvalidArgument", "the form has no file field")
+    # moto reads the form its own way (the first `key`, the last file part): only a form
+    # with one of each field, whatever its case, and one file part, `file`, is the form
+    # that was checked.
+    names = [name.lower() for name, _ in form.items(multi=True)]
+    parts = [name for name, _ in files.items(multi=True)]
+    if len(names) != len(set(names)) or "file" in names:
+        return _denied("the form names a field twice")
+    if parts != ["file"]:
+        return Refusal(
+            "400 Bad Request", "InvalidArgument", "the form must have one file part, named file"
+        )
+    upload = files["file"]
     upload.stream.seek(0, 2)
     size = upload.stream.tell()
     fields = {name.lower(): value for name, value in form.items()}

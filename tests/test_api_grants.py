@@ -318,3 +318,39 @@ def test_a_policy_is_refused_once_it_expires_or_when_another_key_signed_it(
     assert "maximum allowed size (4096 bytes)" in str(
         problem(expires - timedelta(seconds=1), size=4097)
     )
+
+
+def test_a_grant_cannot_smuggle_a_key_a_size_or_another_operation(enforcing: Settings) -> None:
+    """moto reads a form its own way (the first `key`, the last file part, the query as
+    the operation): each way to make it store what was not checked is refused."""
+    with open_runtime(enforcing) as runtime:
+        _, camera = create_key(runtime.store, "tenant-a", Role.CAMERA, "door")
+        client = TestClient(create_app(runtime))
+        grant = client.post(
+            "/v1/cameras/door/uploads", headers={"Authorization": f"Bearer {camera}"}
+        ).json()
+        bucket, fields = grant["bucket"], grant["fields"]
+        victim = "tenant-b/gate/2026/01/01/000000.mp4"
+        runtime.s3.client.put_object(Bucket=bucket, Key=victim, Body=b"theirs")
+
+        # Another tenant's key first, the granted one after it, in another case.
+        smuggled = {"key": victim, **{(k if k != "key" else "Key"): v for k, v in fields.items()}}
+        two_keys = httpx.post(grant["url"], data=smuggled, files={"file": b"clip"})
+        assert _code(two_keys) == "AccessDenied"
+        # A small `file` that is checked and a large part after it that moto would store.
+        two_parts = httpx.post(
+            grant["url"], data=fields, files=[("file", b"x"), ("zzz", bytes(5000))]
+        )
+        assert _code(two_parts) == "InvalidArgument"
+        # The same valid form to ?delete, with a Delete document as the file.
+        delete = f"<Delete><Object><Key>{victim}</Key></Object></Delete>".encode()
+        as_delete = httpx.post(grant["url"] + "?delete", data=fields, files={"file": delete})
+        assert _code(as_delete) == "AccessDenied"
+        assert runtime.s3.client.get_object(Bucket=bucket, Key=victim)["Body"].read() == b"theirs"
+        assert runtime.s3.client.list_objects_v2(Bucket=bucket)["KeyCount"] == 1
+
+        # moto's own admin API is not S3: it would give out every key, or reset auth.
+        endpoint = grant["url"].rsplit("/", 1)[0]
+        for method, path in (("GET", "/moto-api/data.json"), ("POST", "/moto-api/reset-auth")):
+            answer = httpx.request(method, endpoint + path, headers={"Authorization": "junk"})
+            assert answer.status_code == 403, path
