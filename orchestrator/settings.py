@@ -60,6 +60,9 @@ class S3Settings(_Group):
     stage_credentials: Literal["auto", "assume-role", "iam-user"] = "auto"
     #: The role stages' sessions assume (its own policy bounds every session's).
     stage_role_arn: str | None = None
+    #: The longest session STS may give (the role's MaxSessionDuration, 1 h unless
+    #: raised, up to 12 h): a batch that may run longer needs both raised.
+    stage_session_max_seconds: int = Field(default=3600, ge=900, le=43200)
 
     @model_validator(mode="after")
     def _one_s3(self) -> S3Settings:

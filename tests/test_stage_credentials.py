@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 from orchestrator.domain.layout import upload_key
 from orchestrator.embedded_auth import presigned_problem
 from orchestrator.grants.brokers import IamUserBroker
-from orchestrator.grants.policy import Grant, grant_for, policy_document
+from orchestrator.grants.policy import GRACE_SECONDS, Grant, grant_for, policy_document
 from orchestrator.service import Runtime, drive, open_runtime
 from orchestrator.settings import PROJECT_ROOT, Settings
 from orchestrator.store.models import RunStatus
@@ -189,6 +189,8 @@ def test_the_grant_is_the_clip_its_inputs_and_its_output_prefix() -> None:
         )
 
     grant = grant_for([launch(1), launch(2)])
+    # One process takes the two clips one after the other: it may need both timeouts.
+    assert grant.seconds == 300 + 300 + GRACE_SECONDS
     assert grant.reads == ["in/t/cam/1.mp4", "in/t/cam/2.mp4"]
     assert grant.read_prefixes == ["res/t/cam/c-1/faces/decode/", "res/t/cam/c-2/faces/decode/"]
     assert grant.write_prefixes == ["res/t/cam/c-1/faces/detect/", "res/t/cam/c-2/faces/detect/"]
@@ -257,3 +259,13 @@ def test_on_aws_a_session_with_the_grant_as_its_policy(settings: Settings) -> No
     assert json.loads(params["Policy"]) == policy_document(grant)
     assert params["DurationSeconds"] == 900  # STS's floor: shorter grants still get 15 min
     assert credentials.env()["AWS_SESSION_TOKEN"] == credentials.session_token
+
+
+def test_a_jobs_credentials_last_for_every_clip_and_every_retry() -> None:
+    from orchestrator.kube.jobs import busy_seconds
+
+    pod = {"activeDeadlineSeconds": 60}
+    indexed = {"spec": {"completions": 3, "backoffLimitPerIndex": 2, "template": {"spec": pod}}}
+    lone = {"spec": {"backoffLimit": 1, "template": {"spec": pod}}}
+    assert busy_seconds(indexed) == 60 * 3 * 3
+    assert busy_seconds(lone) == 60 * 2

@@ -249,10 +249,13 @@ class LocalExecutor:
             return {launch.attempt_id: self._submission(launch)}
         directory.mkdir(parents=True, exist_ok=True)
         spec = self._runner_launch(launch, launch.timeout_seconds) | {"run_id": launch.run_id}
+        # Minted before the claim: a failure leaves nothing claimed that never ran.
+        credentials = self._issue([launch])
         if not files.create_json_exclusive(directory / files.LAUNCH, spec):
             # Another engine claimed it in between: adopt, never start it twice.
+            if credentials is not None:
+                self._revoke(credentials)
             return {launch.attempt_id: self._submission(launch)}
-        credentials = self._issue([launch])
         env = {**self._stage_env(launch), **launch.env, **_env_of(credentials)}
         env[contract.ENV_MANIFEST_COPY] = str(directory / files.MANIFEST_COPY)
         child = self._start_runner(directory, env, credentials)
@@ -309,9 +312,14 @@ class LocalExecutor:
             "timeout_per_clip": first.timeout_seconds,
             "linger_seconds": self.batch_linger_seconds,
         }
-        if not files.create_json_exclusive(directory / files.LAUNCH, spec):
+        if (directory / files.LAUNCH).exists():
             return  # a replay of a batch already started
+        # Minted before the batch is claimed: a failure leaves no claim that never ran.
         credentials = self._issue(claimed)
+        if not files.create_json_exclusive(directory / files.LAUNCH, spec):
+            if credentials is not None:
+                self._revoke(credentials)
+            return  # a replay of a batch already started
         # Owner-only: the items carry the batch's credentials.
         write_private(directory / files.BATCH_ITEMS, json.dumps(self._items(claimed, credentials)))
         env = (

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from orchestrator.errors import StorageError
 from orchestrator.grants.policy import Grant, expiry, policy_document
@@ -86,6 +86,10 @@ class Broker(Protocol):
     def sweep(self, now: datetime | None = None) -> int: ...
 
 
+def _code(exc: Exception) -> str | None:
+    return exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
+
+
 def _user_name(grant: Grant, issued: datetime) -> str:
     # IAM user names: 64 characters of [\w+=,.@-]. Unique per issue, readable in a listing.
     digest = hashlib.sha256(f"{grant.label}\0{issued.isoformat()}".encode()).hexdigest()[:12]
@@ -113,7 +117,7 @@ class IamUserBroker:
                 PolicyDocument=json.dumps(policy_document(grant, self.partition)),
             )
             key = self.iam.create_access_key(UserName=name)["AccessKey"]
-        except ClientError as exc:
+        except (ClientError, BotoCoreError) as exc:  # refused, or IAM not reachable
             self._delete(name)
             raise StorageError(f"cannot mint stage credentials for {grant.label}: {exc}") from exc
         log.debug("issued %s for %s until %s", name, grant.label, expires.isoformat())
@@ -124,18 +128,19 @@ class IamUserBroker:
             self._delete(credentials.handle)
 
     def _delete(self, name: str) -> None:
-        # Every step tolerates "already gone": a revoke and a sweep may race.
+        # Every step tolerates "already gone": a revoke and a sweep may race. What fails
+        # here (IAM away) is left to the next sweep.
         try:
             for key in self.iam.list_access_keys(UserName=name)["AccessKeyMetadata"]:
                 self.iam.delete_access_key(UserName=name, AccessKeyId=key["AccessKeyId"])
             self.iam.delete_user_policy(UserName=name, PolicyName=_POLICY_NAME)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "NoSuchEntity":
+        except (ClientError, BotoCoreError) as exc:
+            if _code(exc) != "NoSuchEntity":
                 log.warning("cannot fully revoke stage user %s: %s", name, exc)
         try:
             self.iam.delete_user(UserName=name)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "NoSuchEntity":
+        except (ClientError, BotoCoreError) as exc:
+            if _code(exc) != "NoSuchEntity":
                 log.warning("cannot delete stage user %s: %s", name, exc)
 
     def sweep(self, now: datetime | None = None) -> int:
@@ -156,10 +161,15 @@ class IamUserBroker:
 
 
 class AssumeRoleBroker:
-    def __init__(self, sts: Any, role_arn: str, partition: str = "aws") -> None:
+    def __init__(
+        self, sts: Any, role_arn: str, partition: str = "aws", max_seconds: int = 3600
+    ) -> None:
         self.sts = sts
         self.role_arn = role_arn
         self.partition = partition
+        #: The role's MaxSessionDuration (STS refuses longer): a batch that may outrun it
+        #: gets this much, and a clip past it fails transiently and is retried.
+        self.max_seconds = max_seconds
 
     def issue(self, grant: Grant) -> StageCredentials:
         try:
@@ -167,9 +177,9 @@ class AssumeRoleBroker:
                 RoleArn=self.role_arn,
                 RoleSessionName=grant.label[:64],
                 Policy=json.dumps(policy_document(grant, self.partition), separators=(",", ":")),
-                DurationSeconds=max(grant.seconds, _STS_MIN_SECONDS),
+                DurationSeconds=min(max(grant.seconds, _STS_MIN_SECONDS), self.max_seconds),
             )
-        except ClientError as exc:
+        except (ClientError, BotoCoreError) as exc:
             raise StorageError(
                 f"cannot assume {self.role_arn} for {grant.label}: {exc}; check that the "
                 "orchestrator may sts:AssumeRole it (s3.stage_role_arn)"

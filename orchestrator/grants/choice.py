@@ -26,4 +26,8 @@ def broker_for(settings: Settings, access: S3Access) -> Broker:
             "(CAMFLOW_S3__STAGE_ROLE_ARN) to the role their sessions assume, one the "
             "orchestrator may sts:AssumeRole (see the README's Security model)",
         )
-    return AssumeRoleBroker(access.client("sts", config), settings.s3.stage_role_arn)
+    return AssumeRoleBroker(
+        access.client("sts", config),
+        settings.s3.stage_role_arn,
+        max_seconds=settings.s3.stage_session_max_seconds,
+    )

@@ -30,7 +30,7 @@ class Grant(BaseModel):
     reads: list[str]
     read_prefixes: list[str]
     write_prefixes: list[str]
-    #: How long the credentials must last: the longest timeout among its attempts.
+    #: How long the credentials must last: as long as its clips may keep it busy.
     seconds: int
     #: Who it is for, for names and logs: the first attempt's id.
     label: str
@@ -52,15 +52,17 @@ def grant_for(launches: Sequence[StageLaunch]) -> Grant:
     as one exact key."""
     if not launches:
         raise ValueError("a grant needs at least one attempt")
+    # A batch's process takes its clips one after another, each with its own timeout.
     return grant_of(
         [launch.env for launch in launches],
-        max(launch.timeout_seconds for launch in launches),
+        sum(launch.timeout_seconds for launch in launches),
         launches[0].attempt_id,
     )
 
 
-def grant_of(envs: Sequence[Mapping[str, str]], timeout_seconds: int, label: str) -> Grant:
-    """The grant for the stage-contract variables of each clip (what a Job carries)."""
+def grant_of(envs: Sequence[Mapping[str, str]], busy_seconds: int, label: str) -> Grant:
+    """The grant for the stage-contract variables of each clip (what a Job carries), for
+    a process (or pods) that may be busy with them up to ``busy_seconds``."""
     if not envs:
         raise ValueError("a grant needs at least one clip")
     reads: set[str] = set()
@@ -75,7 +77,7 @@ def grant_of(envs: Sequence[Mapping[str, str]], timeout_seconds: int, label: str
         reads=sorted(reads),
         read_prefixes=sorted(read_prefixes),
         write_prefixes=sorted(writes),
-        seconds=timeout_seconds + GRACE_SECONDS,
+        seconds=busy_seconds + GRACE_SECONDS,
         label=label,
     )
 

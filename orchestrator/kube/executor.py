@@ -53,10 +53,10 @@ from orchestrator.kube.jobs import (
     batch_job_name,
     build_batch_job,
     build_job,
+    busy_seconds,
     clip_envs,
     credentials_secret,
     job_name,
-    timeout_of,
     with_own_credentials,
 )
 from orchestrator.kube.routing import choose_cluster
@@ -660,7 +660,9 @@ class KubernetesExecutor:
         if created is None:
             raise ExecutorError(f"Job {name} is gone before its credentials were made")
         try:
-            credentials = self.broker.issue(grant_of(clip_envs(created), timeout_of(created), name))
+            credentials = self.broker.issue(
+                grant_of(clip_envs(created), busy_seconds(created), name)
+            )
         except CamflowError as exc:
             raise ExecutorError(f"no storage credentials for Job {name}: {exc}") from exc
         try:

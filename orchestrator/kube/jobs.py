@@ -394,5 +394,10 @@ def clip_envs(job: dict[str, Any]) -> list[dict[str, str]]:
     return [env]
 
 
-def timeout_of(job: dict[str, Any]) -> int:
-    return int(job["spec"]["template"]["spec"].get("activeDeadlineSeconds") or 0)
+def busy_seconds(job: dict[str, Any]) -> int:
+    """How long a Job's pods may run in all: each clip (completion) one after another, each
+    pod up to its deadline, each clip retried up to its backoff limit."""
+    spec = job["spec"]
+    deadline = int(spec["template"]["spec"].get("activeDeadlineSeconds") or 0)
+    retries = spec.get("backoffLimitPerIndex", spec.get("backoffLimit")) or 0
+    return deadline * int(spec.get("completions") or 1) * (int(retries) + 1)
