@@ -786,3 +786,19 @@ def test_no_secret_is_logged(
     assert receiver.secret not in caplog.text
     assert receiver.secret.removeprefix("whsec_") not in caplog.text
     assert "answered 500" in caplog.text
+
+
+def test_a_replay_while_a_send_is_under_way_waits_for_it(store: Store, receiver: Receiver) -> None:
+    """Clearing a live claim would let a second replica send the same delivery while
+    the first still is: the replay waits for the claim to end instead."""
+    _endpoint(store, receiver)
+    _finished_run(store, "acme", 1)
+    outbox, now = Outbox(store), utcnow()
+    token, [claimed] = outbox.claim(now, now + timedelta(seconds=60), limit=10)
+    assert outbox.replay(claimed.delivery.id, now) is not None
+    assert outbox.claim(now, now + timedelta(seconds=60), limit=10)[1] == []  # not at once
+    later = now + timedelta(seconds=61)
+    assert [c.delivery.id for c in outbox.claim(later, later + timedelta(seconds=60), 10)[1]] == [
+        claimed.delivery.id
+    ]
+    assert token

@@ -20,6 +20,7 @@ from sqlalchemy import delete, func, or_, update
 from sqlmodel import col, select
 
 from orchestrator.store import Clip, Run, Store
+from orchestrator.store.models import as_utc
 from orchestrator.store.webhooks import DeliveryState, WebhookDelivery, WebhookEndpoint
 from orchestrator.webhooks.signing import new_secret
 
@@ -141,17 +142,19 @@ class Outbox:
     ) -> WebhookDelivery | None:
         """Sends a delivery again, whatever its state, with the same id (a receiver
         that has it already can tell), at once and with a new retry window (and its
-        attempts counted afresh, so the backoff starts small again). A send
-        under way loses its claim: its outcome is not recorded, this one's is."""
+        attempts counted afresh, so the backoff starts small again). A send under way
+        keeps its claim: this one waits for it to end (clearing it would let another
+        replica send the same delivery at the same time)."""
         with self.store.session() as session:
             row = session.get(WebhookDelivery, delivery_id)
             if row is None or (tenant is not None and row.tenant != tenant):
                 return None
             row.state = DeliveryState.PENDING
-            row.next_attempt_at = row.window_started_at = now
+            row.window_started_at = now
+            claimed = as_utc(row.claimed_until) if row.claimed_until else None
+            row.next_attempt_at = max(now, claimed) if claimed else now
             # The backoff starts over with the window (attempts count within it).
             row.attempts = 0
-            row.claimed_until = row.claim = None
             session.add(row)
             session.commit()
             return row
