@@ -404,4 +404,4 @@ def test_names_and_times_must_match_whole_not_up_to_a_trailing_newline(
     # `$` in a pattern matches before a final newline: these were accepted.
     _problem(client.post("/v1/cameras/door%0A/uploads", headers=keys["admin"]), 400)
     since = client.get("/v1/clips?since=2026-01-01T00:00:00Z%0A", headers=keys["customer_a"])
-    _problem(since, 422)
+    _problem(since, 400)  # a malformed time is a bad request, not 500 and not 422

@@ -93,8 +93,11 @@ def create_app(
             FieldProblem(where=".".join(str(p) for p in e["loc"]), problem=e["msg"])
             for e in exc.errors()
         ]
+        # A malformed query parameter (a time, a cursor, a limit) is a bad request: 400.
+        # A body that does not match the schema is 422, as before.
+        parts = {str(e["loc"][0]) for e in exc.errors() if e.get("loc")}
         return problem_response(
-            422,
+            400 if parts and parts <= {"query"} else 422,
             "the request does not match what this endpoint takes",
             instance=request.url.path,
             errors=errors,

@@ -164,9 +164,7 @@ def router(
     ) -> HTMLResponse:
         body = env.from_string(template).render(fmt=_fmt, seconds=_seconds, **context)
         # The inner page is rendered (and escaped) already: wrap it, don't escape twice.
-        page = env.from_string(BASE).render(
-            title=title, key=key, live=live, body=Markup(body)
-        )
+        page = env.from_string(BASE).render(title=title, key=key, live=live, body=Markup(body))
         return HTMLResponse(page)
 
     def signed_in(request: Request) -> ApiKey | None:
@@ -280,7 +278,5 @@ def router(
 
     # Pages that update themselves from the event stream, and the operator's view.
     pages.include_router(live_pages.router(store, signed_in))
-    pages.include_router(
-        operations_page.router(store, clock, gpu_slots or {}, render, signed_in)
-    )
+    pages.include_router(operations_page.router(store, clock, gpu_slots or {}, render, signed_in))
     return pages

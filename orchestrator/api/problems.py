@@ -35,7 +35,8 @@ class ProblemDetails(BaseModel):
     detail: str = Field(description="What was wrong with this request, and what to do instead")
     instance: str | None = Field(default=None, description="The path the request was sent to")
     errors: list[FieldProblem] | None = Field(
-        default=None, description="With 422: each part of the request that was refused, and why"
+        default=None,
+        description="With 400 or 422: each part of the request that was refused, and why",
     )
 
 
