@@ -55,6 +55,8 @@ class Clip(SQLModel, table=True):
         Index("ix_clips_tenant_discovered", "tenant", "discovered_at"),
         # The newest discovery (the watcher-lag gauge) without a scan of every clip.
         Index("ix_clips_discovered", "discovered_at"),
+        # An export walks one camera's clips in recording order (keyset pages).
+        Index("ix_clips_camera_recorded", "tenant", "camera", "recorded_at"),
     )
 
     id: str = Field(primary_key=True, max_length=32)
