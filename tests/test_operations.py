@@ -556,3 +556,38 @@ def test_the_engine_reports_gpu_waits_and_fallbacks(settings: Settings, tmp_path
     assert count("gpu") - before["gpu"] >= 1
     assert count("gpu") + count("cpu") - before["gpu"] - before["cpu"] == 3
     assert queued and max(queued) >= 1  # someone waited for the GPU
+
+
+def test_the_dashboard_stream_ends_with_its_sign_in(settings: Settings) -> None:
+    """Not only a revoked key: a session that expires (or is signed out) while its
+    stream is open ends that stream too."""
+    from sqlmodel import update
+
+    from orchestrator.cli import start_api
+    from orchestrator.store.sessions import DashboardSession
+    from tests.serving import free_port
+
+    settings = settings.model_copy(
+        update={"api": settings.api.model_copy(update={"port": free_port()})}
+    )
+    with open_runtime(settings) as runtime:
+        server = start_api(runtime)
+        try:
+            _, customer = create_key(runtime.store, "acme", Role.CUSTOMER)
+            base = f"http://127.0.0.1:{settings.api.port}"
+            with httpx.Client(base_url=base, timeout=10) as client:
+                _sign_in(client, customer)
+                with client.stream("GET", "/dashboard/events") as stream:
+                    lines = stream.iter_lines()
+                    assert next(lines).startswith(": camflow")
+                    with runtime.store.session() as session:
+                        session.exec(update(DashboardSession).values(expires_at=NOW))  # type: ignore[call-overload]
+                        session.commit()
+                    seen = []
+                    for line in lines:
+                        seen.append(line)
+                        if line.startswith("data:"):
+                            break
+                    assert "event: key.revoked" in seen
+        finally:
+            server.should_exit = True

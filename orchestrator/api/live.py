@@ -145,13 +145,15 @@ def _event(name: str, data: dict[str, Any], ident: str | None = None) -> bytes:
 async def dashboard_events(
     store: Store,
     key: ApiKey,
+    still_signed_in: Callable[[], ApiKey | None],
     run_id: str | None,
     overview: bool,
     poll_seconds: float,
     keepalive_seconds: float,
 ) -> AsyncIterator[bytes]:
-    """The person's events from now on, until their key is revoked; their going away
-    ends it from outside."""
+    """The person's events from now on, until their sign-in ends (signed out, expired,
+    or its key revoked: ``still_signed_in`` answers None); their going away ends it from
+    outside."""
     tenant = None if key.role == Role.ADMIN else key.tenant
     position = await asyncio.to_thread(last_finished, store)
     seen = await asyncio.to_thread(activity, store, tenant, run_id, overview)
@@ -164,9 +166,11 @@ async def dashboard_events(
                 yield PING
                 ping_due = now + keepalive_seconds
             await asyncio.sleep(min(poll_due, ping_due) - now)
-        live = await asyncio.to_thread(store.api_key, key.id)
-        if live is None or live.revoked_at is not None:
-            yield _event("key.revoked", {"detail": "this key was revoked: sign in again"})
+        if await asyncio.to_thread(still_signed_in) is None:
+            yield _event(
+                "key.revoked",
+                {"detail": "this sign-in ended (signed out, expired or its key revoked)"},
+            )
             return
         while True:
             found = await asyncio.to_thread(finished_after, store, tenant, position)
@@ -215,6 +219,7 @@ def router(
         stream = dashboard_events(
             store,
             key,
+            lambda: signed_in(request),
             run,
             operations and key.role == Role.ADMIN,
             poll_seconds,
