@@ -802,3 +802,26 @@ def test_a_replay_while_a_send_is_under_way_waits_for_it(store: Store, receiver:
         claimed.delivery.id
     ]
     assert token
+
+
+def test_the_cli_prints_what_tenants_wrote_as_text_not_markup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A description a tenant set over the API, or an error quoting a receiver's answer,
+    holds `[/]` or `[link=…]`: listing them must neither fail nor style anything."""
+    monkeypatch.setenv("CAMFLOW_HOME", str(tmp_path))
+    store = Store(f"sqlite:///{tmp_path / 'camflow.db'}")
+    try:
+        outbox = Outbox(store)
+        outbox.add_endpoint(
+            "acme",
+            "https://hooks.example.com/x",
+            ["run.failed"],
+            "[/] [link=https://evil.example]click[/link]",
+            utcnow(),
+        )
+    finally:
+        store.close()
+    listed = CliRunner().invoke(cli, ["webhooks", "list"], env={"COLUMNS": "300"})
+    assert listed.exit_code == 0, listed.output
+    assert "[/] [link=https://evil.example]click[/link]" in listed.output

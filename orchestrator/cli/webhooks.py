@@ -7,7 +7,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from orchestrator.cli import output as cli_output
 from orchestrator.domain.layout import NAME
@@ -36,7 +38,7 @@ def _open(ctx: typer.Context) -> tuple[Settings, Outbox]:
 
 
 def _fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/] {message}", markup=True, highlight=False)
+    err.print(f"[red]error:[/] {escape(message)}", markup=True, highlight=False)
     return typer.Exit(code=1)
 
 
@@ -133,13 +135,19 @@ def list_(
     for column in ("id", "tenant", "url", "events", "description", "created"):
         table.add_column(column, overflow="fold")
     for item in payload:
+        # Text, not markup: a tenant wrote the URL and description.
         table.add_row(
-            item["id"],
-            item["tenant"],
-            item["url"],
-            ", ".join(item["events"]),
-            item["description"],
-            item["created_at"] or "",
+            *map(
+                Text,
+                (
+                    item["id"],
+                    item["tenant"],
+                    item["url"],
+                    ", ".join(item["events"]),
+                    item["description"],
+                    item["created_at"] or "",
+                ),
+            )
         )
     out.print(table)
 
@@ -155,7 +163,7 @@ def remove(
     _, outbox = _open(ctx)
     if not outbox.remove_endpoint(endpoint_id):
         raise _fail(f"no webhook endpoint {endpoint_id!r}: `camflow webhooks list` shows them")
-    out.print(f"removed {endpoint_id}")
+    out.print(f"removed {endpoint_id}", markup=False)
 
 
 @app.command()
@@ -180,14 +188,20 @@ def deliveries(
     for column in ("id", "tenant", "event", "state", "attempts", "next / delivered", "last error"):
         table.add_column(column, overflow="fold")
     for item in payload:
+        # Text, not markup: the last error quotes what the receiver answered.
         table.add_row(
-            item["id"],
-            item["tenant"],
-            item["event_type"],
-            item["state"],
-            str(item["attempts"]),
-            item["next_attempt_at"] or item["delivered_at"] or "",
-            item["last_error"] or "",
+            *map(
+                Text,
+                (
+                    item["id"],
+                    item["tenant"],
+                    item["event_type"],
+                    item["state"],
+                    str(item["attempts"]),
+                    item["next_attempt_at"] or item["delivered_at"] or "",
+                    item["last_error"] or "",
+                ),
+            )
         )
     out.print(table)
 
