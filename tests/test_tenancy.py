@@ -441,3 +441,27 @@ def test_the_cli_registers_for_a_tenant_with_each_images_digest(tmp_path: Path) 
         cli, [*args, "--image-digest", DIGEST, "--image-digest", DIGEST], env=env
     )
     assert twice.exit_code == 1 and "two digests for the default image" in twice.output
+
+
+def test_an_author_cannot_move_a_name_every_tenant_follows(api: dict[str, Any]) -> None:
+    """Once an admin published a version, other tenants' pipelines follow the name's
+    channels: an author's unpublished version registered or promoted there would stop
+    their clips (each would be skipped). An admin still can, and a published version
+    may be promoted."""
+    client, keys, manifest = api["client"], api["keys"], api["manifest"]
+    first = {"manifest": manifest.model_dump(mode="json")}
+    assert client.post("/v1/algorithms", headers=keys["author_a"], json=first).status_code == 201
+    publish = f"/v1/algorithms/a-own/versions/{manifest.version}/publish"
+    assert client.post(publish, headers=keys["admin"]).status_code == 200
+    later = manifest.model_copy(update={"version": "1.1.0"}).model_dump(mode="json")
+    refused = client.post("/v1/algorithms", headers=keys["author_a"], json={"manifest": later})
+    assert refused.status_code == 403, refused.text
+    assert "other tenants' pipelines follow its channels" in refused.json()["detail"]
+    by_admin = client.post(
+        "/v1/algorithms", headers=keys["admin"], json={"manifest": later, "tenant": "tenant-a"}
+    )
+    assert by_admin.status_code == 201, by_admin.text
+    promote = "/v1/algorithms/a-own/versions/1.1.0/promote"
+    assert client.post(promote, headers=keys["author_a"]).status_code == 403
+    assert client.post(publish.replace(manifest.version, "1.1.0"), headers=keys["admin"]).is_success
+    assert client.post(promote, headers=keys["author_a"]).status_code == 200

@@ -5,7 +5,7 @@ import asyncio
 import logging
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -403,11 +403,14 @@ def create_app(
                 f"an author key registers algorithms for its own tenant ({key.tenant!r}) "
                 f"only, not {tenant!r}: leave `tenant` out",
             )
-        others = {r.owner for r in store.algorithm_versions(manifest.name)}
+        known = store.algorithm_versions(manifest.name)
+        others = {r.owner for r in known}
         if others and others != {tenant} and key.role != Role.ADMIN:
             raise Problem(
                 403, f"the name {manifest.name!r} belongs to someone else: choose another"
             )
+        if key.role != Role.ADMIN and _followed_by_all(known, manifest.version):
+            raise Problem(403, _FOLLOWED_BY_ALL.format(name=manifest.name))
         existing = store.get_algorithm_version(manifest.ref)
         digest = content_digest(manifest, body.image_digest, body.image_digests)
         if existing and existing.content_digest != digest:
@@ -433,6 +436,9 @@ def create_app(
             raise Problem(404, f"no algorithm version {name}@{version} that you can see")
         if row.owner != key.tenant and key.role != Role.ADMIN:
             raise Problem(403, f"{row.id} is not your tenant's to promote")
+        versions = store.algorithm_versions(name)
+        if key.role != Role.ADMIN and not row.published and _followed_by_all(versions, version):
+            raise Problem(403, _FOLLOWED_BY_ALL.format(name=name))
         return described(runtime.registry.promote(name, version))
 
     @app.post(
@@ -457,3 +463,16 @@ def create_app(
     app.include_router(exports.router(store, caller, allow))
     app.include_router(webhooks.router(store, settings.webhooks, caller, clock))
     return app
+
+
+#: Why an author may not move a name other tenants' pipelines follow.
+_FOLLOWED_BY_ALL = (
+    "{name!r} has versions an admin published for every tenant, so other tenants' "
+    "pipelines follow its channels: an unpublished version there would stop their "
+    "clips. Ask an admin to register, publish or promote it, or use a new name"
+)
+
+
+def _followed_by_all(versions: Sequence[AlgorithmVersion], version: str) -> bool:
+    """Some other version of the name is published: its channels are everyone's."""
+    return any(v.published and v.version != version for v in versions)
