@@ -332,8 +332,8 @@ def watcher_lag(
 
 def finished_runs(store: Store, since: datetime) -> tuple[list[tuple[Any, ...]], bool]:
     """(id, status, finished at, error if failed) of the runs finished since ``since``,
-    newest first: the newest ``MAX_ROWS`` by ``finished_seq`` (its unique index), so
-    the read stops there however long the history."""
+    newest first, at most ``MAX_ROWS``: a range of the finished_at index, so a quiet day
+    costs less than a busy one, and a long history nothing."""
     # sqlmodel's select is typed for up to four columns; it takes any number.
     newest = (
         select(  # type: ignore[call-overload]
@@ -343,7 +343,7 @@ def finished_runs(store: Store, since: datetime) -> tuple[list[tuple[Any, ...]],
             case((col(Run.status) == RunStatus.FAILED, col(Run.error)), else_=None).label("error"),
             col(Run.finished_seq).label("seq"),
         )
-        .where(col(Run.finished_seq).is_not(None))
+        .where(col(Run.finished_seq).is_not(None), col(Run.finished_at) >= since)
         .order_by(col(Run.finished_seq).desc())
         .limit(MAX_ROWS)
         .subquery()

@@ -84,6 +84,8 @@ class Run(SQLModel, table=True):
         # The engine's active runs: status and owner together, else SQLite walks every
         # run `camflow serve` owns (owner NULL), finished ones included, on each tick.
         Index("ix_runs_status_owner", "status", "owner"),
+        # The operations page reads the last day's finished runs: a range, not history.
+        Index("ix_runs_finished_at", "finished_at"),
     )
 
     id: str = Field(primary_key=True, max_length=32)

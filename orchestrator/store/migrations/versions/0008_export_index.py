@@ -1,4 +1,5 @@
-"""Exports walk one camera's clips in recording order: an index for that walk.
+"""Indexes for two reads: an export walks one camera's clips in recording order, and
+the operations page reads the last day's finished runs.
 
 Revision ID: 0008_export_index
 Revises: 0007_tenancy
@@ -17,7 +18,9 @@ depends_on: str | None = None
 
 def upgrade() -> None:
     op.create_index("ix_clips_camera_recorded", "clips", ["tenant", "camera", "recorded_at"])
+    op.create_index("ix_runs_finished_at", "runs", ["finished_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_runs_finished_at", table_name="runs")
     op.drop_index("ix_clips_camera_recorded", table_name="clips")
