@@ -354,6 +354,14 @@ def test_a_batch_is_one_indexed_job_whose_clips_fail_and_retry_alone(
         attempts = {
             camera: runtime.store.attempts_of_run(run_id) for camera, run_id in runs.items()
         }
+        # Each clip's outcome is its index's; the Job's own terminal condition comes once
+        # every pod has stopped (1.31+), which may be a moment after the last index.
+        _until(
+            lambda: any(
+                c["type"] == "Failed" for c in dev.jobs()[0]["status"].get("conditions", [])
+            ),
+            timeout=10,
+        )
         [job] = dev.jobs()
         name = job["metadata"]["name"]
         assert _creates(dev.emulator) == 1  # four clips, one Job (a Job per clip before)
