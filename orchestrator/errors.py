@@ -31,6 +31,10 @@ class StorageError(CamflowError):
     """S3 could not be reached or refused a request."""
 
 
+class StoreUnavailable(CamflowError):
+    """The store (camflow's database) could not be reached or opened."""
+
+
 class ObjectMissing(StorageError):
     """S3 answered that the object does not exist."""
 

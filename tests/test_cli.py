@@ -166,3 +166,27 @@ def test_serve_listens_where_its_options_say(tmp_path: Path) -> None:
     finally:
         serve.terminate()
         serve.wait(timeout=30)
+
+
+def test_a_store_out_of_reach_is_one_line_saying_what_to_do(tmp_path: Path) -> None:
+    """Whichever command meets it: no traceback, and the password not shown."""
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "CAMFLOW_HOME": str(tmp_path),
+        "CAMFLOW_STORE__URL": "postgresql+psycopg://camflow:s3cret@127.0.0.1:9/none",
+    }
+    for command in (["runs"], ["status"], ["skipped"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "orchestrator", *command],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert done.returncode == 1, done.stderr
+        assert "Traceback" not in done.stderr and "s3cret" not in done.stderr
+        assert "cannot reach the store at" in done.stderr
+        assert "CAMFLOW_STORE__URL" in " ".join(done.stderr.split())

@@ -13,11 +13,11 @@ from typing import Any, TypeVar
 from sqlalchemy import ARRAY, String, any_, bindparam, event, func, literal, or_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, create_engine, select
 
-from orchestrator.errors import NotFound, StorageError
+from orchestrator.errors import NotFound, StorageError, StoreUnavailable
 from orchestrator.store import migrate
 from orchestrator.store.models import (
     AlgorithmVersion,
@@ -128,6 +128,14 @@ class Store:
         self._batch = threading.local()
         try:
             migrate.upgrade(self.engine)
+        except OperationalError as exc:
+            self.engine.dispose()
+            reason = str(exc.orig or exc).strip().splitlines()[0]
+            shown = make_url(url).render_as_string(hide_password=True)
+            raise StoreUnavailable(
+                f"cannot reach the store at {shown}: {reason}; check store.url "
+                "(CAMFLOW_STORE__URL) and that the database is running"
+            ) from exc
         except BaseException:
             self.engine.dispose()
             raise
