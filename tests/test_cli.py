@@ -190,3 +190,22 @@ def test_a_store_out_of_reach_is_one_line_saying_what_to_do(tmp_path: Path) -> N
         assert "Traceback" not in done.stderr and "s3cret" not in done.stderr
         assert "cannot reach the store at" in done.stderr
         assert "CAMFLOW_STORE__URL" in " ".join(done.stderr.split())
+
+
+def test_tables_print_names_cameras_chose_as_text_not_markup() -> None:
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+
+    from orchestrator.cli.output import results_table, runs_table
+    from orchestrator.store import Clip, Run
+
+    key = "acme/door/2026/01/01/000000-[/][link=https://evil.example]x.mp4"
+    clip = Clip(id="c-1", bucket="b", key=key, etag="e", tenant="acme", camera="door")
+    run = Run(id="r-1", clip_id="c-1", pipeline="faces", created_at=datetime.now(UTC))
+    console = Console(record=True, width=400)
+    console.print(runs_table([(run, clip)]))
+    console.print(results_table([(key, {"status": "[/]"})]))
+    shown = console.export_text()
+    assert shown.count(key) == 2  # whole, nothing eaten as markup
+    assert "[/]" in shown.replace(key, "")  # the status, printed as it is

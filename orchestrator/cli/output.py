@@ -21,14 +21,14 @@ def faces_found(result: dict[str, Any]) -> int | None:
     return int(labels.get("face", 0))
 
 
-def result_row(name: str, result: dict[str, Any]) -> list[str]:
+def result_row(name: str, result: dict[str, Any]) -> list[str | Text]:
     summary = result.get("summary") or {}
     faces = faces_found(result)
-    status = result.get("status", "?")
+    status = str(result.get("status", "?"))
     colour = {"succeeded": "green", "failed": "red"}.get(status, "yellow")
     return [
-        name,
-        f"[{colour}]{status}[/]",
+        Text(name),  # a file or key name: text, not markup
+        Text(status, style=colour),
         str(summary.get("frames", "-")),
         "-" if faces is None else str(faces),
         f"{result.get('seconds', 0):.1f}",
@@ -54,9 +54,10 @@ def runs_table(rows: list[tuple[Run, Clip]]) -> Group:
         table.add_column(column, no_wrap=column != "key", overflow="fold")
     errors = []
     for run, clip in rows:
+        # Text, not markup: a camera chose the key's name ("[/]" is a valid S3 key).
         table.add_row(
             clip.id,
-            clip.key,
+            Text(clip.key),
             run.pipeline,
             str(run.status),
             as_utc(run.created_at).strftime("%Y-%m-%d %H:%M:%S"),
