@@ -183,7 +183,8 @@ _PARTICULARS = [
     (re.compile(r"\b[crb]-[0-9a-f]{8,}\b"), "…"),  # clip, run and batch ids
     (re.compile(r"s3://\S+"), "s3://…"),
     (re.compile(r"'[^']*'|\"[^\"]*\""), "'…'"),
-    (re.compile(r"\b\d+(\.\d+)?\b"), "N"),
+    # Counts and sizes, not names with numbers in them ("H.264", "v2", "cam7").
+    (re.compile(r"(?<![\w.])\d+(\.\d+)?\b"), "N"),
 ]
 
 

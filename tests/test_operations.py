@@ -591,3 +591,10 @@ def test_the_dashboard_stream_ends_with_its_sign_in(settings: Settings) -> None:
                     assert "event: key.revoked" in seen
         finally:
             server.should_exit = True
+
+
+def test_a_reason_keeps_names_with_numbers_in_them() -> None:
+    text = "the clip is not a readable video (33456 bytes): upload an MP4 (H.264), exit 2"
+    assert operations.reason_class(text) == (
+        "the clip is not a readable video (N bytes): upload an MP4 (H.264), exit N"
+    )
