@@ -269,3 +269,69 @@ def test_a_jobs_credentials_last_for_every_clip_and_every_retry() -> None:
     lone = {"spec": {"backoffLimit": 1, "template": {"spec": pod}}}
     assert busy_seconds(indexed) == 60 * 3 * 3
     assert busy_seconds(lone) == 60 * 2
+
+
+class _IamAway:
+    """A broker whose IAM cannot be reached."""
+
+    def issue(self, grant: Grant) -> None:
+        from orchestrator.errors import StorageError
+
+        raise StorageError("cannot mint stage credentials: IAM is away")
+
+    def revoke(self, credentials: object) -> None:
+        return None
+
+    def sweep(self, now: datetime | None = None) -> int:
+        return 0
+
+
+def test_a_failed_mint_claims_nothing_so_a_retry_starts_it_for_real(tmp_path: Path) -> None:
+    """Minted before the claim: a claim without a process would be adopted by the next
+    submit and found lost later, costing the attempt a retry."""
+    from orchestrator.domain.algorithm import Resources
+    from orchestrator.errors import ExecutorError
+    from orchestrator.executors import local_runner
+    from orchestrator.executors.base import StageLaunch
+    from orchestrator.executors.local import LocalExecutor
+
+    root = tmp_path / "attempts"
+    lone = StageLaunch(
+        attempt_id="r-1-s-1",
+        run_id="r-1",
+        stage="s",
+        pipeline="p",
+        tenant="t",
+        clip_id="c-1",
+        algorithm="x@1.0.0",
+        image="x",
+        command=["true"],
+        env={"CAMFLOW_INPUTS": '{"video": "s3://in/t/c/a.mp4"}', "CAMFLOW_OUTPUT": "s3://r/t/o/"},
+        accelerator="cpu",
+        resources=Resources(cpu="1", memory="1Gi"),
+        timeout_seconds=30,
+    )
+    batched = lone.model_copy(update={"attempt_id": "r-2-s-1", "run_id": "r-2", "batch": "b-1"})
+    executor = LocalExecutor(root, broker=_IamAway())  # type: ignore[arg-type]
+    for launch in (lone, batched):
+        with pytest.raises(ExecutorError, match="IAM is away"):
+            executor.submit([launch])
+    assert not list(root.rglob(local_runner.LAUNCH))
+
+
+def test_an_iam_endpoint_out_of_reach_is_a_storage_error() -> None:
+    from botocore.config import Config
+
+    from orchestrator.errors import StorageError
+
+    iam = boto3.client(
+        "iam",
+        endpoint_url="http://127.0.0.1:9",
+        region_name="us-east-1",
+        aws_access_key_id="x",
+        aws_secret_access_key="y",
+        config=Config(retries={"total_max_attempts": 1}, connect_timeout=1),
+    )
+    grant = Grant(reads=["b/k"], read_prefixes=[], write_prefixes=["b/o/"], seconds=1, label="a")
+    with pytest.raises(StorageError, match="cannot mint stage credentials for a"):
+        IamUserBroker(iam).issue(grant)
