@@ -288,6 +288,9 @@ class WebhookSettings(_Group):
     concurrency: PositiveInt = 8
     #: How often each replica looks for deliveries that are due.
     interval_seconds: PositiveFloat = 2
+    #: Delivered deliveries are kept this long (to list, or to replay), then deleted;
+    #: failed ones stay until replayed or their endpoint is removed.
+    keep_delivered_days: PositiveFloat = 7
 
 
 class Settings(BaseSettings):

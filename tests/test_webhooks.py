@@ -825,3 +825,35 @@ def test_the_cli_prints_what_tenants_wrote_as_text_not_markup(
     listed = CliRunner().invoke(cli, ["webhooks", "list"], env={"COLUMNS": "300"})
     assert listed.exit_code == 0, listed.output
     assert "[/] [link=https://evil.example]click[/link]" in listed.output
+
+
+def test_delivered_deliveries_are_pruned_after_the_settings_keep_them(
+    store: Store, receiver: Receiver
+) -> None:
+    """The outbox does not grow with the history: delivered ones older than
+    keep_delivered_days go; recent ones, and failed ones (to replay), stay."""
+    from sqlmodel import update
+
+    _endpoint(store, receiver)
+    for n in (1, 2, 3):
+        _finished_run(store, "acme", n)
+    old, recent, failed = (d.id for d in _deliveries(store))
+    now = utcnow()
+    with store.session() as session:
+        for delivery_id, state, at in (
+            (old, DeliveryState.DELIVERED, now - timedelta(days=8)),
+            (recent, DeliveryState.DELIVERED, now - timedelta(days=1)),
+            (failed, DeliveryState.FAILED, None),
+        ):
+            session.exec(
+                update(WebhookDelivery)  # type: ignore[call-overload]
+                .where(WebhookDelivery.id == delivery_id)
+                .values(state=state, delivered_at=at, created_at=now - timedelta(days=9))
+            )
+        session.commit()
+    worker = DeliveryWorker(store, _settings(keep_delivered_days=7))
+    try:
+        worker.run_once()
+    finally:
+        worker.close()
+    assert {d.id for d in _deliveries(store)} == {recent, failed}

@@ -58,6 +58,8 @@ class WebhookDelivery(SQLModel, table=True):
         Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),
         # A tenant's deliveries, newest first (the API and the CLI list them).
         Index("ix_webhook_deliveries_tenant", "tenant", "created_at"),
+        # The prune: delivered ones older than the settings keep, a range not a scan.
+        Index("ix_webhook_deliveries_delivered", "state", "delivered_at"),
     )
 
     id: str = Field(primary_key=True, max_length=96)  # msg_<run id>_<endpoint id>

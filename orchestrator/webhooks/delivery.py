@@ -35,6 +35,8 @@ from orchestrator.webhooks.schedule import RetrySchedule, Sent, after_attempt
 from orchestrator.webhooks.targets import Policy, Resolver, TargetRefused, check, resolve
 
 log = logging.getLogger("camflow.webhooks")
+#: How often a worker prunes delivered deliveries (each prune is a bounded delete).
+PRUNE_EVERY = timedelta(minutes=10)
 
 ATTEMPTS = Counter(
     "camflow_webhook_attempts_total",
@@ -164,6 +166,8 @@ class DeliveryWorker:
         # A claim outlives a round's sends: connect, write and read each have the
         # timeout, and the store's writes come after.
         self.lease = timedelta(seconds=4 * settings.timeout_seconds + 30)
+        #: When the worker last pruned delivered deliveries (None: not yet).
+        self._pruned_at: datetime | None = None
 
     def run_once(self) -> DeliveryReport:
         """Rounds of claim, send, record, until nothing that was due when it began is
@@ -177,7 +181,23 @@ class DeliveryWorker:
                 break
             for outcome in self._pool.map(partial(self._deliver, token=token), claimed):
                 setattr(report, outcome, getattr(report, outcome) + 1)
+        self._prune()
         return report
+
+    def _prune(self) -> None:
+        """Every few minutes, a bounded delete of what was delivered longer ago than the
+        settings keep: the outbox does not grow with the history."""
+        now = self.clock()
+        if self._pruned_at is not None and now - self._pruned_at < PRUNE_EVERY:
+            return
+        self._pruned_at = now
+        gone = self.outbox.prune(now - timedelta(days=self.settings.keep_delivered_days))
+        if gone:
+            log.info(
+                "pruned %d webhook deliveries delivered over %g days ago",
+                gone,
+                self.settings.keep_delivered_days,
+            )
 
     def _deliver(self, claimed: Claimed, token: str) -> str:
         delivery, endpoint = claimed.delivery, claimed.endpoint

@@ -159,6 +159,26 @@ class Outbox:
             session.commit()
             return row
 
+    def prune(self, before: datetime, limit: int = 1000) -> int:
+        """Deletes up to ``limit`` deliveries delivered before ``before`` (a range of the
+        delivered index); returns how many. Pending and failed ones are never pruned."""
+        old = (
+            select(WebhookDelivery.id)
+            .where(
+                col(WebhookDelivery.state) == DeliveryState.DELIVERED,
+                col(WebhookDelivery.delivered_at) < before,
+            )
+            .limit(limit)
+        )
+        with self.store.session() as session:
+            done = session.exec(
+                delete(WebhookDelivery)
+                .where(col(WebhookDelivery.id).in_(old.scalar_subquery()))
+                .execution_options(synchronize_session=False)
+            )
+            session.commit()
+            return int(done.rowcount or 0)
+
     def counts(self) -> dict[DeliveryState, int]:
         """Deliveries pending and failed: a range of the due index, never the history
         of delivered ones."""
