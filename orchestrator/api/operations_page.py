@@ -48,7 +48,8 @@ OPERATIONS = """<style>
 {%- if o.throughput.truncated %} · counted from the newest {{ limit }} runs only{% endif %}</p>
 </section>
 <section id="stages"><h2>Stage duration, p50 and p95</h2>{{ chart.stages }}
-<p class="figures">{% for s in o.stages %}{{ s.stage }}: {{ s.count }} attempt{{ "" if s.count == 1 else "s" }}
+<p class="figures">{% for s in o.stages %}{{ s.stage }}: {{ s.count }}
+{{- " attempt" if s.count == 1 else " attempts" }}
 {{- ", " if not loop.last }}{% else %}No stage attempt finished in this window.{% endfor %}</p>
 </section>
 <section id="load"><h2>Attempts queued and running, by place and accelerator</h2>{{ chart.load }}
