@@ -23,10 +23,6 @@ def measure(clips: int) -> list[Figure]:
     with TemporaryDirectory(prefix="camflow-bench-") as tmp, counted_s3() as (s3, _):
         emulator = Emulator("bench", nodes=[node("bench-cpu-1")], namespaces={"camflow-jobs"})
         emulator.start()
-        emulator.secrets[("camflow-jobs", "camflow-s3")] = {
-            "AWS_ACCESS_KEY_ID": "bench",
-            "AWS_SECRET_ACCESS_KEY": "bench",
-        }
         runner = JobRunner(emulator).start()
         try:
             cluster = ClusterSettings(

@@ -38,10 +38,6 @@ def executor(
     from tests.kube_emulator import Emulator, JobRunner, node
 
     emulator = Emulator("dev", nodes=[node("dev-cpu-1")], namespaces={"camflow-jobs"}).start()
-    emulator.secrets[("camflow-jobs", "camflow-s3")] = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-    }
     runner = JobRunner(emulator).start()
     cluster = ClusterSettings(
         name="dev",

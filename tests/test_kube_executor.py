@@ -54,10 +54,8 @@ def _cluster(
     if gpu:
         nodes.append(node(f"{name}-gpu-1", GPU_LABELS, gpus=1, taints=gpu_taint or GPU_TAINT))
     emulator = Emulator(name, nodes=nodes, namespaces={"camflow-jobs", "other"}).start()
-    emulator.secrets[("camflow-jobs", "camflow-s3")] = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-    }
+    # No cluster-wide S3 Secret: every Job camflow makes reads credentials of its own
+    # (a Job left on the cluster's Secret would wait on it, and fail).
     cluster = ClusterSettings(
         name=name,
         environment=environment,

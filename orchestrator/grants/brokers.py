@@ -79,6 +79,9 @@ def without_credentials(env: Mapping[str, str]) -> dict[str, str]:
 
 
 class Broker(Protocol):
+    #: Whether its credentials carry a session token (a Job's Secret then holds one).
+    session_tokens: bool
+
     def issue(self, grant: Grant) -> StageCredentials: ...
 
     def revoke(self, credentials: StageCredentials) -> None: ...
@@ -97,6 +100,8 @@ def _user_name(grant: Grant, issued: datetime) -> str:
 
 
 class IamUserBroker:
+    session_tokens = False
+
     def __init__(self, iam: Any, partition: str = "aws") -> None:
         self.iam = iam
         self.partition = partition
@@ -161,6 +166,8 @@ class IamUserBroker:
 
 
 class AssumeRoleBroker:
+    session_tokens = True
+
     def __init__(
         self, sts: Any, role_arn: str, partition: str = "aws", max_seconds: int = 3600
     ) -> None:

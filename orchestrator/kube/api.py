@@ -123,8 +123,9 @@ class ClusterApi:
     def _json(self, response: Any) -> dict[str, Any]:
         return json.loads(response.data)
 
-    def create_job(self, body: dict[str, Any]) -> bool:
-        """True if created now, False if it existed already."""
+    def create_job(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The Job as the server made it now (its uid included), or None if it existed
+        already."""
         created = self.call(
             f"create job {body['metadata']['name']}",
             lambda: self.batch.create_namespaced_job(
@@ -132,7 +133,7 @@ class ClusterApi:
             ),
             creating=True,
         )
-        return created is not None
+        return None if created is None else self._json(created)
 
     def _list(
         self, what: str, fn: Callable[..., Any], attempts: int | None = None, **kwargs: Any

@@ -18,11 +18,10 @@ one Job against its cluster's budget, as it holds one slot of the engine's.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -38,7 +37,7 @@ from orchestrator.executors.base import (
     Submission,
     SubmitRefused,
 )
-from orchestrator.grants.brokers import AssumeRoleBroker, Broker
+from orchestrator.grants.brokers import Broker
 from orchestrator.grants.policy import grant_of
 from orchestrator.kube.api import ClusterApi, ClusterUnreachable, KubeApiError
 from orchestrator.kube.jobs import (
@@ -582,14 +581,9 @@ class KubernetesExecutor:
             if by_batch is None
             else batch_job_name(by_batch, launch.stage, "gpu")
         )
-        with self._own_credentials(cluster, job, [launch]) as job:
-            self._create_job(
-                cluster,
-                job,
-                launch.accelerator,
-                _handle(cluster, gpu_twin),
-                self._batch_twin(launch),
-            )
+        self._create_job(
+            cluster, job, launch.accelerator, _handle(cluster, gpu_twin), self._batch_twin(launch)
+        )
         return Submission(
             handle=_handle(cluster, job["metadata"]["name"]),
             accelerator=launch.accelerator,
@@ -605,8 +599,7 @@ class KubernetesExecutor:
             raise SubmitRefused(str(exc), final=True) from exc
         accelerator = launches[0].accelerator
         gpu_twin = batch_job_name(launches[0].batch or "", launches[0].stage, "gpu")
-        with self._own_credentials(cluster, job, launches) as job:
-            self._create_job(cluster, job, accelerator, _handle(cluster, gpu_twin))
+        self._create_job(cluster, job, accelerator, _handle(cluster, gpu_twin))
         name = job["metadata"]["name"]
         log.info(
             "batch %s: %d clips of stage %s in Indexed Job %s on %s",
@@ -625,56 +618,6 @@ class KubernetesExecutor:
             for index, launch in enumerate(launches)
         }
 
-    @contextlib.contextmanager
-    def _own_credentials(
-        self, cluster: ClusterSettings, job: dict[str, Any], launches: list[StageLaunch]
-    ) -> Iterator[dict[str, Any]]:
-        """Yields the Job to create; with a broker, one that reads its credentials from a
-        Secret of its own name, made once the Job exists (see ``_ensure_secret``)."""
-        if self.broker is None:
-            yield job
-            return
-        session = isinstance(self.broker, AssumeRoleBroker)
-        yield with_own_credentials(job, session_token=session)
-        self._ensure_secret(cluster, job)
-
-    def _adopt_secret(self, cluster: ClusterSettings, job: dict[str, Any]) -> None:
-        """An adopted Job still gets its Secret; if it cannot, the Job is adopted anyway,
-        and its pods fail with the kubelet's reason after the cluster's grace."""
-        try:
-            self._ensure_secret(cluster, job)
-        except CamflowError as exc:
-            log.warning("Job %s on %s: %s", job["metadata"]["name"], cluster.name, exc)
-
-    def _ensure_secret(self, cluster: ClusterSettings, job: dict[str, Any]) -> None:
-        """Mints credentials for the clips the Job runs (read from the Job) and makes its
-        Secret, owned by the Job so that the garbage collector deletes it with the Job
-        (the TTL's delete included). Its pods wait for it as for any missing Secret. One
-        an earlier try made (before a crash) is kept: its keys still hold, and running
-        pods may use them. Called after a create, and when a Job is adopted."""
-        if self.broker is None:
-            return
-        name = job["metadata"]["name"]
-        api = self.apis[cluster.name]
-        created = api.get_job(name)
-        if created is None:
-            raise ExecutorError(f"Job {name} is gone before its credentials were made")
-        try:
-            credentials = self.broker.issue(
-                grant_of(clip_envs(created), busy_seconds(created), name)
-            )
-        except CamflowError as exc:
-            raise ExecutorError(f"no storage credentials for Job {name}: {exc}") from exc
-        try:
-            made = api.create_secret(
-                credentials_secret(created, created["metadata"]["uid"], credentials.env())
-            )
-        except BaseException:
-            self.broker.revoke(credentials)
-            raise
-        if not made:
-            self.broker.revoke(credentials)
-
     def _batch_twin(self, launch: StageLaunch) -> tuple[str, str] | None:
         """For a CPU attempt recorded in a batch: the GPU batch Job it may have been
         given back from (its handle), and the attempt. Whatever this process remembers
@@ -685,6 +628,43 @@ class KubernetesExecutor:
         cluster = self.clusters[launch.placement or ""]
         name = batch_job_name(launch.recorded_batch, launch.stage, "gpu")
         return _handle(cluster, name), launch.attempt_id
+
+    def _adopt_secret(self, cluster: ClusterSettings, name: str) -> None:
+        """An adopted Job (made by an earlier try) still gets its Secret, read back for
+        its uid and clips; if it cannot, the Job is adopted anyway, and its pods fail
+        with the kubelet's reason after the cluster's grace."""
+        if self.broker is None:
+            return
+        try:
+            found = self.apis[cluster.name].get_job(name)
+            if found is None:
+                raise ExecutorError(f"Job {name} is gone before its credentials were made")
+            self._ensure_secret(cluster, found)
+        except CamflowError as exc:
+            log.warning("Job %s on %s: %s", name, cluster.name, exc)
+
+    def _ensure_secret(self, cluster: ClusterSettings, made: dict[str, Any]) -> None:
+        """Mints credentials for the clips the Job runs (read from the Job as the server
+        has it, uid included) and makes its Secret, owned by the Job so that the garbage
+        collector deletes it with the Job (the TTL's delete included). Its pods wait for
+        it as for any missing Secret. One an earlier try made (before a crash) is kept:
+        its keys still hold, and running pods may use them."""
+        assert self.broker is not None
+        name = made["metadata"]["name"]
+        try:
+            grant = grant_of(clip_envs(made), busy_seconds(made), name)
+            credentials = self.broker.issue(grant)
+        except CamflowError as exc:
+            raise ExecutorError(f"no storage credentials for Job {name}: {exc}") from exc
+        try:
+            created = self.apis[cluster.name].create_secret(
+                credentials_secret(made, made["metadata"]["uid"], credentials.env())
+            )
+        except BaseException:
+            self.broker.revoke(credentials)
+            raise
+        if not created:
+            self.broker.revoke(credentials)
 
     def _create_job(
         self,
@@ -697,8 +677,12 @@ class KubernetesExecutor:
         """Creates ``job`` (a 409 adopts the one an earlier try made: False). A CPU Job
         that replaces a GPU one given back (``gpu_twin``; ``batch_twin``: the GPU batch
         Job and the attempt, for a clip recorded in a batch) waits until that one is
-        deleted and its pods (running the attempt) are gone."""
+        deleted and its pods (running the attempt) are gone. With a broker, every Job
+        made here (lone, batch, reserved or regrouped) reads credentials of its own,
+        from a Secret made once the Job exists (``_ensure_secret``)."""
         name = job["metadata"]["name"]
+        if self.broker is not None:
+            job = with_own_credentials(job, session_token=self.broker.session_tokens)
         if accelerator != "gpu":
             twins = [gpu_twin, *([batch_twin[0]] if batch_twin else [])]
             for twin in twins:
@@ -727,10 +711,13 @@ class KubernetesExecutor:
                 f"cluster {cluster.name} refused the Job: {exc.api_message or exc}",
                 final=exc.status in FINAL_STATUSES,
             ) from exc
-        if not created:
+        if created is None:
             log.info("Job %s already existed on %s: adopted", name, cluster.name)
+            self._adopt_secret(cluster, name)
+        elif self.broker is not None:
+            self._ensure_secret(cluster, created)
         self.views[cluster.name].jobs.setdefault(name, job)
-        return created
+        return created is not None
 
     def _batch_job(self, cluster: ClusterSettings, launch: StageLaunch) -> dict[str, Any] | None:
         """The Job of the batch the attempt was recorded in, on its accelerator, if any.
@@ -763,7 +750,7 @@ class KubernetesExecutor:
             launch.attempt_id
         ):  # a batch of one, or a clip that took its batch's name (see _reserve)
             log.info("%s is Job %s on %s: adopted", launch.attempt_id, name, cluster.name)
-            self._adopt_secret(cluster, job)
+            self._adopt_secret(cluster, name)
             return Submission(
                 handle=_handle(cluster, name),
                 accelerator=launch.accelerator,
@@ -773,7 +760,7 @@ class KubernetesExecutor:
         if launch.attempt_id not in attempts:  # it went alone (another shape, say)
             return None
         log.info("%s is in batch Job %s on %s: adopted", launch.attempt_id, name, cluster.name)
-        self._adopt_secret(cluster, job)
+        self._adopt_secret(cluster, name)
         return Submission(
             handle=_handle(cluster, name, attempts.index(launch.attempt_id)),
             accelerator=launch.accelerator,
