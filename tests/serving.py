@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import time
 
 import httpx
@@ -27,3 +28,27 @@ def wait_until_up(serve: subprocess.Popen[str], base: str, timeout: float = 60) 
         assert serve.poll() is None, serve.stderr.read() if serve.stderr else ""
         assert time.monotonic() < deadline, "camflow serve did not come up"
         time.sleep(0.2)
+
+
+def camflow(env: dict[str, str], *args: str, timeout: float = 120) -> str:
+    """Runs a ``camflow`` command as a user would, in ``env``; its stdout."""
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def upload(base: str, camera_key: str, body: bytes, name: str = "clip.mp4") -> str:
+    """Uploads ``body`` as a camera does: a grant from the API, then its presigned POST
+    (the grant's fields, the file last). The key it went to."""
+    grant = httpx.post(
+        f"{base}/v1/cameras/door/uploads", headers={"Authorization": f"Bearer {camera_key}"}
+    ).json()
+    sent = httpx.post(grant["url"], data=grant["fields"], files={"file": (name, body, "video/mp4")})
+    assert sent.status_code == 204, sent.text
+    return str(grant["key"])

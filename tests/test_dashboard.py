@@ -18,7 +18,7 @@ import pytest
 
 from orchestrator.settings import PROJECT_ROOT
 from tests.conftest import SampleClips
-from tests.serving import free_port, wait_until_up
+from tests.serving import camflow, free_port, wait_until_up
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -33,18 +33,6 @@ BROWSER_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-
-
-def _camflow(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "orchestrator", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return done.stdout.strip()
 
 
 @pytest.mark.skipif(
@@ -75,11 +63,11 @@ def test_a_customer_sees_a_finished_run_with_its_thumbnails(
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(serve, base)
-        camera_key = _camflow(
+        camera_key = camflow(
             env, "keys", "create", "--tenant", "shop", "--role", "camera", "--camera", "door"
         )
-        customer_key = _camflow(env, "keys", "create", "--tenant", "shop", "--role", "customer")
-        other_key = _camflow(env, "keys", "create", "--tenant", "elsewhere", "--role", "customer")
+        customer_key = camflow(env, "keys", "create", "--tenant", "shop", "--role", "customer")
+        other_key = camflow(env, "keys", "create", "--tenant", "elsewhere", "--role", "customer")
         camera = {"Authorization": f"Bearer {camera_key}"}
         customer = {"Authorization": f"Bearer {customer_key}"}
 

@@ -18,25 +18,10 @@ import httpx
 import pytest
 
 from tests.conftest import SampleClips
-from tests.serving import free_port, wait_until_up
-from tests.test_dashboard import BROWSER_ARGS, CHROMIUM, OUTPUT, _camflow
+from tests.serving import camflow, free_port, upload, wait_until_up
+from tests.test_dashboard import BROWSER_ARGS, CHROMIUM, OUTPUT
 
 pytestmark = pytest.mark.slow
-
-
-def _upload(base: str, camera_key: str, clip: Path) -> str:
-    """Uploads ``clip`` as a camera does, through the grant the API gives it."""
-    headers = {"Authorization": f"Bearer {camera_key}"}
-    grant = httpx.post(f"{base}/v1/cameras/door/uploads", headers=headers).json()
-    body = clip.read_bytes()
-    if "fields" in grant:  # a presigned POST
-        sent = httpx.post(
-            grant["url"], data=grant["fields"], files={"file": (clip.name, body, "video/mp4")}
-        )
-    else:  # a presigned PUT
-        sent = httpx.put(grant["url"], content=body, headers=grant["headers"])
-    assert sent.status_code in (200, 204), sent.text
-    return str(grant["key"])
 
 
 def _finished(base: str, key: str, count: int, timeout: float = 240) -> list[dict[str, Any]]:
@@ -81,13 +66,13 @@ def test_an_admin_sees_the_operations_page_update_itself(
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(serve, base)
-        camera_key = _camflow(
+        camera_key = camflow(
             env, "keys", "create", "--tenant", "shop", "--role", "camera", "--camera", "door"
         )
-        admin_key = _camflow(env, "keys", "create", "--tenant", "ops", "--role", "admin")
-        customer_key = _camflow(env, "keys", "create", "--tenant", "shop", "--role", "customer")
-        _upload(base, camera_key, clips.face)
-        _upload(base, camera_key, clips.truncated)
+        admin_key = camflow(env, "keys", "create", "--tenant", "ops", "--role", "admin")
+        customer_key = camflow(env, "keys", "create", "--tenant", "shop", "--role", "customer")
+        upload(base, camera_key, clips.face.read_bytes(), clips.face.name)
+        upload(base, camera_key, clips.truncated.read_bytes(), clips.truncated.name)
         runs = _finished(base, customer_key, 2)
         [failed] = [r for r in runs if r["status"] == "failed"]
         assert [r["status"] for r in runs].count("succeeded") == 1, runs
@@ -147,7 +132,7 @@ def test_an_admin_sees_the_operations_page_update_itself(
             # Another clip finishes: the page changes in place, from the stream.
             page.wait_for_function("document.documentElement.dataset.stream === 'open'")
             page.evaluate("window.__notReloaded = true")
-            _upload(base, camera_key, clips.no_face)
+            upload(base, camera_key, clips.no_face.read_bytes(), clips.no_face.name)
             page.wait_for_function(
                 "document.querySelector('#throughput').innerText.includes('2 succeeded')",
                 timeout=240_000,

@@ -35,7 +35,7 @@ from orchestrator.executors import local_runner as files
 from orchestrator.storage import S3Access, S3Gateway
 from tests.conftest import SampleClips
 from tests.postgres import fresh_schema
-from tests.serving import free_port, wait_until_up
+from tests.serving import camflow, free_port, upload, wait_until_up
 
 pytestmark = pytest.mark.slow
 
@@ -78,18 +78,6 @@ def _with_password(url: str, password: str) -> str:
     return url.replace(f"://{user_at[1]}@", f"://{user_at[1]}:{password}@", 1)
 
 
-def _camflow(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "orchestrator", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return done.stdout.strip()
-
-
 def _finished(base: str, headers: dict[str, str], count: int) -> list[dict[str, Any]]:
     deadline = time.monotonic() + 240
     while True:
@@ -98,15 +86,6 @@ def _finished(base: str, headers: dict[str, str], count: int) -> list[dict[str, 
             return runs
         assert time.monotonic() < deadline, runs
         time.sleep(0.5)
-
-
-def _upload(base: str, camera_key: str, body: bytes) -> str:
-    grant = httpx.post(
-        f"{base}/v1/cameras/door/uploads", headers={"Authorization": f"Bearer {camera_key}"}
-    ).json()
-    sent = httpx.post(grant["url"], data=grant["fields"], files={"file": body})
-    assert sent.status_code == 204, sent.text
-    return str(grant["key"])
 
 
 def _use_the_dashboard(base: str, customer_key: str) -> list[str]:
@@ -198,13 +177,13 @@ def test_no_secret_is_written_to_a_log_or_a_result(
         )
         try:
             wait_until_up(serve, base, timeout=90)
-            camera_key = _camflow(
+            camera_key = camflow(
                 env, "keys", "create", "--tenant", "shop", "--role", "camera", "--camera", "door"
             )
-            customer_key = _camflow(env, "keys", "create", "--tenant", "shop", "--role", "customer")
+            customer_key = camflow(env, "keys", "create", "--tenant", "shop", "--role", "customer")
             customer = {"Authorization": f"Bearer {customer_key}"}
-            good = _upload(base, camera_key, clips.face.read_bytes())
-            _upload(base, camera_key, clips.truncated.read_bytes())
+            good = upload(base, camera_key, clips.face.read_bytes())
+            upload(base, camera_key, clips.truncated.read_bytes())
             runs = _finished(base, customer, 2)
             assert sorted(r["status"] for r in runs) == ["failed", "succeeded"], runs
             for run in runs:
