@@ -14,6 +14,11 @@ index per clip (see jobs.build_batch_job). Each attempt keeps a handle of its ow
 ``<cluster>/<namespace>/<job>#<index>``, and its outcome is its index's: the Job's
 ``completedIndexes`` and ``failedIndexes`` and that index's pods. A batch Job counts as
 one Job against its cluster's budget, as it holds one slot of the engine's.
+
+Fused stages (a launch's ``chain``) run as one Indexed Job too, an index per clip, whose
+pod runs the chain's members in order, one container each (jobs.build_chain_job). The
+first member's handle is its index's; the member at position k > 0 of the chain has
+``...#<index>@<k>``, answered from its own container's status (status.member_status).
 """
 
 from __future__ import annotations
@@ -51,8 +56,10 @@ from orchestrator.kube.jobs import (
     SELECTOR,
     batch_job_name,
     build_batch_job,
+    build_chain_job,
     build_job,
     busy_seconds,
+    chain_job_name,
     clip_envs,
     credentials_secret,
     job_name,
@@ -63,11 +70,14 @@ from orchestrator.kube.status import (
     Waiting,
     accelerator_of,
     batch_attempts,
+    chain_attempts,
+    chain_of,
     container_started,
     finished,
     index_pods,
     index_status,
     job_status,
+    member_status,
     parse_indexes,
     stuck_reason,
     waiting,
@@ -87,17 +97,28 @@ def _chunks(names: Sequence[str], size: int) -> Iterable[Sequence[str]]:
         yield names[start : start + size]
 
 
-def _handle(cluster: ClusterSettings, name: str, index: int | None = None) -> str:
-    """``<cluster>/<namespace>/<job>``, and ``#<index>`` for one clip of a batch Job."""
+def _handle(
+    cluster: ClusterSettings, name: str, index: int | None = None, position: int = 0
+) -> str:
+    """``<cluster>/<namespace>/<job>``, ``#<index>`` for one clip of a batch Job, and
+    ``@<position>`` for a later member of a clip's chain of fused stages."""
     job = f"{cluster.name}/{cluster.namespace}/{name}"
-    return job if index is None else f"{job}#{index}"
+    if index is None:
+        return job
+    return f"{job}#{index}@{position}" if position else f"{job}#{index}"
 
 
 def _parse(handle: str) -> tuple[str, str, str, int | None]:
     """A handle's cluster, namespace, Job name and, for a clip of a batch, its index."""
     cluster, namespace, rest = handle.split("/", 2)
     name, sep, index = rest.partition("#")
-    return cluster, namespace, name, int(index) if sep else None
+    return cluster, namespace, name, int(index.partition("@")[0]) if sep else None
+
+
+def _position(handle: str) -> int:
+    """A handle's member of its chain of fused stages (0: the first, or no chain)."""
+    _, sep, position = handle.partition("#")[2].partition("@")
+    return int(position) if sep else 0
 
 
 def _job_handle(handle: str) -> str:
@@ -179,6 +200,8 @@ class KubernetesExecutor:
     retries_itself = True
     batches = True
     durable_before_submit = True
+    #: Off until fused chains run end to end on the emulator with the engine's side.
+    fuses = False
 
     def __init__(
         self,
@@ -308,10 +331,12 @@ class KubernetesExecutor:
             return ExecStatus(state=ExecState.RUNNING)
         job = view.jobs.get(name)
         if job is None:
-            return self._gone(cluster, name, index)
-        return self._observe(cluster, job, index)
+            return self._gone(cluster, name, index, _position(handle))
+        return self._observe(cluster, job, index, _position(handle))
 
-    def _gone(self, cluster: ClusterSettings, name: str, index: int | None) -> ExecStatus:
+    def _gone(
+        self, cluster: ClusterSettings, name: str, index: int | None, position: int = 0
+    ) -> ExecStatus:
         # A list can miss a Job that was made before its label existed: ask for it.
         try:
             job = self.apis[cluster.name].get_job(name)
@@ -320,7 +345,7 @@ class KubernetesExecutor:
             return ExecStatus(state=ExecState.RUNNING)
         if job is not None:
             self.views[cluster.name].jobs[name] = job
-            return self._observe(cluster, job, index)
+            return self._observe(cluster, job, index, position)
         # The engine then looks for the stage's manifest: a Job that finished and was
         # removed by its TTL while we could not see the cluster succeeded if it is there.
         what = f"Job {name}" if index is None else f"Job {name} (its clip at index {index})"
@@ -331,7 +356,11 @@ class KubernetesExecutor:
         )
 
     def _observe(
-        self, cluster: ClusterSettings, job: dict[str, Any], index: int | None = None
+        self,
+        cluster: ClusterSettings,
+        job: dict[str, Any],
+        index: int | None = None,
+        position: int = 0,
     ) -> ExecStatus:
         name = job["metadata"]["name"]
         pods = self.views[cluster.name].pods.get(name, [])
@@ -339,7 +368,7 @@ class KubernetesExecutor:
         timeout = annotations.get(ANNOTATION_TIMEOUT)
         limit = int(timeout) if timeout else None
         if index is not None:
-            return self._observe_index(cluster, job, pods, index, limit)
+            return self._observe_index(cluster, job, pods, index, limit, position)
         status = job_status(job, pods, limit)
         if status.state != ExecState.QUEUED or finished(job):
             return status
@@ -395,13 +424,21 @@ class KubernetesExecutor:
         pods: list[dict[str, Any]],
         index: int,
         limit: int | None,
+        position: int = 0,
     ) -> ExecStatus:
-        """One clip of a batch Job. Each index that has not started is watched as a lone
-        Job is: once the pod of one of them is stuck, or waits for a GPU past the
-        fallback wait, every clip the Job has not run and is not running is given back
-        (failed with the kubelet's reason, or for CPU), and the Job is deleted once the
-        index it runs, if any, has ended (as cancelled clips are, see cancel)."""
-        status = index_status(job, pods, index, limit)
+        """One clip of a batch Job (its chain's member at ``position``, for fused
+        stages). Each index that has not started is watched as a lone Job is: once the
+        pod of one of them is stuck, or waits for a GPU past the fallback wait, every
+        clip the Job has not run and is not running is given back (failed with the
+        kubelet's reason, or for CPU; a chain's later members are skipped), and the Job
+        is deleted once the index it runs, if any, has ended (as cancelled clips are,
+        see cancel)."""
+        chain = chain_of(job)
+        status = (
+            member_status(job, pods, index, position, limit)
+            if chain
+            else index_status(job, pods, index, limit)
+        )
         if finished(job):
             return status
         name = job["metadata"]["name"]
@@ -435,12 +472,19 @@ class KubernetesExecutor:
         back = [i for i in left if i not in running]
         for i in back:
             self._gave_back[_handle(cluster, name, i)] = given
+            for later in range(1, len(chain)):
+                self._gave_back[_handle(cluster, name, i, later)] = ExecStatus(
+                    state=ExecState.SKIPPED,
+                    reason=f"not run: stage {chain[0]['stage']} was given back before it "
+                    f"({given.reason})",
+                )
         if given.requeue:
             self._fell_back.add(handle)
-            self._regroup[handle] = (job, back)
+            if not chain:  # a chain's first members come back one by one, with theirs
+                self._regroup[handle] = (job, back)
         self.actions.add_deletes([_handle(cluster, name, i) for i in back])
         self._retry_deletes(self._pending_of(handle))
-        return self._gave_back.get(_handle(cluster, name, index), status)
+        return self._gave_back.get(_handle(cluster, name, index, position), status)
 
     def _pending_of(self, job_handle: str) -> list[str]:
         """The pending deletes of a Job: its own, or those of its clips."""
@@ -486,6 +530,7 @@ class KubernetesExecutor:
         several."""
         done = {}
         batches: dict[str, list[StageLaunch]] = {}
+        chains: dict[str, list[StageLaunch]] = {}
         for launch in launches:
             if launch.placement is None:
                 placed = self.place([launch]).get(launch.attempt_id)
@@ -497,7 +542,10 @@ class KubernetesExecutor:
                 launch = launch.model_copy(
                     update={"placement": placed.placement, "accelerator": placed.accelerator}
                 )
-            if launch.batch:
+            if launch.chain:
+                # Fused stages: one Job per batch of chains (or per lone chain).
+                chains.setdefault(launch.batch or launch.attempt_id, []).append(launch)
+            elif launch.batch:
                 batches.setdefault(launch.batch, []).append(launch)
             else:
                 done[launch.attempt_id] = self._create(launch)
@@ -521,7 +569,77 @@ class KubernetesExecutor:
                     continue
                 for launch in group:
                     done[launch.attempt_id] = self._create(launch)
+        for members in chains.values():
+            done.update(self._create_chain(members))
         return done
+
+    def _create_chain(self, launches: list[StageLaunch]) -> dict[str, Submission]:
+        """One Indexed Job for the chains of fused stages of a batch (or one lone
+        chain): an index per clip, each member a container of its pod; a Submission
+        for every member. A chain resubmitted on its own (``recorded_batch``) is looked
+        for in its batch's Job first, so that it never runs twice."""
+        cluster = self._cluster_for(launches[0])
+        launches = [self._chain_on_accelerator(launch) for launch in launches]
+        first = launches[0]
+        if not first.batch and first.recorded_batch:
+            job = self._batch_job(cluster, first)
+            if job is not None and chain_of(job):
+                found = self._chain_submissions(cluster, job, {first.attempt_id})
+                if found:
+                    log.info("%s is in chain Job %s: adopted", first.attempt_id, cluster.name)
+                    self._adopt_secret(cluster, job["metadata"]["name"])
+                    return found
+        try:
+            job = build_chain_job(launches, cluster)
+        except ValueError as exc:
+            raise SubmitRefused(str(exc), final=True) from exc
+        gpu_twin = chain_job_name(first.model_copy(update={"accelerator": "gpu"}))
+        created = self._create_job(
+            cluster, job, first.accelerator, _handle(cluster, gpu_twin), self._batch_twin(first)
+        )
+        name = job["metadata"]["name"]
+        if not created:  # adopted: what the Job made by an earlier try holds
+            job = self.apis[cluster.name].get_job(name) or job
+        wanted = {launch.attempt_id for launch in launches}
+        done = self._chain_submissions(cluster, job, wanted)
+        missing = wanted - set(done)
+        if missing:
+            raise ExecutorError(f"Job {name} exists without chains {sorted(missing)}")
+        log.info(
+            "chain %s: %d clips of stages %s in Indexed Job %s on %s",
+            first.batch or first.attempt_id,
+            len(launches),
+            "+".join(m.stage for m in first.members),
+            name,
+            cluster.name,
+        )
+        return done
+
+    @staticmethod
+    def _chain_submissions(
+        cluster: ClusterSettings, job: dict[str, Any], firsts: set[str]
+    ) -> dict[str, Submission]:
+        """A Submission for each member of the chains of ``job`` whose first member is
+        in ``firsts``."""
+        name = job["metadata"]["name"]
+        accelerator = accelerator_of(job)
+        done = {}
+        for index, members in enumerate(chain_attempts(job)):
+            if members and members[0] in firsts:
+                for position, attempt in enumerate(members):
+                    done[attempt] = Submission(
+                        handle=_handle(cluster, name, index, position),
+                        accelerator=accelerator,  # type: ignore[arg-type]
+                        placement=cluster.name,
+                    )
+        return done
+
+    def _chain_on_accelerator(self, launch: StageLaunch) -> StageLaunch:
+        """The chain's members where its first member was placed, each told its
+        accelerator."""
+        where = {"placement": launch.placement, "accelerator": launch.accelerator}
+        chain = [self._on_accelerator(m.model_copy(update=where)) for m in launch.chain]
+        return self._on_accelerator(launch).model_copy(update={"chain": chain})
 
     def _cluster_for(self, launch: StageLaunch) -> ClusterSettings:
         cluster = self.clusters.get(launch.placement or "")
@@ -882,11 +1000,12 @@ class KubernetesExecutor:
 
     def _retry_deletes(self, only: Sequence[str] | None = None) -> None:
         pending = self.actions.pending_deletes() if only is None else list(only)
-        clips: dict[str, set[int]] = {}
+        clips: dict[str, dict[int, list[str]]] = {}
         for handle in pending:
             cluster, _namespace, name, index = _parse(handle)
             if index is not None:
-                clips.setdefault(_job_handle(handle), set()).add(index)
+                # A clip's handles: its index's, and its chain's later members'.
+                clips.setdefault(_job_handle(handle), {}).setdefault(index, []).append(handle)
                 continue
             if cluster not in self.apis:
                 self.actions.done_delete(handle)
@@ -910,14 +1029,14 @@ class KubernetesExecutor:
         self.views[cluster].jobs.pop(name, None)
         return True
 
-    def _retry_cancelled_clips(self, job_handle: str, cancelled: set[int]) -> None:
+    def _retry_cancelled_clips(self, job_handle: str, cancelled: dict[int, list[str]]) -> None:
         """Deletes a batch Job once each of its clips is cancelled or finished; until
         then its cancelled clips wait (a clip that finished meanwhile is done)."""
         cluster, _namespace, name, _index = _parse(job_handle)
-        handles = [f"{job_handle}#{index}" for index in sorted(cancelled)]
         if cluster not in self.apis:
-            for handle in handles:
-                self.actions.done_delete(handle)
+            for handles in cancelled.values():
+                for handle in handles:
+                    self.actions.done_delete(handle)
             return
         view = self.views[cluster]
         if not view.reachable:
@@ -941,18 +1060,19 @@ class KubernetesExecutor:
         else:
             count = int(job["spec"].get("completions") or 1)
             left = [i for i in range(count) if i not in ended]
-            if left and set(left) <= cancelled:
+            if left and set(left) <= set(cancelled):
                 if not self._delete_job(cluster, name):
                     return
                 left = []
-        for index, handle in zip(sorted(cancelled), handles, strict=True):
+        for index, handles in cancelled.items():
             if index not in left:  # deleted with its Job, or over by itself
-                self.actions.done_delete(handle)
+                for handle in handles:
+                    self.actions.done_delete(handle)
 
     def log_uri(self, handle: str) -> str:
         cluster, namespace, name, index = _parse(handle)
         uri = f"k8s://{cluster}/{namespace}/jobs/{name}"
-        return uri if index is None else f"{uri}#{index}"
+        return uri if index is None else f"{uri}#{handle.partition('#')[2]}"
 
     def close(self) -> None:
         for api in self.apis.values():

@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from algorithms.contract import ENV_BATCH, EXIT_BAD_INPUT
+from algorithms.contract import ENV_BATCH, ENV_HANDOFF_DIR, EXIT_BAD_INPUT
 from orchestrator.executors.base import StageLaunch
 from orchestrator.settings import ClusterSettings
 
@@ -39,6 +39,14 @@ ANNOTATION_ATTEMPTS = f"{LABEL_PREFIX}/attempt-ids"
 #: backoffLimitPerIndex): pkg/controller/job/indexed_job_utils.go.
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 INDEX_FAILURE_COUNT = "batch.kubernetes.io/job-index-failure-count"
+#: A Job of fused stages (a chain): its members in order, each with its stage and the
+#: container that runs it (annotation, JSON), and each index's member attempt ids
+#: (annotation, JSON: a list per index, in member order).
+ANNOTATION_CHAIN = f"{LABEL_PREFIX}/chain"
+ANNOTATION_CHAIN_ATTEMPTS = f"{LABEL_PREFIX}/chain-attempt-ids"
+#: The emptyDir the containers of a chain's pod share, for CAMFLOW_HANDOFF_DIR.
+HANDOFF = "/handoff"
+HANDOFF_VOLUME = "handoff"
 #: The largest CAMFLOW_BATCH a batch Job carries. Linux refuses to start a process with
 #: one environment string longer than MAX_ARG_STRLEN (32 pages: 128 KiB), so a larger
 #: batch is refused and its clips go as lone Jobs. What keeps batches under it is the
@@ -69,7 +77,8 @@ def scanner_skips(pod: Mapping[str, Any]) -> dict[str, str]:
     scanner's skip annotations (tests/test_manifest_scan.py scans every Job the shipped
     pipelines make). No "=" in a reason: checkov splits on it."""
     reasons: dict[str, str] = {}
-    images = [c["image"] for c in pod["containers"]]
+    containers = [*pod.get("initContainers", []), *pod["containers"]]
+    images = [c["image"] for c in containers]
     if all(pinned(image) for image in images):
         reasons["CKV_K8S_15"] = (
             "the image is pinned by digest, so IfNotPresent runs that very image; Always "
@@ -82,7 +91,7 @@ def scanner_skips(pod: Mapping[str, Any]) -> dict[str, str]:
             "--image-digest (an accelerator's own image's too) pins it, and until then it "
             "is pulled Always"
         )
-    if any("secretKeyRef" in e.get("valueFrom", {}) for c in pod["containers"] for e in c["env"]):
+    if any("secretKeyRef" in e.get("valueFrom", {}) for c in containers for e in c["env"]):
         reasons["CKV_K8S_35"] = (
             "S3 credentials reach the stage as Secret references in its environment, "
             "where boto3 reads them; their values never appear in the Job"
@@ -166,11 +175,47 @@ def _cluster_env(cluster: ClusterSettings) -> list[dict[str, Any]]:
     return env
 
 
-def _pod(
-    launch: StageLaunch, cluster: ClusterSettings, env: list[dict[str, Any]]
+def _container(
+    launch: StageLaunch,
+    cluster: ClusterSettings,
+    env: list[dict[str, Any]],
+    name: str = CONTAINER,
+    mounts: Sequence[dict[str, str]] = (),
 ) -> dict[str, Any]:
+    """One stage's container: its image, command, environment and resources (a GPU
+    when the launch has one)."""
     resources = launch.resources
     limits: dict[str, Any] = {"cpu": resources.cpu, "memory": resources.memory}
+    requests = dict(limits)  # an extended resource (the GPU) defaults to its limit
+    if launch.accelerator == "gpu":
+        if cluster.gpu is None:
+            raise ValueError(f"cluster {cluster.name} has no GPU nodes for {launch.attempt_id}")
+        limits[cluster.gpu.resource] = max(1, resources.gpu)
+    return {
+        "name": name,
+        "image": launch.image,
+        "imagePullPolicy": pull_policy(launch.image),
+        "command": launch.command,
+        "env": env,
+        "resources": {"requests": requests, "limits": limits},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "privileged": False,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH}, *mounts],
+    }
+
+
+def _pod(
+    launch: StageLaunch,
+    cluster: ClusterSettings,
+    env: list[dict[str, Any]],
+    deadline: int | None = None,
+) -> dict[str, Any]:
     pod: dict[str, Any] = {
         "restartPolicy": "Never",  # the Job, not the kubelet, retries
         "serviceAccountName": cluster.service_account,
@@ -180,7 +225,7 @@ def _pod(
         # The stage timeout, per pod, counted by the kubelet from when it took the pod:
         # time spent waiting for a node is not counted. (A Job-level deadline would
         # count from the Job's startTime, set before any node is found, so there is none.)
-        "activeDeadlineSeconds": launch.timeout_seconds,
+        "activeDeadlineSeconds": deadline or launch.timeout_seconds,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS,
@@ -188,31 +233,10 @@ def _pod(
             "fsGroup": RUN_AS,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [
-            {
-                "name": CONTAINER,
-                "image": launch.image,
-                "imagePullPolicy": pull_policy(launch.image),
-                "command": launch.command,
-                "env": env,
-                "resources": {"requests": dict(limits), "limits": limits},
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-                "securityContext": {
-                    "allowPrivilegeEscalation": False,
-                    "readOnlyRootFilesystem": True,
-                    "privileged": False,
-                    "runAsNonRoot": True,
-                    "capabilities": {"drop": ["ALL"]},
-                },
-                "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH}],
-            }
-        ],
+        "containers": [_container(launch, cluster, env)],
         "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": cluster.scratch_size}}],
     }
-    if launch.accelerator == "gpu":
-        if cluster.gpu is None:
-            raise ValueError(f"cluster {cluster.name} has no GPU nodes for {launch.attempt_id}")
-        limits[cluster.gpu.resource] = max(1, resources.gpu)
+    if launch.accelerator == "gpu" and cluster.gpu is not None:  # else _container refused
         pod["nodeSelector"] = dict(cluster.gpu.node_selector)
         pod["tolerations"] = [
             {"key": cluster.gpu.taint_key, "operator": "Exists", "effect": cluster.gpu.taint_effect}
@@ -256,7 +280,9 @@ def _job(
                     {  # bad input: retrying cannot help
                         "action": "FailIndex" if "completionMode" in spec else "FailJob",
                         "onExitCodes": {
-                            "containerName": CONTAINER,
+                            # A chain's: any of its stages' containers (init ones too,
+                            # which the Job controller matches as well).
+                            **({} if "initContainers" in pod else {"containerName": CONTAINER}),
                             "operator": "In",
                             "values": [EXIT_BAD_INPUT],
                         },
@@ -308,10 +334,7 @@ def build_batch_job(
     ``job_labels``: the labels to keep (a batch rebuilt from an earlier Job's);
     otherwise those all its attempts share."""
     first = launches[0]
-    items = json.dumps(
-        [{"env": dict(sorted(launch.env.items()))} for launch in launches],
-        separators=(",", ":"),
-    )
+    items = _batch_env(launches)
     if len(items.encode()) > MAX_BATCH_ENV_BYTES:
         raise ValueError(
             f"batch {batch}: {len(launches)} clips take {len(items.encode())} bytes of "
@@ -343,6 +366,94 @@ def build_batch_job(
     )
 
 
+def chain_container(position: int, count: int) -> str:
+    """The container that runs a chain's member at ``position`` of ``count``: an init
+    container each, in order, and the last member the pod's main container."""
+    return CONTAINER if position == count - 1 else f"{CONTAINER}-{position}"
+
+
+def chain_job_name(launch: StageLaunch) -> str:
+    """A chain's Job: named by its batch, else by its first member's attempt."""
+    if launch.batch:
+        return batch_job_name(launch.batch, launch.stage, launch.accelerator)
+    return job_name(launch)
+
+
+def _batch_env(launches: Sequence[StageLaunch]) -> str:
+    return json.dumps(
+        [{"env": dict(sorted(launch.env.items()))} for launch in launches],
+        separators=(",", ":"),
+    )
+
+
+def build_chain_job(launches: Sequence[StageLaunch], cluster: ClusterSettings) -> dict[str, Any]:
+    """One Indexed Job for fused stages: an index per clip (``launches``: each clip's
+    first member, its ``chain`` the members after it, the same stages for every clip),
+    whose pod runs the members in order, as the kubelet runs a pod's containers: one
+    init container per member, the last member the main container, each with its own
+    image, command, resources and contract variables (CAMFLOW_BATCH: that member's, of
+    every clip, read by JOB_COMPLETION_INDEX), all sharing an emptyDir at
+    CAMFLOW_HANDOFF_DIR for the outputs kept local (CAMFLOW_KEEP_LOCAL).
+
+    A member that fails stops the pod (restartPolicy Never): the members after it never
+    start. Exit 2 in any member fails its index at once (FailIndex), another failure
+    retries the whole chain of that clip (backoffLimitPerIndex: the first member's
+    retries), since what the earlier members handed over went with the pod. The pod's
+    deadline is the sum of the members' timeouts."""
+    first = launches[0]
+    members = first.members
+    count = len(members)
+    for launch in launches:
+        stages = [m.stage for m in launch.members]
+        if stages != [m.stage for m in members]:
+            raise ValueError(f"batch {first.batch}: chains of other stages {stages} in one Job")
+    handoff = [{"name": HANDOFF_VOLUME, "mountPath": HANDOFF}]
+    containers = []
+    for position in range(count):
+        column = [launch.members[position] for launch in launches]
+        items = _batch_env(column)
+        if len(items.encode()) > MAX_BATCH_ENV_BYTES:
+            raise ValueError(
+                f"batch {first.batch}: {len(launches)} clips take {len(items.encode())} bytes "
+                f"of {ENV_BATCH} for stage {column[0].stage}, more than the "
+                f"{MAX_BATCH_ENV_BYTES} a process may be given: lower the stage's "
+                "batch.max_size"
+            )
+        env = [
+            {"name": ENV_BATCH, "value": items},
+            {"name": ENV_HANDOFF_DIR, "value": HANDOFF},
+            *_cluster_env(cluster),
+        ]
+        name = chain_container(position, count)
+        containers.append(_container(column[0], cluster, env, name, handoff))
+    pod = _pod(first, cluster, [], deadline=sum(m.timeout_seconds for m in members))
+    pod["initContainers"], pod["containers"] = containers[:-1], containers[-1:]
+    pod["volumes"].append({"name": HANDOFF_VOLUME, "emptyDir": {"sizeLimit": cluster.scratch_size}})
+    each = [labels(launch) for launch in launches]
+    job_labels = {k: v for k, v in each[0].items() if all(o.get(k) == v for o in each)}
+    if first.batch:
+        job_labels[LABEL_BATCH] = label_value(first.batch)
+    chain = [
+        {"stage": m.stage, "container": chain_container(n, count)} for n, m in enumerate(members)
+    ]
+    annotations = {
+        ANNOTATION_ATTEMPTS: json.dumps([launch.attempt_id for launch in launches]),
+        ANNOTATION_CHAIN: json.dumps(chain),
+        ANNOTATION_CHAIN_ATTEMPTS: json.dumps(
+            [[m.attempt_id for m in launch.members] for launch in launches]
+        ),
+        **_annotations(first),
+        ANNOTATION_TIMEOUT: str(pod["activeDeadlineSeconds"]),
+    }
+    spec = {
+        "completionMode": "Indexed",
+        "completions": len(launches),
+        "parallelism": 1,
+        "backoffLimitPerIndex": first.retries,
+    }
+    return _job(chain_job_name(first), cluster, job_labels, annotations, spec, pod)
+
+
 #: The variables a Job's own credentials Secret holds (the session token only for STS).
 CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
@@ -354,7 +465,7 @@ def with_own_credentials(job: dict[str, Any], session_token: bool) -> dict[str, 
     job = copy.deepcopy(job)
     name = job["metadata"]["name"]
     keys = CREDENTIAL_KEYS if session_token else CREDENTIAL_KEYS[:2]
-    for container in job["spec"]["template"]["spec"]["containers"]:
+    for container in _containers(job):
         env = [e for e in container.get("env", []) if e["name"] not in CREDENTIAL_KEYS]
         env += [
             {"name": key, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}} for key in keys
@@ -383,15 +494,25 @@ def credentials_secret(job: dict[str, Any], uid: str, values: Mapping[str, str])
     }
 
 
+def _containers(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Job's pod's containers, its init containers (a chain's members) first."""
+    pod = job["spec"]["template"]["spec"]
+    return [*pod.get("initContainers", []), *pod["containers"]]
+
+
 def clip_envs(job: dict[str, Any]) -> list[dict[str, str]]:
-    """The stage-contract variables of each clip a Job runs: its batch items, or the
-    container's own for a lone Job. What its credentials must allow, read from the Job
-    itself, so that a Job adopted after a crash gets the same grant."""
-    container = job["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
-    if ENV_BATCH in env:
-        return [item["env"] for item in json.loads(env[ENV_BATCH])]
-    return [env]
+    """The stage-contract variables of each clip a Job runs, of each stage it runs (a
+    chain's members): its batch items, or the container's own for a lone Job. What its
+    credentials must allow, read from the Job itself, so that a Job adopted after a
+    crash gets the same grant."""
+    envs = []
+    for container in _containers(job):
+        env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+        if ENV_BATCH in env:
+            envs += [item["env"] for item in json.loads(env[ENV_BATCH])]
+        else:
+            envs.append(env)
+    return envs
 
 
 def busy_seconds(job: dict[str, Any]) -> int:

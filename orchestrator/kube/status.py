@@ -32,6 +32,8 @@ from orchestrator.executors.base import ExecState, ExecStatus
 from orchestrator.kube.jobs import (
     ANNOTATION_ACCELERATOR,
     ANNOTATION_ATTEMPTS,
+    ANNOTATION_CHAIN,
+    ANNOTATION_CHAIN_ATTEMPTS,
     COMPLETION_INDEX,
     CONTAINER,
     INDEX_FAILURE_COUNT,
@@ -66,30 +68,44 @@ def finished(job: dict[str, Any]) -> bool:
     return bool(condition(job, "Complete") or condition(job, "Failed"))
 
 
-def _container(pod: dict[str, Any]) -> dict[str, Any]:
-    for status in (pod.get("status") or {}).get("containerStatuses") or []:
-        if status.get("name") == CONTAINER:
+def _statuses(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every container's status, the init containers' (a chain's first members) first."""
+    status = pod.get("status") or {}
+    return [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+
+
+def _container(pod: dict[str, Any], name: str = CONTAINER) -> dict[str, Any]:
+    for status in _statuses(pod):
+        if status.get("name") == name:
             return status
     return {}
 
 
-def _state(pod: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    return (_container(pod).get("state") or {}).get(kind)
+def _state(pod: dict[str, Any], kind: str, name: str = CONTAINER) -> dict[str, Any] | None:
+    return (_container(pod, name).get("state") or {}).get(kind)
 
 
-def _memory_limit(pod: dict[str, Any]) -> str | None:
-    for container in (pod.get("spec") or {}).get("containers") or []:
-        if container.get("name") == CONTAINER:
+def _memory_limit(pod: dict[str, Any], name: str = CONTAINER) -> str | None:
+    spec = pod.get("spec") or {}
+    for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        if container.get("name") == name:
             return ((container.get("resources") or {}).get("limits") or {}).get("memory")
     return None
 
 
-def container_started(pods: list[dict[str, Any]]) -> datetime | None:
-    """When the stage's code first ran: the earliest container start of any pod. A pod
+def _started(pod: dict[str, Any], name: str) -> datetime | None:
+    state = _container(pod, name).get("state") or {}
+    return parse_time((state.get("running") or state.get("terminated") or {}).get("startedAt"))
+
+
+def container_started(pods: list[dict[str, Any]], name: str | None = None) -> datetime | None:
+    """When the stage's code first ran: the earliest start of its container (``name``;
+    None: of any container, a chain's first member's included) in any pod. A pod
     waiting for a node or an image has none."""
     starts = [
-        parse_time((_state(p, "running") or _state(p, "terminated") or {}).get("startedAt"))
+        _started(p, status["name"] if name is None else name)
         for p in pods
+        for status in (_statuses(p) if name is None else [{"name": name}])
     ]
     present = [s for s in starts if s is not None]
     return min(present) if present else None
@@ -111,10 +127,13 @@ class PodFailure:
     timed_out: bool = False
 
 
-def pod_failure(pod: dict[str, Any], timeout_seconds: int | None) -> PodFailure:
-    """Why one pod failed, as the kubelet reported it, in words that say what to do."""
+def pod_failure(
+    pod: dict[str, Any], timeout_seconds: int | None, name: str = CONTAINER
+) -> PodFailure:
+    """Why one pod failed, as the kubelet reported it for its container ``name``, in
+    words that say what to do."""
     status = pod.get("status") or {}
-    terminated = _state(pod, "terminated") or {}
+    terminated = _state(pod, "terminated", name) or {}
     code = terminated.get("exitCode")
     if status.get("reason") == "DeadlineExceeded":
         limit = f"{timeout_seconds} s " if timeout_seconds else ""
@@ -131,7 +150,7 @@ def pod_failure(pod: dict[str, Any], timeout_seconds: int | None) -> PodFailure:
             "raise resources (memory, scratch) so the node keeps room for it",
         )
     if terminated.get("reason") == "OOMKilled":
-        limit = _memory_limit(pod)
+        limit = _memory_limit(pod, name)
         return PodFailure(
             code,
             f"ran out of memory (limit {limit or 'unknown'}): raise resources.memory",
@@ -247,7 +266,16 @@ def waiting(pods: list[dict[str, Any]]) -> Waiting | None:
             scheduled["reason"],
             scheduled.get("message") or "",
         )
-    held = _state(pod, "waiting") or {}
+    # Any container's: a chain's member's image may be the one that cannot be pulled.
+    held = next(
+        (
+            waits
+            for status in _statuses(pod)
+            if (waits := (status.get("state") or {}).get("waiting") or {}).get("reason")
+            in STUCK_WAITING
+        ),
+        {},
+    )
     if held.get("reason") in STUCK_WAITING:
         since = parse_time((pod.get("status") or {}).get("startTime")) or created
         return Waiting("stuck", since, held["reason"], held.get("message") or "")
@@ -355,4 +383,102 @@ def index_status(
         )
     return ExecStatus(
         state=ExecState.RUNNING if started else ExecState.QUEUED, started_at=started, tries=tries
+    )
+
+
+# --- fused stages: one chain of stages per pod --------------------------------------------
+
+
+def chain_of(job: dict[str, Any]) -> list[dict[str, str]]:
+    """A chain Job's members in order (``stage``, ``container``); [] for any other Job."""
+    raw = (job["metadata"].get("annotations") or {}).get(ANNOTATION_CHAIN)
+    return list(json.loads(raw)) if raw else []
+
+
+def chain_attempts(job: dict[str, Any]) -> list[list[str]]:
+    """A chain Job's member attempt ids, per index, in member order."""
+    raw = (job["metadata"].get("annotations") or {}).get(ANNOTATION_CHAIN_ATTEMPTS)
+    return [list(ids) for ids in json.loads(raw)] if raw else []
+
+
+def _stopped_at(pod: dict[str, Any], chain: list[dict[str, str]]) -> int:
+    """Where a failed pod's chain stopped: its first member whose container did not
+    end with exit 0 (failed, or never started)."""
+    for position, member in enumerate(chain):
+        if (_state(pod, "terminated", member["container"]) or {}).get("exitCode") != 0:
+            return position
+    return len(chain) - 1
+
+
+def _member_success(pod: dict[str, Any], name: str, tries: int | None) -> ExecStatus:
+    state = _state(pod, "terminated", name) or {}
+    return ExecStatus(
+        state=ExecState.SUCCEEDED,
+        exit_code=0,
+        tries=tries,
+        started_at=parse_time(state.get("startedAt")),
+        finished_at=parse_time(state.get("finishedAt")),
+    )
+
+
+def member_status(
+    job: dict[str, Any],
+    pods: list[dict[str, Any]],
+    index: int,
+    position: int,
+    timeout_seconds: int | None = None,
+) -> ExecStatus:
+    """What a chain Job says about the member at ``position`` of the clip at ``index``.
+
+    Succeeded once its container ended with exit 0 in a pod of the index (a retry of the
+    chain runs it again, to hand its outputs over once more: still succeeded). Failed by
+    its own container's exit code and reason once the index failed there (the Job
+    controller's failedIndexes, or the Job's Failed condition). Skipped once the index
+    failed at an earlier member: it never ran. Otherwise running while its container
+    runs, else queued (its chain is at an earlier member, or retrying)."""
+    chain = chain_of(job)
+    name = chain[position]["container"]
+    status = job.get("status") or {}
+    mine = index_pods(pods, index)
+    counts = [
+        int((p["metadata"].get("annotations") or {}).get(INDEX_FAILURE_COUNT) or 0) + 1
+        for p in mine
+    ]
+    tries = max(counts) if counts else None
+    done = [p for p in mine if (_state(p, "terminated", name) or {}).get("exitCode") == 0]
+    if done:
+        return _member_success(_newest(done) or done[0], name, tries)
+    job_failed = condition(job, "Failed")
+    if index in parse_indexes(status.get("failedIndexes")) or job_failed is not None:
+        newest = _newest(_failed_pods(mine))
+        stopped = _stopped_at(newest, chain) if newest else 0
+        if position > stopped:
+            return ExecStatus(
+                state=ExecState.SKIPPED,
+                reason=f"not run: stage {chain[stopped]['stage']} failed before it",
+            )
+        if newest is None:
+            reason = (job_failed or {}).get(
+                "message"
+            ) or f"index {index} failed (its pods are gone)"
+            return ExecStatus(state=ExecState.FAILED, exhausted=True, tries=tries, reason=reason)
+        pod = pod_failure(newest, timeout_seconds, name)
+        terminated = _state(newest, "terminated", name) or {}
+        return ExecStatus(
+            state=ExecState.FAILED,
+            exit_code=pod.exit_code,
+            timed_out=pod.timed_out,
+            exhausted=True,
+            tries=tries,
+            reason=pod.reason,
+            started_at=container_started(mine, name),
+            finished_at=parse_time(terminated.get("finishedAt"))
+            or parse_time((job_failed or {}).get("lastTransitionTime")),
+        )
+    started = container_started(mine, name)
+    running = any(_state(p, "running", name) for p in mine)
+    return ExecStatus(
+        state=ExecState.RUNNING if running or started else ExecState.QUEUED,
+        started_at=started,
+        tries=tries,
     )
