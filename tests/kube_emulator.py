@@ -63,7 +63,26 @@ Each behaviour -> where upstream does it:
   maxFailedIndexes), ``SuccessCriteriaMet`` then ``Complete`` when all succeeded
   -> indexed_job_utils.go, backoff_utils.go, job_controller.go (syncJob)
 - podFailurePolicy rules in order, the first match deciding (FailJob, FailIndex,
-  Ignore, Count) -> pkg/controller/job/pod_failure_policy.go (matchPodFailurePolicy)
+  Ignore, Count); onExitCodes looks at the containers' statuses, then the init
+  containers' -> pkg/controller/job/pod_failure_policy.go (matchPodFailurePolicy,
+  matchOnExitCodes)
+- init containers run one at a time, in order, each once the one before exited 0
+  (pkg/kubelet/kuberuntime/kuberuntime_container.go, findNextInitContainerToRun);
+  meanwhile the pod is Pending (kubelet_pods.go, getPhase) with ``Initialized=False``,
+  reason ``ContainersNotInitialized``, "containers with incomplete status: [a b]"
+  (pkg/kubelet/status/generate.go, GeneratePodInitializedCondition), the init
+  containers not run yet and the app containers waiting with reason ``PodInitializing``;
+  with restartPolicy Never an init container that fails fails the pod and nothing after
+  it starts (test/e2e/common/node/init_container.go, "should not start app containers
+  and fail the pod if init containers fail on a RestartNever pod"); each container's
+  status in ``initContainerStatuses`` / ``containerStatuses`` (name, image, ready,
+  restartCount, started, state), a finished init container ``ready``
+- a pod's effective request of an extended resource (a GPU): the larger of its largest
+  init container's and the sum of its app containers' -> k8s.io/component-helpers
+  resource/helpers.go (PodRequests), as the scheduler's NodeResourcesFit counts it
+- an emptyDir is a folder of the pod's own, shared by its containers: there are no mount
+  namespaces here, so a container variable whose value is an emptyDir's mountPath (or
+  under it) is given that folder instead
 
 Timers that upstream counts in minutes (pod-failure backoff, TTL) are multiplied by
 the runner's ``time_scale`` so tests stay fast; deadlines are real seconds.
@@ -768,6 +787,12 @@ class _Pod:
     stopping: str | None = None
     #: Monotonic time it reached a terminal phase (an index's backoff counts from it).
     finished: float = 0.0
+    #: The container the kubelet is at: init containers in order, then the main one.
+    step: int = 0
+    #: Each container's state as the kubelet reports it, by name.
+    states: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Each emptyDir volume's folder on this machine, by volume name.
+    volumes: dict[str, Path] = field(default_factory=dict)
 
 
 @dataclass
@@ -962,7 +987,11 @@ class JobRunner:
         for index, rule in enumerate(rules):
             codes = rule.get("onExitCodes")
             if codes:
-                for status in pod["status"].get("containerStatuses") or []:
+                statuses = [
+                    *(pod["status"].get("containerStatuses") or []),
+                    *(pod["status"].get("initContainerStatuses") or []),
+                ]
+                for status in statuses:
                     if codes.get("containerName") and codes["containerName"] != status["name"]:
                         continue
                     code = ((status.get("state") or {}).get("terminated") or {}).get("exitCode")
@@ -1206,20 +1235,28 @@ class JobRunner:
 
     # --- scheduler and kubelet --------------------------------------------------------
 
+    @staticmethod
+    def _gpus(spec: dict[str, Any]) -> int:
+        """The pod's effective GPUs: its largest init container's, or the sum of its app
+        containers', whichever is larger (PodRequests)."""
+
+        def gpus(container: dict[str, Any]) -> int:
+            return _quantity(container.get("resources", {}).get("limits", {}).get(GPU))
+
+        init = max((gpus(c) for c in spec.get("initContainers") or []), default=0)
+        return max(init, sum(gpus(c) for c in spec["containers"]))
+
     def _gpus_used(self, node_name: str) -> int:
         return sum(
-            _quantity(c.get("resources", {}).get("limits", {}).get(GPU))
+            self._gpus(p["spec"])
             for p in self.emulator.pods.values()
             if p["spec"].get("nodeName") == node_name
             and p["status"]["phase"] in ("Pending", "Running")
-            for c in p["spec"]["containers"]
         )
 
     def _schedule(self, pod: dict[str, Any]) -> str | None:
         spec = pod["spec"]
-        wanted = sum(
-            _quantity(c.get("resources", {}).get("limits", {}).get(GPU)) for c in spec["containers"]
-        )
+        wanted = self._gpus(spec)
         reasons: dict[str, int] = {}
         for candidate in self.emulator.nodes:
             labels = candidate["metadata"]["labels"]
@@ -1274,26 +1311,88 @@ class JobRunner:
             item |= {"reason": reason, "message": message}
         pod["status"]["conditions"] = [*conditions, item]
 
+    @staticmethod
+    def _sequence(pod: dict[str, Any]) -> list[dict[str, Any]]:
+        """What the kubelet runs, in order: the init containers, then the (first) app
+        container."""
+        return [*(pod["spec"].get("initContainers") or []), pod["spec"]["containers"][0]]
+
     def _container_status(
-        self, pod: dict[str, Any], state: dict[str, Any], ready: bool = False
+        self, pod: dict[str, Any], pod_state: _Pod, state: dict[str, Any]
     ) -> None:
-        container = pod["spec"]["containers"][0]
-        pod["status"]["containerStatuses"] = [
-            {
+        """The current container's state, then every container's status as the kubelet
+        reports it: the init containers' (a finished one ready), the app container's
+        (waiting PodInitializing while init containers have not all finished), and the
+        pod's Initialized condition."""
+        current = self._sequence(pod)[pod_state.step]
+        pod_state.states[current["name"]] = state
+        inits = pod["spec"].get("initContainers") or []
+
+        def status(container: dict[str, Any], init: bool) -> dict[str, Any]:
+            own = pod_state.states.get(container["name"])
+            waiting = {"waiting": {"reason": "PodInitializing"}}
+            done = init and ((own or {}).get("terminated") or {}).get("exitCode") == 0
+            return {
                 "name": container["name"],
                 "image": container["image"],
                 "imageID": "",
-                "ready": ready,
+                "ready": done or (not init and "running" in (own or {})),
                 "restartCount": 0,
-                "started": "running" in state,
-                "state": state,
+                "started": "running" in (own or {}),
+                "state": own or waiting,
             }
-        ]
 
-    def _env(self, pod: dict[str, Any], container: dict[str, Any]) -> dict[str, str] | str:
+        if inits:
+            pod["status"]["initContainerStatuses"] = [status(c, True) for c in inits]
+            incomplete = [
+                s["name"] for s in pod["status"]["initContainerStatuses"] if not s["ready"]
+            ]
+            if incomplete:
+                self._pod_condition(
+                    pod,
+                    "Initialized",
+                    "False",
+                    "ContainersNotInitialized",
+                    f"containers with incomplete status: [{' '.join(incomplete)}]",
+                )
+            else:
+                self._pod_condition(pod, "Initialized", "True")
+        main = pod["spec"]["containers"][0]
+        if inits or main["name"] in pod_state.states:
+            pod["status"]["containerStatuses"] = [status(main, False)]
+
+    def _mounts(
+        self, pod: dict[str, Any], state: _Pod, container: dict[str, Any]
+    ) -> dict[str, Path]:
+        """The container's emptyDir mounts: mountPath -> the pod's folder for it."""
+        empty = {v["name"] for v in pod["spec"].get("volumes") or [] if "emptyDir" in v}
+        mounts = {}
+        for mount in container.get("volumeMounts") or []:
+            if mount["name"] in empty:
+                if mount["name"] not in state.volumes:
+                    folder = self._logs / f"{pod['metadata']['name']}-{mount['name']}"
+                    folder.mkdir(exist_ok=True)
+                    state.volumes[mount["name"]] = folder
+                mounts[mount["mountPath"].rstrip("/")] = state.volumes[mount["name"]]
+        return mounts
+
+    def _env(
+        self, pod: dict[str, Any], container: dict[str, Any], state: _Pod | None = None
+    ) -> dict[str, str] | str:
         """The container's environment, or why it cannot be made (a missing Secret).
         A fieldRef reads the pod's own metadata, as the kubelet's downward API does
-        (pkg/fieldpath/fieldpath.go: name, namespace, labels['k'], annotations['k'])."""
+        (pkg/fieldpath/fieldpath.go: name, namespace, labels['k'], annotations['k']).
+        A value naming an emptyDir's mount path names the pod's folder for it."""
+        env = self._resolve_env(pod, container)
+        if isinstance(env, str) or state is None:
+            return env
+        for path, folder in self._mounts(pod, state, container).items():
+            for key, value in env.items():
+                if value == path or value.startswith(f"{path}/"):
+                    env[key] = f"{folder}{value[len(path) :]}"
+        return env
+
+    def _resolve_env(self, pod: dict[str, Any], container: dict[str, Any]) -> dict[str, str] | str:
         namespace = pod["metadata"]["namespace"]
         env = {
             k: v
@@ -1354,11 +1453,51 @@ class JobRunner:
             if state.process is None:
                 self._start_container(pod, state)
                 continue
-            if state.process.poll() is not None:
-                self._finish_pod(pod, state, state.process.returncode)
+            code = state.process.poll()
+            if code is None:
+                continue
+            if code == 0 and state.stopping is None and state.step < len(self._sequence(pod)) - 1:
+                self._next_container(pod, state)
+                continue
+            self._finish_pod(pod, state, code)
+
+    def _next_container(self, pod: dict[str, Any], state: _Pod) -> None:
+        """An init container exited 0: it is done (ready), and the next one starts at
+        the kubelet's next sync."""
+        self._container_status(pod, state, self._terminated(pod, state, 0))
+        state.step += 1
+        state.process = None
+        self.emulator.stamp(pod, None)
+
+    def _terminated(self, pod: dict[str, Any], state: _Pod, code: int) -> dict[str, Any]:
+        """The current container's terminated state: exit code, reason, times, and with
+        FallbackToLogsOnError its log's tail when it failed."""
+        container = self._sequence(pod)[state.step]
+        started = (state.states.get(container["name"]) or {}).get("running", {}).get("startedAt")
+        reason = "Completed" if code == 0 else "Error"
+        if state.stopping == "OOMKilled":
+            reason, code = "OOMKilled", 137
+        terminated = {
+            "exitCode": code,
+            "reason": reason,
+            "startedAt": started,
+            "finishedAt": now(),
+            "containerID": f"containerd://{uuid.uuid4().hex}",
+        }
+        if (
+            code != 0
+            and container.get("terminationMessagePolicy") == "FallbackToLogsOnError"
+            and state.log
+        ):
+            tail = state.log.read_bytes().decode(errors="replace").splitlines()[-LOG_LINES:]
+            message = "\n".join(tail)[-LOG_BYTES:]
+            if message:
+                terminated["message"] = message
+        return terminated
 
     def _start_container(self, pod: dict[str, Any], state: _Pod) -> None:
-        container = pod["spec"]["containers"][0]
+        container = self._sequence(pod)[state.step]
+        init = state.step < len(self._sequence(pod)) - 1
         if container["image"] in self.emulator.unpullable:
             state.pulls += 1
             reason = "ErrImagePull" if state.pulls <= 2 else "ImagePullBackOff"
@@ -1367,12 +1506,12 @@ class JobRunner:
                 if reason == "ImagePullBackOff"
                 else f'failed to pull and unpack image "{container["image"]}": not found'
             )
-            self._container_status(pod, {"waiting": {"reason": reason, "message": message}})
+            self._container_status(pod, state, {"waiting": {"reason": reason, "message": message}})
             return
-        env = self._env(pod, container)
+        env = self._env(pod, container, state)
         if isinstance(env, str):
             self._container_status(
-                pod, {"waiting": {"reason": "CreateContainerConfigError", "message": env}}
+                pod, state, {"waiting": {"reason": "CreateContainerConfigError", "message": env}}
             )
             return
         command = list(container["command"])
@@ -1380,7 +1519,7 @@ class JobRunner:
             command[0] = sys.executable
         job_name = state.job[1]
         self.runs[job_name] = self.runs.get(job_name, 0) + 1
-        state.log = self._logs / f"{pod['metadata']['name']}.log"
+        state.log = self._logs / f"{pod['metadata']['name']}-{container['name']}.log"
         with state.log.open("wb") as log:
             # One log, stdout and stderr together, as the container runtime keeps it.
             state.process = subprocess.Popen(
@@ -1391,9 +1530,10 @@ class JobRunner:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        pod["status"]["phase"] = "Running"
-        self._pod_condition(pod, "Ready", "True")
-        self._container_status(pod, {"running": {"startedAt": now()}}, ready=True)
+        self._container_status(pod, state, {"running": {"startedAt": now()}})
+        if not init:  # Pending while init containers run (getPhase)
+            pod["status"]["phase"] = "Running"
+            self._pod_condition(pod, "Ready", "True")
 
     def _kill(self, state: _Pod, grace: bool) -> None:
         """SIGTERM, then SIGKILL after the grace period, as the kubelet stops a container."""
@@ -1422,12 +1562,6 @@ class JobRunner:
 
     def _finish_pod(self, pod: dict[str, Any], state: _Pod, code: int | None) -> None:
         state.finished = time.monotonic()
-        container = pod["spec"]["containers"][0]
-        started = (
-            ((pod["status"].get("containerStatuses") or [{}])[0].get("state") or {})
-            .get("running", {})
-            .get("startedAt")
-        )
         pod["status"]["conditions"] = [
             c for c in pod["status"].get("conditions") or [] if c["type"] != "Ready"
         ]
@@ -1440,27 +1574,9 @@ class JobRunner:
                 }
             return
         code = code if code >= 0 else 128 - code
-        reason = "Completed" if code == 0 else "Error"
-        if state.stopping == "OOMKilled":
-            reason, code = "OOMKilled", 137
-        message = ""
-        if (
-            code != 0
-            and container.get("terminationMessagePolicy") == "FallbackToLogsOnError"
-            and state.log
-        ):
-            tail = state.log.read_bytes().decode(errors="replace").splitlines()[-LOG_LINES:]
-            message = "\n".join(tail)[-LOG_BYTES:]
-        terminated = {
-            "exitCode": code,
-            "reason": reason,
-            "startedAt": started,
-            "finishedAt": now(),
-            "containerID": f"containerd://{uuid.uuid4().hex}",
-        }
-        if message:
-            terminated["message"] = message
-        self._container_status(pod, {"terminated": terminated})
+        terminated = self._terminated(pod, state, code)
+        code = terminated["exitCode"]
+        self._container_status(pod, state, {"terminated": terminated})
         pod["status"]["phase"] = "Succeeded" if code == 0 else "Failed"
         if state.stopping == "DeadlineExceeded":
             pod["status"] |= {
