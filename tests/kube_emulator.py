@@ -50,7 +50,8 @@ Each behaviour -> where upstream does it:
 - an Indexed Job's pods: up to ``parallelism`` at once for the lowest pending indexes
   (firstPendingIndexes), named ``<job>-<index>-<random>``, the index as the
   ``batch.kubernetes.io/job-completion-index`` annotation and label, hostname
-  ``<job>-<index>``, ``JOB_COMPLETION_INDEX`` from that label (fieldRef, resolved as the
+  ``<job>-<index>``, ``JOB_COMPLETION_INDEX`` in every container, init containers
+  included (addCompletionIndexEnvVariables), from that label (fieldRef, resolved as the
   kubelet's downward API does: pkg/fieldpath), and the index's failures so far in
   ``batch.kubernetes.io/job-index-failure-count`` (and ``-ignored-failure-count``)
   -> pkg/controller/job/indexed_job_utils.go, job_controller.go (manageJob)
@@ -1188,7 +1189,8 @@ class JobRunner:
                 prefix = f"{name[: MAX_GENERATED_NAME - len(str(index)) - 2]}-{index}-"
             annotations[COMPLETION_INDEX] = labels[COMPLETION_INDEX] = str(index)
             spec["hostname"] = f"{name}-{index}"
-            for container in spec["containers"]:
+            # addCompletionIndexEnvVariables: the init containers' too.
+            for container in [*(spec.get("initContainers") or []), *spec["containers"]]:
                 if all(e["name"] != COMPLETION_INDEX_ENV for e in container.get("env") or []):
                     field_path = f"metadata.labels['{COMPLETION_INDEX}']"
                     container.setdefault("env", []).append(
@@ -1464,7 +1466,7 @@ class JobRunner:
     def _next_container(self, pod: dict[str, Any], state: _Pod) -> None:
         """An init container exited 0: it is done (ready), and the next one starts at
         the kubelet's next sync."""
-        self._container_status(pod, state, self._terminated(pod, state, 0))
+        self._container_status(pod, state, {"terminated": self._terminated(pod, state, 0)})
         state.step += 1
         state.process = None
         self.emulator.stamp(pod, None)

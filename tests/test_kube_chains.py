@@ -1,0 +1,292 @@
+"""Fused stages on Kubernetes: one Indexed Job whose pod runs a clip's chain of stages in
+order (an init container per member, the last the main container, an emptyDir shared
+for the hand-off), each member answered from its own container's status.
+
+The pure parts against the fields upstream writes (pkg/kubelet/status/generate.go,
+test/e2e/common/node/init_container.go for a failed init container of a restartPolicy
+Never pod), and the executor over HTTP against the emulator, whose kubelet runs init
+containers as the real one does (tests/kube_emulator.py names the sources)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from algorithms.contract import ENV_BATCH, ENV_HANDOFF_DIR
+from orchestrator.domain.catalog import load_catalog
+from orchestrator.embedded_s3 import EmbeddedS3
+from orchestrator.executors.base import ExecState, StageLaunch
+from orchestrator.kube.executor import KubernetesExecutor
+from orchestrator.kube.jobs import (
+    ANNOTATION_CHAIN,
+    HANDOFF,
+    build_chain_job,
+    clip_envs,
+    with_own_credentials,
+)
+from orchestrator.kube.status import member_status
+from orchestrator.settings import PROJECT_ROOT
+from tests.kube_fixtures import DEV, KUBERNETES_VERSION, launch_for
+from tests.test_kube_cluster import _make
+from tests.test_kube_executor import Cluster
+
+CATALOG = load_catalog([PROJECT_ROOT / "algorithms"], [PROJECT_ROOT / "pipelines"])
+FACES = ("decode", "faces", "thumbnails", "publish")
+
+
+def _chain(
+    clip: str, batch: str | None = "b-chain", stages: tuple[str, ...] = FACES
+) -> StageLaunch:
+    """A clip's chain of the faces pipeline's stages on CPU, each member its own attempt."""
+    members = [
+        launch_for(CATALOG.pipeline("faces"), stage, "cpu").model_copy(
+            update={"attempt_id": f"a-{clip}-{stage}", "run_id": f"r-{clip}"}
+        )
+        for stage in stages
+    ]
+    members = [
+        m.model_copy(update={"env": {**m.env, "CAMFLOW_RUN_ID": f"r-{clip}"}}) for m in members
+    ]
+    return members[0].model_copy(update={"chain": members[1:], "batch": batch})
+
+
+def _until(check: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)
+
+
+# --- the Job ------------------------------------------------------------------------------
+
+
+def test_a_chain_job_runs_each_member_in_its_own_container_in_order() -> None:
+    chains = [_chain("c1"), _chain("c2")]
+    job = build_chain_job(chains, DEV)
+    kubernetes_validate.validate(job, KUBERNETES_VERSION, strict=True)
+    pod = job["spec"]["template"]["spec"]
+    names = [c["name"] for c in [*pod["initContainers"], *pod["containers"]]]
+    assert names == ["stage-0", "stage-1", "stage-2", "stage"]
+    assert json.loads(job["metadata"]["annotations"][ANNOTATION_CHAIN]) == [
+        {"stage": s, "container": n} for s, n in zip(FACES, names, strict=True)
+    ]
+    assert (job["spec"]["completionMode"], job["spec"]["completions"]) == ("Indexed", 2)
+    # Each container: its member's image and command, its member's variables for every
+    # clip (by index), and the hand-off folder every container of the pod mounts.
+    for position, container in enumerate([*pod["initContainers"], *pod["containers"]]):
+        member = chains[0].members[position]
+        assert (container["image"], container["command"]) == (member.image, member.command)
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        items = json.loads(env[ENV_BATCH])
+        assert [i["env"]["CAMFLOW_STAGE"] for i in items] == [FACES[position]] * 2
+        assert [i["env"]["CAMFLOW_RUN_ID"] for i in items] == ["r-c1", "r-c2"]
+        assert env[ENV_HANDOFF_DIR] == HANDOFF
+        assert {"name": "handoff", "mountPath": HANDOFF} in container["volumeMounts"]
+    assert {"name": "handoff", "emptyDir": {"sizeLimit": DEV.scratch_size}} in pod["volumes"]
+    # The pod may run every member to its timeout; exit 2 of any member fails the index.
+    assert pod["activeDeadlineSeconds"] == sum(m.timeout_seconds for m in chains[0].members)
+    [bad_input, _disruption] = job["spec"]["podFailurePolicy"]["rules"]
+    assert bad_input["action"] == "FailIndex" and "containerName" not in bad_input["onExitCodes"]
+    # Credentials by reference in every container, for every member's prefixes.
+    own = with_own_credentials(job, session_token=False)
+    for container in [*own["spec"]["template"]["spec"]["initContainers"], pod["containers"][0]]:
+        refs = [e for e in container["env"] if "valueFrom" in e]
+        assert refs, container["name"]
+    assert len(clip_envs(job)) == 8  # four stages of two clips
+
+
+def test_chains_of_other_stages_are_never_one_job() -> None:
+    with pytest.raises(ValueError, match="chains of other stages"):
+        build_chain_job([_chain("c1"), _chain("c2", stages=("decode", "faces"))], DEV)
+
+
+# --- each member's status, from the fields the kubelet writes -------------------------------
+
+
+def _terminated(name: str, code: int, started: str, finished: str, message: str = "") -> dict:  # type: ignore[type-arg]
+    state: dict[str, Any] = {
+        "exitCode": code,
+        "reason": "Completed" if code == 0 else "Error",
+        "startedAt": started,
+        "finishedAt": finished,
+    }
+    if message:
+        state["message"] = message
+    return {"name": name, "ready": code == 0, "state": {"terminated": state}}
+
+
+def _waiting(name: str) -> dict:  # type: ignore[type-arg]
+    return {"name": name, "ready": False, "state": {"waiting": {"reason": "PodInitializing"}}}
+
+
+def _pod(index: int, phase: str, inits: list[dict], main: dict) -> dict:  # type: ignore[type-arg]
+    return {
+        "metadata": {
+            "name": f"job-{index}-x",
+            "creationTimestamp": "2026-12-01T10:00:00Z",
+            "annotations": {
+                "batch.kubernetes.io/job-completion-index": str(index),
+                "batch.kubernetes.io/job-index-failure-count": "0",
+            },
+        },
+        "status": {"phase": phase, "initContainerStatuses": inits, "containerStatuses": [main]},
+    }
+
+
+def test_each_member_is_answered_from_its_own_container() -> None:
+    job = build_chain_job([_chain("c1"), _chain("c2")], DEV)
+    # Index 0 failed at its second member with bad input (the shape of upstream's e2e
+    # test of a failed init container in a restartPolicy Never pod); index 1 runs its
+    # third member.
+    failed = _pod(
+        0,
+        "Failed",
+        [
+            _terminated("stage-0", 0, "2026-12-01T10:00:01Z", "2026-12-01T10:00:03Z"),
+            _terminated(
+                "stage-1", 2, "2026-12-01T10:00:04Z", "2026-12-01T10:00:05Z", "log\nno frames"
+            ),
+            _waiting("stage-2"),
+        ],
+        _waiting("stage"),
+    )
+    running = _pod(
+        1,
+        "Pending",  # the kubelet's phase while init containers run
+        [
+            _terminated("stage-0", 0, "2026-12-01T10:00:06Z", "2026-12-01T10:00:07Z"),
+            _terminated("stage-1", 0, "2026-12-01T10:00:08Z", "2026-12-01T10:00:09Z"),
+            {
+                "name": "stage-2",
+                "ready": False,
+                "state": {"running": {"startedAt": "2026-12-01T10:00:10Z"}},
+            },
+        ],
+        _waiting("stage"),
+    )
+    job["status"] = {"failedIndexes": "0", "completedIndexes": ""}
+    pods = [failed, running]
+
+    def state(index: int, position: int) -> tuple[Any, ...]:
+        s = member_status(job, pods, index, position, 600)
+        return s.state, s.exit_code, s.reason
+
+    assert state(0, 0) == (ExecState.SUCCEEDED, 0, None)
+    assert state(0, 1) == (ExecState.FAILED, 2, "no frames")
+    assert state(0, 2) == (ExecState.SKIPPED, None, "not run: stage faces failed before it")
+    assert state(0, 3) == (ExecState.SKIPPED, None, "not run: stage faces failed before it")
+    assert [state(1, p)[0] for p in range(4)] == [
+        ExecState.SUCCEEDED,
+        ExecState.SUCCEEDED,
+        ExecState.RUNNING,
+        ExecState.QUEUED,
+    ]
+    first = member_status(job, pods, 1, 0)
+    assert (first.started_at.second, first.finished_at.second) == (6, 7)  # type: ignore[union-attr]
+    assert member_status(job, pods, 0, 1).exhausted
+
+
+# --- through the executor, on the emulator --------------------------------------------------
+
+#: A member: writes its clip into the hand-off folder (the first), checks that the
+#: earlier member's file is there (the others), and fails with bad input where its
+#: clip and stage say so.
+MEMBER = """
+import json, os, sys, time
+item = json.loads(os.environ["CAMFLOW_BATCH"])[int(os.environ["JOB_COMPLETION_INDEX"])]
+env = item["env"]
+clip, stage = env["CAMFLOW_RUN_ID"], env["CAMFLOW_STAGE"]
+folder = os.environ["CAMFLOW_HANDOFF_DIR"]
+time.sleep(0.2)
+if stage == "decode":
+    open(os.path.join(folder, "frames"), "w").write(clip)
+else:
+    got = open(os.path.join(folder, "frames")).read()
+    if got != clip:
+        sys.exit(f"hand-off holds {got!r}, not {clip!r}")
+if clip == "r-bad" and stage == "faces":
+    print("the clip holds no frames", file=sys.stderr)
+    sys.exit(2)
+print(f"{stage} of {clip} done")
+"""
+
+
+def _scripted(chain: StageLaunch) -> StageLaunch:
+    members = [
+        m.model_copy(update={"command": ["python", "-c", MEMBER], "placement": "dev"})
+        for m in chain.members
+    ]
+    return members[0].model_copy(update={"chain": members[1:]})
+
+
+def test_a_batch_of_chains_is_one_job_and_a_bad_clip_fails_alone(
+    made: list[Cluster], tmp_path: Path, s3_server: EmbeddedS3
+) -> None:
+    dev = _make(made, tmp_path, s3_server, "dev")
+    settings = dev.settings.model_copy(update={"s3_secret": None, "budget": 1})
+    executor = KubernetesExecutor([settings])
+    chains = [_scripted(_chain(clip)) for clip in ("ok1", "bad", "ok2")]
+    submitted = executor.submit(chains)
+    members = {m.attempt_id: m for chain in chains for m in chain.members}
+    assert set(submitted) == set(members)  # a handle for every member
+    [job] = dev.jobs()
+    name = job["metadata"]["name"]
+    assert submitted["a-bad-faces"].handle == f"dev/camflow-jobs/{name}#1@1"
+    assert submitted["a-bad-decode"].handle == f"dev/camflow-jobs/{name}#1"
+    handles = {attempt: s.handle for attempt, s in submitted.items()}
+
+    def final() -> bool:
+        states = executor.poll(list(handles.values()))
+        return all(
+            s.state in (ExecState.SUCCEEDED, ExecState.FAILED, ExecState.SKIPPED)
+            for s in states.values()
+        )
+
+    _until(final, timeout=90)
+    states = executor.poll(list(handles.values()))
+    by_attempt = {attempt: states[handle] for attempt, handle in handles.items()}
+    for clip in ("ok1", "ok2"):
+        got = [by_attempt[f"a-{clip}-{stage}"] for stage in FACES]
+        assert [s.state for s in got] == [ExecState.SUCCEEDED] * 4, [s.reason for s in got]
+        # In order, one after another, each with its own times.
+        for before, after in itertools.pairwise(got):
+            assert before.finished_at <= after.started_at  # type: ignore[operator]
+    bad = [by_attempt[f"a-bad-{stage}"] for stage in FACES]
+    assert [s.state for s in bad] == [
+        ExecState.SUCCEEDED,
+        ExecState.FAILED,
+        ExecState.SKIPPED,
+        ExecState.SKIPPED,
+    ]
+    assert (bad[1].exit_code, bad[1].reason, bad[1].exhausted) == (
+        2,
+        "the clip holds no frames",
+        True,
+    )
+    assert bad[2].reason == "not run: stage faces failed before it"
+    # One Job for three clips of four stages; the bad clip's pod ran two containers.
+    creates = [c for c in dev.emulator.calls if (c.verb, c.resource) == ("create", "jobs")]
+    assert len(creates) == 1
+    with dev.emulator.lock:
+        [bad_pod] = [
+            p
+            for p in dev.emulator.pods.values()
+            if p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == "1"
+        ]
+        status = bad_pod["status"]
+    assert status["phase"] == "Failed"
+    initialized = next(c for c in status["conditions"] if c["type"] == "Initialized")
+    assert (initialized["status"], initialized["reason"], initialized["message"]) == (
+        "False",
+        "ContainersNotInitialized",
+        "containers with incomplete status: [stage-1 stage-2]",
+    )
+    assert status["containerStatuses"][0]["state"] == {"waiting": {"reason": "PodInitializing"}}
+    executor.close()
