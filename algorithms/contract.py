@@ -50,6 +50,24 @@ ENV_BATCH_INDEX = "JOB_COMPLETION_INDEX"
 #: manifest, once written to S3, so that camflow need not read it back (the SDK does).
 ENV_MANIFEST_COPY = "CAMFLOW_MANIFEST_COPY"
 
+#: Fused stages: several consecutive stages of one clip in one process (or one pod).
+#: A stage given CAMFLOW_KEEP_LOCAL=1 hands its outputs, and its manifest, to the later
+#: stages of its process instead of writing them to S3 (they are intermediates no one
+#: else reads); the SDK does this for its stages. CAMFLOW_HANDOFF_DIR, where set, is a
+#: folder the stages of one pod share for that (otherwise the hand-off is in memory).
+ENV_KEEP_LOCAL = "CAMFLOW_KEEP_LOCAL"
+ENV_HANDOFF_DIR = "CAMFLOW_HANDOFF_DIR"
+#: In a batch of fused stages, each item is ``{"chain": [MEMBER, ...]}``: one clip's
+#: stages in order, each MEMBER a batch item (``env``, ``report``, ``log``) plus the
+#: ``module`` whose ``main(ctx)`` runs it. A member not run because an earlier one
+#: failed is reported ``{"skipped": true, "reason": ...}``.
+CHAIN = "chain"
+
+#: Optional: how many CPUs the stage may keep busy (its share of the machine, or its
+#: container's CPU request): compute libraries size their thread pools to it rather
+#: than to every core, which stages running side by side would oversubscribe.
+ENV_CPUS = "CAMFLOW_CPUS"
+
 #: Written last under CAMFLOW_OUTPUT: its presence means the stage's outputs are complete.
 MANIFEST_NAME = "_manifest.json"
 

@@ -16,6 +16,9 @@ A stage's ``main(ctx)`` returns ``StageReport``; ``run_stage`` writes
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -104,6 +107,53 @@ class _Clients:
         return client
 
 
+class Handoff:
+    """Outputs that fused stages pass on within their execution instead of S3 (see
+    contract.ENV_KEEP_LOCAL): objects by their S3 address, as bytes, or as decoded
+    images (numpy arrays), which the next stage takes as they are, never re-encoded.
+    In memory for the stages of one process; in a folder the stages of one pod share
+    (CAMFLOW_HANDOFF_DIR), one file per object."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.folder = folder
+        self._objects: dict[tuple[str, str], Any] = {}
+
+    def _path(self, uri: S3Uri) -> Path:
+        assert self.folder is not None
+        path = (self.folder / uri.bucket / uri.key).resolve()
+        if not path.is_relative_to(self.folder.resolve()):
+            raise ValueError(f"{uri} does not name an object under the hand-off folder")
+        return path
+
+    def put(self, uri: S3Uri, value: Any) -> None:
+        if self.folder is None:
+            self._objects[(uri.bucket, uri.key)] = value
+            return
+        path = self._path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(value, bytes | bytearray):
+            path.write_bytes(value)
+        else:  # an image: its raw pixels, as numpy stores them
+            import numpy as np
+
+            with path.with_name(path.name + ".npy").open("wb") as handle:
+                np.save(handle, value, allow_pickle=False)
+
+    def get(self, uri: S3Uri) -> Any:
+        """The object (bytes, or an image), or None if it was not handed over."""
+        if self.folder is None:
+            return self._objects.get((uri.bucket, uri.key))
+        path = self._path(uri)
+        if path.is_file():
+            return path.read_bytes()
+        array = path.with_name(path.name + ".npy")
+        if array.is_file():
+            import numpy as np
+
+            return np.load(array, allow_pickle=False)
+        return None
+
+
 @dataclass
 class StageContext:
     inputs: dict[str, str]
@@ -114,7 +164,12 @@ class StageContext:
     accelerator: str
     scratch: Path
     clip: dict[str, Any] = field(default_factory=dict)
+    #: Fused: this stage's outputs go to the hand-off, not S3 (see Handoff).
+    keep_local: bool = False
+    #: CPUs it may keep busy (CAMFLOW_CPUS); 0: not said, use the library's default.
+    cpus: int = 0
     _s3: Any = field(default=None, repr=False)
+    _handoff: Handoff | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> StageContext:
@@ -144,6 +199,13 @@ class StageContext:
             accelerator=env.get(contract.ENV_ACCELERATOR, "cpu"),
             scratch=scratch,
             clip=json.loads(env.get(contract.ENV_CLIP) or "{}"),
+            keep_local=env.get(contract.ENV_KEEP_LOCAL) == "1",
+            cpus=int(env.get(contract.ENV_CPUS) or 0),
+            _handoff=(
+                Handoff(Path(env[contract.ENV_HANDOFF_DIR]))
+                if env.get(contract.ENV_HANDOFF_DIR)
+                else None
+            ),
         )
 
     @property
@@ -193,18 +255,65 @@ class StageContext:
         return dest
 
     def get_json(self, uri: S3Uri) -> Any:
-        body = self.s3.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read()
-        return json.loads(body)
+        return json.loads(self.get_bytes(uri))
+
+    def _handed(self, uri: S3Uri) -> Any:
+        return self._handoff.get(uri) if self._handoff is not None else None
+
+    @property
+    def _keeps(self) -> bool:
+        return self.keep_local and self._handoff is not None
 
     def get_bytes(self, uri: S3Uri) -> bytes:
+        handed = self._handed(uri)
+        if isinstance(handed, bytes | bytearray):
+            return bytes(handed)
+        if handed is not None:  # an image handed over decoded, read as a file: JPEG
+            return _jpeg(handed, 95)
         return self.s3.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read()
 
     def put_bytes(self, relative: str, data: bytes, content_type: str) -> S3Uri:
         target = self.output.join(relative)
+        if self._keeps:
+            assert self._handoff is not None
+            self._handoff.put(target, data)
+            return target
         self.s3.put_object(
             Bucket=target.bucket, Key=target.key, Body=data, ContentType=content_type
         )
         return target
+
+    def put_images(self, items: Iterable[tuple[str, Any]], quality: int = 90) -> int:
+        """Writes images (BGR numpy arrays) as JPEG files under the output, or, fused
+        with the stages that read them, hands them over as they are (no encoding)."""
+        if self._keeps:
+            assert self._handoff is not None
+            count = 0
+            for relative, image in items:
+                self._handoff.put(self.output.join(relative), image)
+                count += 1
+            return count
+        return self.put_many(
+            (relative, _jpeg(image, quality), "image/jpeg") for relative, image in items
+        )
+
+    def get_images(self, uris: Iterable[S3Uri]) -> list[Any]:
+        """The images at ``uris`` as BGR numpy arrays (None where a file is not an
+        image): handed over by a fused stage before this one, or read from S3."""
+        import cv2
+        import numpy as np
+
+        uris = list(uris)
+        images: list[Any] = [self._handed(uri) for uri in uris]
+        missing = [n for n, image in enumerate(images) if image is None]
+        for n, blob in zip(missing, self.get_many(uris[n] for n in missing), strict=True):
+            images[n] = blob
+        return [
+            cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
+            if isinstance(image, bytes | bytearray)
+            else image
+            for image in images
+        ]
 
     def put_json(self, relative: str, payload: Any) -> S3Uri:
         data = json.dumps(payload, separators=(",", ":")).encode()
@@ -212,13 +321,28 @@ class StageContext:
 
     def put_many(self, items: Iterable[tuple[str, bytes, str]], workers: int = 8) -> int:
         """Uploads many small objects in parallel; one PUT each costs a round trip."""
+        if self._keeps:
+            return sum(1 for item in items if self.put_bytes(*item))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             done = list(pool.map(lambda item: self.put_bytes(*item), items))
         return len(done)
 
     def get_many(self, uris: Iterable[S3Uri], workers: int = 8) -> list[bytes]:
+        if self._handoff is not None:
+            uris = list(uris)
+            if all(self._handed(uri) is not None for uri in uris):
+                return [self.get_bytes(uri) for uri in uris]
         with ThreadPoolExecutor(max_workers=workers) as pool:
             return list(pool.map(self.get_bytes, uris))
+
+
+def _jpeg(image: Any, quality: int) -> bytes:
+    import cv2
+
+    ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("could not encode an image as JPEG")
+    return encoded.tobytes()
 
 
 @dataclass
@@ -289,7 +413,7 @@ def run_stage(main: Main) -> None:
 # --- the batch form -----------------------------------------------------------------------
 
 
-def batch_items(environ: Mapping[str, str]) -> list[dict[str, Any]] | None:
+def batch_items(environ: Mapping[str, str], member: str = "env") -> list[dict[str, Any]] | None:
     """The batch this process was given, or None for the single-clip contract."""
     if environ.get(contract.ENV_BATCH_FILE):
         raw = Path(environ[contract.ENV_BATCH_FILE]).read_text()
@@ -298,10 +422,11 @@ def batch_items(environ: Mapping[str, str]) -> list[dict[str, Any]] | None:
     else:
         return None
     items = json.loads(raw)
+    shape = dict if member == "env" else list
     if not isinstance(items, list) or not all(
-        isinstance(item, dict) and isinstance(item.get("env"), dict) for item in items
+        isinstance(item, dict) and isinstance(item.get(member), shape) for item in items
     ):
-        raise SystemExit(f"{contract.ENV_BATCH}: not a list of {{'env': {{...}}}} items")
+        raise SystemExit(f"{contract.ENV_BATCH}: not a list of {{{member!r}: ...}} items")
     return items
 
 
@@ -366,7 +491,12 @@ Outcome = tuple[int, str | None, dict[str, Any] | None]  # exit code, reason, ma
 
 
 def _run_item(
-    main: Main, environ: Mapping[str, str], s3: Any, log_path: str | None = None, name: str = ""
+    main: Main,
+    environ: Mapping[str, str],
+    s3: Any,
+    log_path: str | None = None,
+    name: str = "",
+    handoff: Handoff | None = None,
 ) -> Outcome:
     with _clip_stderr(log_path) as errors:
         print(
@@ -375,18 +505,26 @@ def _run_item(
             file=sys.stderr,
             flush=True,
         )
-        code, reason, manifest = _run_item_logged(main, environ, s3, errors)
+        code, reason, manifest = _run_item_logged(main, environ, s3, errors, handoff)
         if code != contract.EXIT_OK:
             print(f"camflow batch: clip {name} failed (exit {code}): {reason}", file=sys.stderr)
         return code, reason, manifest
 
 
-def _run_item_logged(main: Main, environ: Mapping[str, str], s3: Any, errors: _LastLine) -> Outcome:
+def _run_item_logged(
+    main: Main,
+    environ: Mapping[str, str],
+    s3: Any,
+    errors: _LastLine,
+    handoff: Handoff | None = None,
+) -> Outcome:
     started = time.monotonic()
     ctx = None
     try:
         ctx = StageContext.from_env(dict(environ))
         ctx._s3 = s3 or ctx.s3
+        if handoff is not None:
+            ctx._handoff = handoff
         return contract.EXIT_OK, None, _write_manifest(ctx, main(ctx), started)
     except BadInput as exc:
         return contract.EXIT_BAD_INPUT, _one_line(str(exc)), None
@@ -412,7 +550,15 @@ def _write_report(path: str, payload: dict[str, Any]) -> None:
     os.replace(tmp, target)
 
 
+Serve = Callable[[dict[str, Any], _Clients, str], object]
+
+
 def _run_batch(main: Main, items: list[dict[str, Any]]) -> int:
+    return _serve(items, functools.partial(_run_batch_item, main))
+
+
+def _serve(items: list[dict[str, Any]], run_one: Serve) -> int:
+    """Runs each item, then those the executor adds while this process is warm."""
     s3 = _Clients()
     parent = os.getppid()
     done = 0
@@ -420,7 +566,7 @@ def _run_batch(main: Main, items: list[dict[str, Any]]) -> int:
         done += 1
         if os.getppid() != parent:
             return 1  # the supervisor is gone: clips not started are someone else's now
-        _run_batch_item(main, item, s3, f"{done}/{len(items)}")
+        run_one(item, s3, f"{done}/{len(items)}")
     more = os.environ.get(contract.ENV_BATCH_MORE)
     if more:
         linger = float(os.environ.get(contract.ENV_BATCH_LINGER) or 0)
@@ -428,11 +574,18 @@ def _run_batch(main: Main, items: list[dict[str, Any]]) -> int:
             done += 1
             if os.getppid() != parent:
                 return 1
-            _run_batch_item(main, item, s3, f"{done}")
+            run_one(item, s3, f"{done}")
     return contract.EXIT_OK
 
 
-def _run_batch_item(main: Main, item: dict[str, Any], clients: _Clients, position: str) -> None:
+def _run_batch_item(
+    main: Main,
+    item: dict[str, Any],
+    clients: _Clients,
+    position: str,
+    handoff: Handoff | None = None,
+) -> int:
+    """Runs one clip of a batch and reports it; its exit code (143: cancelled)."""
     started_at = _utc_now()
     report = item.get("report")
     if report:
@@ -444,9 +597,11 @@ def _run_batch_item(main: Main, item: dict[str, Any], clients: _Clients, positio
         if (folder / contract.BATCH_CANCELLED).exists():
             # Cancelled before its turn: it never runs.
             _write_report(report, {"exit_code": 143, "reason": "cancelled", "started_at": None})
-            return
+            return 143
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("CAMFLOW_")}, **item["env"]}
-    code, reason, manifest = _run_item(main, env, clients.for_env(env), item.get("log"), position)
+    code, reason, manifest = _run_item(
+        main, env, clients.for_env(env), item.get("log"), position, handoff
+    )
     if report:
         _write_report(
             report,
@@ -458,6 +613,72 @@ def _run_batch_item(main: Main, item: dict[str, Any], clients: _Clients, positio
                 "manifest": manifest,
             },
         )
+    return code
+
+
+# --- fused stages -------------------------------------------------------------------------
+
+
+@functools.cache
+def stage_main(module: str) -> Main:
+    """The ``main(ctx)`` of the stage program ``python -m MODULE`` runs, imported (its
+    ``if __name__ == "__main__"`` part does not run)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None:
+        raise ModuleNotFoundError(f"no module named {module!r}")
+    name = f"{module}.__main__" if spec.submodule_search_locations is not None else module
+    main = getattr(importlib.import_module(name), "main", None)
+    if not callable(main):
+        raise RuntimeError(
+            f"{name} has no main(ctx): a stage fused with others is called as the SDK's "
+            "main(ctx), so declare `batch: false` for a program that is not"
+        )
+    return main
+
+
+def _run_chain_item(item: dict[str, Any], clients: _Clients, position: str) -> None:
+    """One clip's fused stages, in order, in this process: each reports as a stage of
+    its own; intermediates pass in memory; after a failure the rest are skipped."""
+    handoff = Handoff()
+    failed: str | None = None
+    for member in item[contract.CHAIN]:
+        stage = member["env"].get(contract.ENV_STAGE, "?")
+        if failed is not None:
+            _write_report(
+                member["report"],
+                {
+                    "exit_code": None,
+                    "skipped": True,
+                    "reason": f"not run: stage {failed} failed before it in the same process",
+                    "started_at": None,
+                    "finished_at": _utc_now(),
+                },
+            )
+            continue
+        try:
+            main = stage_main(member["module"])
+        except Exception as exc:
+            main = functools.partial(_cannot_import, f"{type(exc).__name__}: {exc}")
+        if _run_batch_item(main, member, clients, position, handoff) != contract.EXIT_OK:
+            failed = stage
+
+
+def _cannot_import(reason: str, ctx: StageContext) -> StageReport:
+    raise RuntimeError(f"stage program {ctx.stage} could not be loaded: {reason}")
+
+
+def run_chain() -> None:
+    """``python -m algorithms.chain``: the fused stages of a batch of clips (items of
+    the form ``{"chain": [...]}``, see the contract), clip after clip."""
+    logging.basicConfig(
+        level=os.environ.get("CAMFLOW_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    items = batch_items(os.environ, member=contract.CHAIN)
+    if items is None:
+        raise SystemExit(f"not started by camflow: {contract.ENV_BATCH_FILE} is not set")
+    sys.exit(_serve(items, _run_chain_item))
 
 
 #: How often a warm batch process looks for more clips.

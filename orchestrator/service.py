@@ -222,6 +222,7 @@ def open_runtime(
         max_erroring_ticks=settings.engine.max_erroring_ticks,
         batch_max_size=settings.engine.batch_max_size,
         batch_max_wait_seconds=settings.engine.batch_max_wait_seconds,
+        fuse_stages=settings.engine.fuse_stages,
     )
     return Runtime(settings, catalogs, store, s3, executor, watcher, reconciler, embedded, broker)
 

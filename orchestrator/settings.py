@@ -140,6 +140,10 @@ class EngineSettings(_Group):
     #: How long a ready attempt may wait for others to fill its batch (0: batch only
     #: what is ready at the same tick; it never delays a lone clip).
     batch_max_wait_seconds: float = Field(default=0, ge=0)
+    #: Consecutive stages of a clip with the same placement run in one process (fused),
+    #: where the executor can and the stages allow (SDK stages; `fuse: false` in the
+    #: pipeline keeps a stage apart); intermediates then stay in that process.
+    fuse_stages: bool = True
 
 
 class LocalExecutorSettings(_Group):

@@ -106,8 +106,8 @@ def run_finished(pipeline: str, status: str) -> None:
 
 
 def outcome(attempt: StageAttempt) -> str:
-    if attempt.state == AttemptState.SUCCEEDED:
-        return "succeeded"
+    if attempt.state in (AttemptState.SUCCEEDED, AttemptState.SKIPPED):
+        return attempt.state.value
     if attempt.timed_out:
         return "timed_out"
     return "failed_permanently" if attempt.permanent else "failed"

@@ -38,9 +38,10 @@ def _runs(executions: list[list[StartAttempt]]) -> list[list[str]]:
 # --- which attempts share a process --------------------------------------------------------
 
 
-def test_a_batch_is_spread_over_the_free_slots_oldest_first() -> None:
+def test_a_batch_is_dealt_over_the_free_slots_oldest_first() -> None:
     executions = plan_executions(_candidates(8, max_size=8), free_slots=2, free_gpu_slots=0)
-    assert _runs(executions) == [[f"r{n}" for n in range(4)], [f"r{n}" for n in range(4, 8)]]
+    # Dealt, not cut: the two oldest start at once, and alike neighbours are shared out.
+    assert _runs(executions) == [[f"r{n}" for n in (0, 2, 4, 6)], [f"r{n}" for n in (1, 3, 5, 7)]]
 
 
 def test_batches_never_exceed_the_stage_maximum() -> None:

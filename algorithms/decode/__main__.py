@@ -8,8 +8,6 @@ A clip that is empty, corrupt, truncated or not a video ends the stage with exit
 
 from __future__ import annotations
 
-import cv2
-
 from algorithms.decode.video import open_video, output_size, sample_frames
 from algorithms.sdk import StageContext, StageReport, run_stage
 
@@ -23,18 +21,16 @@ def main(ctx: StageContext) -> StageReport:
     local = ctx.download(source, ctx.scratch / "clip" / source.key.rsplit("/", 1)[-1])
     capture, info = open_video(local)
     size = output_size(info, max_width)
-    frames, uploads = [], []
+    frames, images = [], []
     try:
         for frame in sample_frames(capture, info, fps, size):
             name = f"frames/{frame.index:06d}.jpg"
-            ok, jpeg = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-            if not ok:
-                raise RuntimeError(f"could not encode frame {frame.index} as JPEG")
-            uploads.append((name, jpeg.tobytes(), "image/jpeg"))
+            images.append((name, frame.image))
             frames.append({"i": frame.index, "t": frame.t, "file": name})
     finally:
         capture.release()
-    ctx.put_many(uploads)
+    # JPEG files in S3; fused with the stages that read them, the frames as they are.
+    ctx.put_images(images, quality)
     index = {
         "source": str(source),
         "video": {

@@ -15,9 +15,6 @@ import functools
 import time
 from typing import Any
 
-import cv2
-import numpy as np
-
 from algorithms.faces.centerface import CenterFace
 from algorithms.motion.detector import Segment, gate
 from algorithms.sdk import BadInput, StageContext, StageReport, run_stage
@@ -43,9 +40,9 @@ def frames_to_analyse(ctx: StageContext, entries: list[dict[str, Any]]) -> list[
 
 
 @functools.cache
-def _detector(accelerator: str) -> CenterFace:
+def _detector(accelerator: str, threads: int) -> CenterFace:
     """Loaded once per process: a batch of clips shares one session."""
-    return CenterFace(accelerator=accelerator)
+    return CenterFace(accelerator=accelerator, threads=threads)
 
 
 def main(ctx: StageContext) -> StageReport:
@@ -60,22 +57,22 @@ def main(ctx: StageContext) -> StageReport:
     entries = index["frames"]
     look = frames_to_analyse(ctx, entries)
     wanted = [entry for entry, yes in zip(entries, look, strict=True) if yes]
-    blobs = dict(
+    images = dict(
         zip(
             (e["file"] for e in wanted),
-            ctx.get_many(frames_prefix.join(entry["file"]) for entry in wanted),
+            ctx.get_images(frames_prefix.join(entry["file"]) for entry in wanted),
             strict=True,
         )
     )
 
-    detector = _detector(ctx.accelerator)
+    detector = _detector(ctx.accelerator, ctx.cpus)
     started = time.monotonic()
     results: list[dict[str, Any]] = []
     last: list[dict[str, Any]] = []
     for entry in entries:
         frame: dict[str, Any] = {"t": entry["t"], "i": entry["i"]}
-        if entry["file"] in blobs:
-            image = cv2.imdecode(np.frombuffer(blobs[entry["file"]], np.uint8), cv2.IMREAD_COLOR)
+        if entry["file"] in images:
+            image = images[entry["file"]]
             if image is None:
                 raise BadInput(f"frame {entry['file']} of {frames_prefix} is not a readable JPEG")
             found = detector.detect(image, threshold, iou, max_side, scale_to)

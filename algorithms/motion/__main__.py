@@ -8,9 +8,6 @@ can use it as a gate, to look only at frames with motion.
 
 from __future__ import annotations
 
-import cv2
-import numpy as np
-
 from algorithms.motion.detector import MotionScorer, segments
 from algorithms.sdk import BadInput, StageContext, StageReport, run_stage
 
@@ -21,11 +18,10 @@ def main(ctx: StageContext) -> StageReport:
     min_gap = float(ctx.params.get("min_gap_seconds", 1.0))
     index = ctx.get_json(frames_prefix.join("index.json"))
     entries = index["frames"]
-    blobs = ctx.get_many(frames_prefix.join(entry["file"]) for entry in entries)
+    images = ctx.get_images(frames_prefix.join(entry["file"]) for entry in entries)
     scorer = MotionScorer(history=int(ctx.params.get("history", 50)))
     scores = []
-    for entry, blob in zip(entries, blobs, strict=True):
-        image = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
+    for entry, image in zip(entries, images, strict=True):
         if image is None:
             raise BadInput(f"frame {entry['file']} of {frames_prefix} is not a readable JPEG")
         scores.append(scorer.score(image))

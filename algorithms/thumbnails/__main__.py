@@ -54,12 +54,12 @@ def main(ctx: StageContext) -> StageReport:
     scale = (video["width"] / index["frame_width"], video["height"] / index["frame_height"])
     width = int(ctx.params.get("width", 320))
     listing, uploads = [], []
-    for frame, blob in zip(
-        chosen, ctx.get_many(frames_prefix.join(files[f["i"]]) for f in chosen), strict=True
+    for frame, image in zip(
+        chosen, ctx.get_images(frames_prefix.join(files[f["i"]]) for f in chosen), strict=True
     ):
-        image = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
         if image is None:
             raise BadInput(f"frame {files[frame['i']]} of {frames_prefix} is not a readable JPEG")
+        image = image.copy()  # a frame handed over by a fused stage is not ours to draw on
         draw(image, frame["detections"], scale)
         height = round(image.shape[0] * width / image.shape[1])
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)

@@ -90,6 +90,25 @@ class AlgorithmManifest(BaseModel):
     #: CAMFLOW_BATCH, as the SDK's run_stage does), so camflow may batch its attempts;
     #: ``timeout_seconds`` is then per clip. False: one clip per process.
     batch: bool = False
+    #: Its outputs only feed later stages (decoded frames, say): run in one process with
+    #: all the stages that read them (fused), it hands them over there and never writes
+    #: them to S3. False: its outputs are results someone may fetch, always stored.
+    intermediate: bool = False
+
+    @property
+    def fusable(self) -> bool:
+        """It may run in one process with other stages: an SDK stage (it takes batches)
+        started as ``python -m MODULE``, whose ``main(ctx)`` the SDK then calls."""
+        command = self.command
+        return (
+            self.batch
+            and len(command) == 3
+            and command[:2]
+            in (
+                ["python", "-m"],
+                ["python3", "-m"],
+            )
+        )
 
     @field_validator("version")
     @classmethod

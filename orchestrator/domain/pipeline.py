@@ -69,6 +69,9 @@ class StageSpec(BaseModel):
     timeout_seconds: PositiveInt | None = None
     retries: NonNegativeInt | None = None
     batch: BatchSpec = Field(default_factory=BatchSpec)
+    #: Run in one process (one pod) with the stages before and after it that have the
+    #: same placement, where the executor can. False: always a process of its own.
+    fuse: bool = True
 
     @property
     def depends_on(self) -> set[str]:

@@ -28,8 +28,14 @@ class Candidate:
     waited_seconds: float = 0.0
 
 
-def _chunks(members: list[Candidate], count: int) -> list[list[Candidate]]:
-    """``members`` in ``count`` contiguous chunks of near-equal size (oldest first)."""
+def _chunks(members: list[Candidate], count: int, deal: bool) -> list[list[Candidate]]:
+    """``members`` in ``count`` chunks of near-equal size, each in age order. ``deal``
+    (all of them start now): dealt round-robin, so that side by side the oldest clips
+    start first and a run of alike clips (a camera's backlog, bad files uploaded
+    together) is shared out rather than one chunk's; otherwise contiguous, so that the
+    chunks that start now hold the oldest clips."""
+    if deal:
+        return [chunk for chunk in (members[n::count] for n in range(count)) if chunk]
     size, extra = divmod(len(members), count)
     chunks, at = [], 0
     for n in range(count):
@@ -69,7 +75,7 @@ def plan_executions(
     executions = [
         chunk
         for members, count in zip(ready, counts, strict=True)
-        for chunk in _chunks(members, count)
+        for chunk in _chunks(members, count, deal=sum(counts) <= free_slots)
     ]
     position = {id(c): n for n, c in enumerate(candidates)}
     executions.sort(key=lambda chunk: position[id(chunk[0])])

@@ -6,12 +6,13 @@ carries out the actions; tests call ``decide`` directly with hand-made state.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from algorithms.contract import EXIT_BAD_INPUT
-from orchestrator.domain.catalog import Pipeline
+from orchestrator.domain.catalog import Pipeline, ResolvedStage
 from orchestrator.domain.layout import run_id
 from orchestrator.executors.base import ExecState, ExecStatus
 from orchestrator.store.models import AttemptState, Clip, Run, RunStatus, StageAttempt
@@ -51,6 +52,16 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class ChainMember:
+    """A stage fused after a StartAttempt's: it runs next, in the same execution."""
+
+    stage: str
+    attempt: int
+    #: Its outputs stay in the execution (every stage that reads them is in it too).
+    keep_local: bool = False
+
+
+@dataclass(frozen=True)
 class StartAttempt:
     run_id: str
     stage: str
@@ -58,6 +69,13 @@ class StartAttempt:
     accelerator: str
     #: Where this attempt may go instead when no ``accelerator`` slot is free.
     fallback: str | None = None
+    #: The later stages fused with it, in order (see ``fuse``); empty: it runs alone.
+    chain: tuple[ChainMember, ...] = ()
+    keep_local: bool = False
+
+    @property
+    def stages(self) -> list[str]:
+        return [self.stage, *(member.stage for member in self.chain)]
 
 
 @dataclass(frozen=True)
@@ -114,6 +132,9 @@ def outcome(status: ExecStatus) -> AttemptOutcome | None:
         return None
     if status.state == ExecState.SUCCEEDED:
         return AttemptOutcome(AttemptState.SUCCEEDED, 0, None, False, False, tries=status.tries)
+    if status.state == ExecState.SKIPPED:
+        reason = status.reason or "not run: an earlier stage of its execution failed"
+        return AttemptOutcome(AttemptState.SKIPPED, None, reason, False, False)
     if status.state == ExecState.LOST:
         reason = status.reason or "the executor lost track of it"
         return AttemptOutcome(AttemptState.FAILED, None, f"lost: {reason}", False, False)
@@ -158,6 +179,71 @@ def _fail(run: Run, attempts: Sequence[StageAttempt], error: str) -> list[Action
     return [*actions, FinishRun(run.id, RunStatus.FAILED, error)]
 
 
+def _consumers(pipeline: Pipeline) -> dict[str, list[str]]:
+    """stage -> the stages that read its outputs (or wait for it)."""
+    return {
+        name: [other for other, s in pipeline.stages.items() if name in s.spec.depends_on]
+        for name in pipeline.stages
+    }
+
+
+def _done(
+    pipeline: Pipeline, latest: dict[str, StageAttempt], now: datetime
+) -> dict[str, datetime]:
+    """The stages whose work is done, with when: succeeded, and, for one that kept its
+    outputs in its process (fused), every stage reading them done too. If one of those
+    must run again, the outputs it needs are gone with that process: so must this one."""
+    consumers = _consumers(pipeline)
+    done_at: dict[str, datetime] = {}
+    for name in reversed(pipeline.stages):  # consumers come after what they read
+        attempt = latest.get(name)
+        if attempt is None or attempt.state != AttemptState.SUCCEEDED:
+            continue
+        if attempt.keep_local and not all(c in done_at for c in consumers[name]):
+            continue
+        done_at[name] = attempt.finished_at or now
+    return done_at
+
+
+class _NoGpu(Exception):
+    pass
+
+
+def _static_accelerator(stage: ResolvedStage, executor_has_gpus: bool) -> str | None:
+    """Where a stage goes before any waiting for a GPU counts; None: nowhere."""
+    placement = stage.spec.placement
+    if placement.accelerator == "gpu" and (
+        "gpu" not in stage.algorithm.accelerators or not executor_has_gpus
+    ):
+        return placement.fallback
+    return placement.accelerator
+
+
+def _placement(
+    name: str,
+    stage: ResolvedStage,
+    executor_has_gpus: bool,
+    waited: timedelta,
+) -> tuple[str, str | None]:
+    """The accelerator a ready stage starts on, and its fallback at admission."""
+    placement = stage.spec.placement
+    accelerator = _static_accelerator(stage, executor_has_gpus)
+    if accelerator is None:
+        # No GPU will ever come: fail with what to change.
+        raise _NoGpu(
+            f"stage {name} needs a GPU and this executor has none; give it "
+            "`placement: {fallback: cpu}` or run it on a cluster with GPU nodes"
+        )
+    if (
+        accelerator == "gpu"
+        and placement.fallback
+        and waited >= timedelta(seconds=placement.fallback_after_seconds)
+    ):
+        # GPUs exist but the wait is over: admission may use the fallback if none is free.
+        return accelerator, placement.fallback
+    return accelerator, None
+
+
 def decide(
     run: Run,
     attempts: Sequence[StageAttempt],
@@ -166,9 +252,11 @@ def decide(
     policy: RetryPolicy,
     executor_has_gpus: bool,
     executor_retries: bool = False,
+    fuse: bool = False,
 ) -> RunDecision:
     """What to do next for one active run. ``executor_retries``: the executor retries a
-    failed attempt itself (a Job's backoffLimit), so the engine never adds its own."""
+    failed attempt itself (a Job's backoffLimit), so the engine never adds its own.
+    ``fuse``: the executor runs consecutive stages in one execution (see ``fused``)."""
     decision = RunDecision()
     if pipeline is None:
         decision.actions = _fail(
@@ -177,38 +265,40 @@ def decide(
         return decision
 
     latest = _latest(attempts)
-    done_at: dict[str, datetime] = {}
+    # Retries count failures: a fused stage that was skipped, or ran again for a later
+    # stage's sake, used none.
+    failures = Counter(a.stage for a in attempts if a.state == AttemptState.FAILED)
     for name, stage in pipeline.stages.items():
         attempt = latest.get(name)
-        if attempt is None:
+        if attempt is None or attempt.state != AttemptState.FAILED:
             continue
-        if attempt.state == AttemptState.SUCCEEDED:
-            done_at[name] = attempt.finished_at or now
-        elif attempt.state == AttemptState.FAILED:
-            if attempt.permanent:
-                # Exit 2 blames the input; otherwise the stage broke its contract (wrote
-                # garbage), which its own reason says.
-                why = "bad input, " if attempt.exit_code == EXIT_BAD_INPUT else ""
-                decision.actions = _fail(
-                    run, attempts, f"stage {name} failed: {attempt.reason} ({why}not retried)"
-                )
-                return decision
-            if attempt.exhausted or attempt.attempt > stage.retries:
-                count = attempt.tries if attempt.exhausted and attempt.tries else attempt.attempt
-                tries = "attempt" if count == 1 else "attempts"
-                decision.actions = _fail(
-                    run, attempts, f"stage {name} failed after {count} {tries}: {attempt.reason}"
-                )
-                return decision
+        if attempt.permanent:
+            # Exit 2 blames the input; otherwise the stage broke its contract (wrote
+            # garbage), which its own reason says.
+            why = "bad input, " if attempt.exit_code == EXIT_BAD_INPUT else ""
+            decision.actions = _fail(
+                run, attempts, f"stage {name} failed: {attempt.reason} ({why}not retried)"
+            )
+            return decision
+        if attempt.exhausted or failures[name] > stage.retries:
+            count = attempt.tries if attempt.exhausted and attempt.tries else failures[name]
+            tries = "attempt" if count == 1 else "attempts"
+            decision.actions = _fail(
+                run, attempts, f"stage {name} failed after {count} {tries}: {attempt.reason}"
+            )
+            return decision
 
+    done_at = _done(pipeline, latest, now)
     if len(done_at) == len(pipeline.stages):
         decision.actions.append(FinishRun(run.id, RunStatus.SUCCEEDED))
         return decision
 
+    in_flight = bool(_in_flight(attempts))
+    consumers = _consumers(pipeline)
     for name, stage in pipeline.stages.items():
-        attempt = latest.get(name)
-        if attempt is not None and attempt.state == AttemptState.SUCCEEDED:
+        if name in done_at:
             continue
+        attempt = latest.get(name)
         if attempt is not None and attempt.state == AttemptState.PENDING:
             if attempt.handle is None:
                 decision.actions.append(Resubmit(run.id, attempt.id))
@@ -235,37 +325,113 @@ def decide(
             continue
         ready_since = max([run.created_at, *(done_at[d] for d in deps)])
         number = 1
-        if attempt is not None:  # failed, retries left
-            retry_at = (attempt.finished_at or now) + policy.backoff(attempt.attempt)
-            if now < retry_at:
-                continue
+        if attempt is not None:
             number = attempt.attempt + 1
-            ready_since = max(ready_since, attempt.finished_at or now)
-        placement = stage.spec.placement
-        accelerator, fallback = placement.accelerator, None
-        if accelerator == "gpu" and "gpu" not in stage.algorithm.accelerators:
-            accelerator = placement.fallback or "cpu"
-        elif accelerator == "gpu" and not executor_has_gpus:
-            # No GPU will ever come: fall back at once, or fail with what to change.
-            if placement.fallback is None:
-                decision.actions = _fail(
-                    run,
-                    attempts,
-                    f"stage {name} needs a GPU and this executor has none; give it "
-                    "`placement: {fallback: cpu}` or run it on a cluster with GPU nodes",
-                )
-                decision.starts = []
-                return decision
-            accelerator = placement.fallback
-        elif (
-            accelerator == "gpu"
-            and placement.fallback
-            and now - ready_since >= timedelta(seconds=placement.fallback_after_seconds)
-        ):
-            # GPUs exist but the wait is over: admission may use the fallback if none is free.
-            fallback = placement.fallback
+            finished = attempt.finished_at or now
+            if attempt.state == AttemptState.SUCCEEDED:
+                # It kept its outputs in a process that is gone, and a stage reading them
+                # must run again: this one runs again first (with it, fused), once
+                # nothing of the run is in flight and that stage's backoff is over.
+                if in_flight:
+                    continue
+                retry_at = [
+                    (later.finished_at or now) + policy.backoff(failures[later.stage])
+                    for c in consumers[name]
+                    if (later := latest.get(c)) is not None and later.state == AttemptState.FAILED
+                ]
+                if retry_at and now < max(retry_at):
+                    continue
+            elif attempt.state == AttemptState.FAILED and now < finished + policy.backoff(
+                failures[name]
+            ):  # retries left, after the backoff
+                continue
+            # SKIPPED: it never ran; it starts as soon as its inputs are there again.
+            ready_since = max(ready_since, finished)
+        try:
+            accelerator, fallback = _placement(name, stage, executor_has_gpus, now - ready_since)
+        except _NoGpu as exc:
+            decision.actions = _fail(run, attempts, str(exc))
+            decision.starts = []
+            return decision
         decision.starts.append(StartAttempt(run.id, name, number, accelerator, fallback))
+    if fuse:
+        decision.starts = fused(decision.starts, pipeline, latest, set(done_at), executor_has_gpus)
     return decision
+
+
+def fused(
+    starts: Sequence[StartAttempt],
+    pipeline: Pipeline,
+    latest: dict[str, StageAttempt],
+    done: set[str],
+    executor_has_gpus: bool,
+) -> list[StartAttempt]:
+    """The starts of one run with later stages fused into them: a stage joins the
+    execution of an earlier one when it has the same placement, may be fused (SDK
+    stages; the pipeline did not say ``fuse: false``), is not running already, reads
+    the output of a stage of that execution, and needs nothing but that and what is
+    done. A fused stage
+    that only feeds stages of the same execution, and whose algorithm says its outputs
+    are ``intermediate``, keeps them there: they never go to S3."""
+    consumers = _consumers(pipeline)
+    order = list(pipeline.stages)
+    chosen: list[StartAttempt] = []
+    taken: set[str] = set()
+    by_stage = {start.stage: start for start in starts}
+
+    def may_fuse(name: str) -> bool:
+        stage = pipeline.stages[name]
+        return stage.spec.fuse and stage.algorithm.fusable
+
+    for start in starts:
+        if start.stage in taken:
+            continue
+        if not may_fuse(start.stage):
+            chosen.append(start)
+            continue
+        members = [start.stage]
+        numbers = {start.stage: start.attempt}
+        covered = done | {start.stage}
+        for name in order[order.index(start.stage) + 1 :]:
+            stage = pipeline.stages[name]
+            attempt = latest.get(name)
+            if name in done or name in taken or not may_fuse(name):
+                continue
+            if attempt is not None and attempt.state in (
+                AttemptState.PENDING,
+                AttemptState.RUNNING,
+            ):
+                continue
+            if not stage.spec.depends_on <= covered or not stage.spec.depends_on & set(members):
+                # It needs what is not there yet, or nothing of this execution: a stage
+                # that runs beside it, not after it, keeps its own process.
+                continue
+            other = by_stage.get(name)
+            if other is not None:
+                if (other.accelerator, other.fallback) != (start.accelerator, start.fallback):
+                    continue
+            elif _static_accelerator(stage, executor_has_gpus) != start.accelerator or (
+                start.fallback and stage.spec.placement.fallback != start.fallback
+            ):
+                continue
+            members.append(name)
+            numbers[name] = attempt.attempt + 1 if attempt is not None else 1
+            covered.add(name)
+        taken.update(members)
+        keep = {
+            name: pipeline.stages[name].algorithm.intermediate
+            and bool(consumers[name])
+            and all(reader in members for reader in consumers[name])
+            for name in members
+        }
+        chosen.append(
+            replace(
+                start,
+                keep_local=keep[start.stage],
+                chain=tuple(ChainMember(m, numbers[m], keep[m]) for m in members[1:]),
+            )
+        )
+    return chosen
 
 
 def tenancy(
@@ -308,7 +474,7 @@ def admit(
             if free_gpu_slots > 0:
                 free_gpu_slots -= 1
             elif start.fallback:
-                start = StartAttempt(start.run_id, start.stage, start.attempt, start.fallback)
+                start = replace(start, accelerator=start.fallback, fallback=None)
             else:
                 continue
         free_slots -= 1

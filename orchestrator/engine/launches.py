@@ -72,6 +72,7 @@ def build_launch(
     results_bucket: str,
     channel: str = "dev",
     fallback: str | None = None,
+    keep_local: bool = False,
 ) -> StageLaunch:
     resolved = pipeline.stages[stage]
     inputs = {
@@ -105,7 +106,8 @@ def build_launch(
             contract.ENV_STAGE: stage,
             contract.ENV_ACCELERATOR: accelerator,
             contract.ENV_CLIP: json.dumps({"id": clip.id, **clip_identity(clip)}),
-        },
+        }
+        | ({contract.ENV_KEEP_LOCAL: "1"} if keep_local else {}),
         accelerator=accelerator,  # type: ignore[arg-type]
         resources=resources,
         timeout_seconds=resolved.timeout_seconds,

@@ -154,6 +154,7 @@ class Reconciler:
         max_erroring_ticks: int = 10,
         batch_max_size: int = 8,
         batch_max_wait_seconds: float = 0.0,
+        fuse_stages: bool = True,
     ) -> None:
         self.store = store
         #: A fixed catalog, or where to get the current one (the registry can change).
@@ -168,6 +169,9 @@ class Reconciler:
         #: asked before each run's actions and each start, not only when a tick begins.
         self.may_act: Callable[[], bool] = lambda: True
         self.executor = executor
+        #: Consecutive stages with the same placement run in one execution, where the
+        #: executor can (fused stages).
+        self.fuses = fuse_stages and getattr(executor, "fuses", False)
         self.s3 = s3
         self.results_bucket = results_bucket
         self.default_bucket = default_bucket
@@ -472,6 +476,8 @@ class Reconciler:
         fields = about(view.clip.id, view.run.id, attempt.stage, attempt.attempt)
         if attempt.state == AttemptState.SUCCEEDED:
             log.info("%s succeeded %s", where, attempt.metrics or {}, extra=fields)
+        elif attempt.state == AttemptState.SKIPPED:
+            log.info("%s %s", where, attempt.reason, extra=fields)
         else:
             kind = "permanently" if attempt.permanent else "transiently"
             log.warning(
@@ -530,6 +536,7 @@ class Reconciler:
                     self.policy,
                     capacity.gpu_slots > 0,
                     executor_retries=getattr(self.executor, "retries_itself", False),
+                    fuse=self.fuses,
                 )
                 plans.append((view, decision.actions))
                 if not any(isinstance(a, FinishRun) for a in decision.actions):
@@ -552,7 +559,7 @@ class Reconciler:
                     log.warning("no longer the leader: this tick stops before starting stages")
                     return report
                 execution = [s for s in execution if s.run_id not in trouble]
-                if len(execution) == 1 and not batchable:
+                if len(execution) == 1 and not batchable and not execution[0].chain:
                     [start] = execution
                     view = by_id[start.run_id]
                     with trouble.isolate(view, "starting a stage of"):
@@ -639,7 +646,10 @@ class Reconciler:
     def _apply(self, action: Action, view: RunWithAttempts, report: TickReport) -> None:
         if isinstance(action, Resubmit):
             attempt = next(a for a in view.attempts if a.id == action.attempt_id)
-            self._submit(view, attempt)
+            chain = self._recorded_chain(view, attempt)
+            if chain and chain[0] is not attempt:
+                return  # submitted with the first stage of its execution
+            self._submit(view, attempt, chain=chain[1:])
         elif isinstance(action, CancelAttempts):
             # Another executor's handles mean nothing to this one (see observe).
             mine = {a.handle for a in view.attempts if a.executor == self.executor.name}
@@ -704,6 +714,8 @@ class Reconciler:
                     start.accelerator,
                     start.fallback,
                     resolved.timeout_seconds,
+                    start.keep_local,
+                    self._chain_key(by_id[start.run_id], start),
                 )
             candidates.append(
                 Candidate(
@@ -735,14 +747,25 @@ class Reconciler:
         Resubmit starts it on its own."""
         batch = f"b-{uuid.uuid4().hex[:16]}"
         members: list[tuple[RunWithAttempts, StageAttempt, StageLaunch]] = []
+        followers: dict[str, list[StageAttempt]] = {}
         for start in starts:
             view = by_id[start.run_id]
             with trouble.isolate(view, "starting a stage of"):
                 attempt = self._add_attempt(start, view, batch)
                 if attempt is None:
                     continue
+                chain = followers[attempt.id] = self._add_followers(start, view, attempt)
                 launch = self._launch(view, attempt).model_copy(
-                    update={"placement": attempt.placement, "batch": batch}
+                    update={
+                        "placement": attempt.placement,
+                        "batch": batch,
+                        "chain": [
+                            self._launch(view, member).model_copy(
+                                update={"placement": attempt.placement, "batch": batch}
+                            )
+                            for member in chain
+                        ],
+                    }
                 )
                 members.append((view, attempt, launch))
         if not members:
@@ -763,6 +786,8 @@ class Reconciler:
         for view, attempt, launch in members:
             with trouble.isolate(view, "starting a stage of"):
                 self._record_submission(view, attempt, launch, submissions[attempt.id])
+                for member, follower in zip(followers[attempt.id], launch.chain, strict=True):
+                    self._record_submission(view, member, follower, submissions[member.id])
         return len(members)
 
     def _add_attempt(
@@ -781,6 +806,7 @@ class Reconciler:
             accelerator=start.accelerator,
             executor=self.executor.name,
             batch=batch,
+            keep_local=start.keep_local,
         )
         placed = self.executor.place([self._launch(view, new, start.fallback)]).get(new.id)
         if placed is None:
@@ -792,6 +818,49 @@ class Reconciler:
         if batch is not None and attempt.batch != batch:
             return None  # recorded earlier, alone or in another batch
         return attempt
+
+    def _add_followers(
+        self, start: StartAttempt, view: RunWithAttempts, head: StageAttempt
+    ) -> list[StageAttempt]:
+        """The attempts of the stages fused after ``head``, recorded with its place and
+        batch. The chain ends before one recorded already (a replay, another engine):
+        a stage it feeds is then started again later, with a stage before it."""
+        recorded: list[StageAttempt] = []
+        for member in start.chain:
+            new = StageAttempt(
+                id=attempt_id(view.run.id, member.stage, member.attempt),
+                run_id=view.run.id,
+                stage=member.stage,
+                attempt=member.attempt,
+                algorithm=self._pipeline(view).stages[member.stage].algorithm.ref,
+                accelerator=head.accelerator,
+                placement=head.placement,
+                executor=self.executor.name,
+                batch=head.batch,
+                keep_local=member.keep_local,
+            )
+            attempt = self.store.add_attempt(new)
+            if (
+                attempt.state != AttemptState.PENDING
+                or attempt.handle is not None
+                or attempt.batch != head.batch
+            ):
+                break
+            recorded.append(attempt)
+        return recorded
+
+    def _chain_key(self, view: RunWithAttempts, start: StartAttempt) -> tuple[Any, ...]:
+        """What a fused chain runs, so that only alike chains share a batch."""
+        stages = self._pipeline(view).stages
+        return tuple(
+            (
+                member.stage,
+                stages[member.stage].algorithm.ref,
+                json.dumps(stages[member.stage].params, sort_keys=True),
+                member.keep_local,
+            )
+            for member in start.chain
+        )
 
     def _start(self, start: StartAttempt, view: RunWithAttempts) -> None:
         attempt = self._add_attempt(start, view)
@@ -813,24 +882,60 @@ class Reconciler:
             self.results_bucket,
             channel=self.catalog.channels.get(pipeline.stages[attempt.stage].algorithm.ref, "dev"),
             fallback=fallback,
+            keep_local=attempt.keep_local,
         )
 
+    def _recorded_chain(self, view: RunWithAttempts, attempt: StageAttempt) -> list[StageAttempt]:
+        """The attempts recorded to run fused in one execution with ``attempt`` and not
+        handed over yet, in stage order; empty when it runs alone."""
+        if attempt.batch is None:
+            return []
+        order = list(self._pipeline(view).stages)
+        members = sorted(
+            (
+                a
+                for a in view.attempts
+                if a.batch == attempt.batch
+                and a.state == AttemptState.PENDING
+                and a.handle is None
+                and a.stage in order
+            ),
+            key=lambda a: order.index(a.stage),
+        )
+        return members if len(members) > 1 else []
+
     def _submit(
-        self, view: RunWithAttempts, attempt: StageAttempt, fallback: str | None = None
+        self,
+        view: RunWithAttempts,
+        attempt: StageAttempt,
+        fallback: str | None = None,
+        chain: list[StageAttempt] | None = None,
     ) -> bool:
-        """Places the attempt (once), records where, then creates it there. False only
-        when it has no place and nothing was created."""
+        """Places the attempt (once), records where, then creates it there, with the
+        attempts fused after it (``chain``, placed with it). False only when it has no
+        place and nothing was created."""
         if not self._place(view, attempt, fallback):
             return False
+        chain = chain or []
         launch = self._launch(view, attempt).model_copy(
-            update={"placement": attempt.placement, "recorded_batch": attempt.batch}
+            update={
+                "placement": attempt.placement,
+                "recorded_batch": attempt.batch,
+                "chain": [
+                    self._launch(view, member).model_copy(
+                        update={"placement": attempt.placement, "recorded_batch": member.batch}
+                    )
+                    for member in chain
+                ],
+            }
         )
         if getattr(self.executor, "durable_before_submit", True):
             self.store.checkpoint()
         try:
-            submission = self.executor.submit([launch])[launch.attempt_id]
+            submissions = self.executor.submit([launch])
         except SubmitRefused as exc:
-            self._refused(view, attempt, exc)
+            for member in [attempt, *chain]:
+                self._refused(view, member, exc)
             return True
         except CamflowError as exc:
             # Its place is recorded: a Resubmit tries there again, and only there.
@@ -842,7 +947,9 @@ class Reconciler:
                 extra=about(view.clip.id, view.run.id, attempt.stage, attempt.attempt),
             )
             return True
-        self._record_submission(view, attempt, launch, submission)
+        self._record_submission(view, attempt, launch, submissions[attempt.id])
+        for member, follower in zip(chain, launch.chain, strict=True):
+            self._record_submission(view, member, follower, submissions[member.id])
         return True
 
     def _refused(self, view: RunWithAttempts, attempt: StageAttempt, exc: SubmitRefused) -> None:

@@ -59,6 +59,15 @@ class StageLaunch(BaseModel):
     #: was recorded). An executor that names its unit of work after the batch (one
     #: Indexed Job per batch) looks there first, so that the attempt never runs twice.
     recorded_batch: str | None = None
+    #: Fused stages: the launches of this clip's later stages that run after this one
+    #: in the same execution (one process, one pod), in order; each has its own attempt,
+    #: handle and outcome. Only for an executor that ``fuses``.
+    chain: list[StageLaunch] = Field(default_factory=list)
+
+    @property
+    def members(self) -> list[StageLaunch]:
+        """This launch and the ones fused after it."""
+        return [self, *self.chain]
 
 
 class Submission(BaseModel):
@@ -98,6 +107,8 @@ class ExecState(StrEnum):
     FAILED = "failed"
     #: The executor has no trace of it (a lost process, a deleted Job).
     LOST = "lost"
+    #: A fused stage never started: an earlier stage of its execution failed first.
+    SKIPPED = "skipped"
 
 
 class ExecStatus(BaseModel):
@@ -144,6 +155,10 @@ class Executor(Protocol):
     #: take effect even when its answer is lost, and a retry must go to the same place.
     #: False where submitting the same attempt id again can only adopt it (one machine).
     durable_before_submit: bool
+
+    #: The executor runs a launch's ``chain`` (fused stages) in the same execution and
+    #: answers for each member's handle; for one without it, the engine never fuses.
+    fuses: bool
 
     def capacity(self) -> Capacity: ...
 

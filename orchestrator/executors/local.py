@@ -134,16 +134,22 @@ def _env_of(credentials: StageCredentials | None) -> dict[str, str]:
 
 def _warm_key(launch: StageLaunch) -> tuple[str, ...]:
     """What a warm process runs: launches that share it may join it (never another
-    tenant's: one process, one tenant)."""
-    return (
-        launch.tenant,
-        launch.algorithm,
-        launch.accelerator,
-        launch.env.get(contract.ENV_PARAMS, ""),
-        str(launch.timeout_seconds),
-        json.dumps(launch.command),
-        launch.workdir or "",
-    )
+    tenant's: one process, one tenant). Fused stages: what each of them runs."""
+    parts = [launch.tenant, launch.accelerator]
+    for member in launch.members:
+        parts += [
+            member.algorithm,
+            member.env.get(contract.ENV_PARAMS, ""),
+            member.env.get(contract.ENV_KEEP_LOCAL, ""),
+            str(member.timeout_seconds),
+            json.dumps(member.command),
+            member.workdir or "",
+        ]
+    return tuple(parts)
+
+
+#: The SDK's runner of fused stages: each stage's main(ctx), in one process.
+CHAIN_COMMAND = ["python", "-m", "algorithms.chain"]
 
 
 class LocalExecutor:
@@ -151,6 +157,7 @@ class LocalExecutor:
     retries_itself = False
     batches = True
     durable_before_submit = False
+    fuses = True
 
     def __init__(
         self,
@@ -205,8 +212,10 @@ class LocalExecutor:
         handles: dict[str, Submission] = {}
         batches: dict[str, list[StageLaunch]] = {}
         for launch in launches:
-            if launch.batch:
-                batches.setdefault(launch.batch, []).append(launch)
+            if launch.batch or launch.chain:
+                # Fused stages run as a batch (of one clip, if alone): the SDK's form.
+                batch = launch.batch or launch.recorded_batch or f"b-{launch.attempt_id}"
+                batches.setdefault(batch, []).append(launch)
             else:
                 handles.update(self._submit_one(launch))
         for batch, members in batches.items():
@@ -223,18 +232,20 @@ class LocalExecutor:
         if self.broker is not None:
             # Nor are the orchestrator's keys: each process gets its own, minted below.
             env = without_credentials(env)
-        if launch.workdir:
+        workdirs = list(dict.fromkeys(m.workdir for m in launch.members if m.workdir))
+        if workdirs:
             # A registered algorithm's own modules import from its folder's parent.
-            env["PYTHONPATH"] = os.pathsep.join(
-                p for p in (launch.workdir, env.get("PYTHONPATH")) if p
-            )
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (*workdirs, env.get("PYTHONPATH")) if p)
         if launch.accelerator == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""
+        # Its share of the cores: a slot's, so that stages side by side do not each
+        # start a thread per core and fight over them.
+        env[contract.ENV_CPUS] = str(max(1, (os.cpu_count() or 1) // self.max_parallel))
         return env
 
     def _runner_launch(self, launch: StageLaunch, timeout: float) -> dict[str, Any]:
         return {
-            "command": self._command(launch.command),
+            "command": self._command(CHAIN_COMMAND if launch.chain else launch.command),
             "timeout_seconds": timeout,
             "kill_grace_seconds": self.kill_grace_seconds,
             "cwd": launch.workdir or (str(self.cwd) if self.cwd else None),
@@ -274,6 +285,13 @@ class LocalExecutor:
             pointer = {"batch": batch, "stage": launch.stage, "run_id": launch.run_id}
             if files.create_json_exclusive(attempt_dir / files.LAUNCH, pointer):
                 claimed.append(launch)
+                for follower in launch.chain:
+                    # Claimed with the first: its process runs them all, or none.
+                    folder = self.root / follower.attempt_id
+                    folder.mkdir(parents=True, exist_ok=True)
+                    files.create_json_exclusive(
+                        folder / files.LAUNCH, pointer | {"stage": follower.stage, "fused": True}
+                    )
         if claimed:
             key = _warm_key(claimed[0])
             warm = self._warm.get(key)
@@ -287,7 +305,11 @@ class LocalExecutor:
                 batch = warm.batch
             else:
                 self._start_batch(batch, claimed, key)
-        return {launch.attempt_id: self._submission(launch, batch) for launch in launches}
+        return {
+            member.attempt_id: self._submission(member, batch)
+            for launch in launches
+            for member in launch.members
+        }
 
     def _start_batch(self, batch: str, claimed: list[StageLaunch], key: tuple[str, ...]) -> None:
         try:
@@ -296,7 +318,8 @@ class LocalExecutor:
             # Nothing started: the claims go, so that a Resubmit starts them for real
             # rather than adopting attempts that never ran.
             for launch in claimed:
-                (self.root / launch.attempt_id / files.LAUNCH).unlink(missing_ok=True)
+                for member in launch.members:
+                    (self.root / member.attempt_id / files.LAUNCH).unlink(missing_ok=True)
             raise ExecutorError(f"could not start a batch of {len(claimed)} clips: {exc}") from exc
 
     def _start_batch_process(
@@ -305,11 +328,17 @@ class LocalExecutor:
         directory = self.root / "batches" / batch
         directory.mkdir(parents=True, exist_ok=True)
         first = claimed[0]
-        # The stage's timeout is per clip: the batch has one for each of its clips.
-        spec = self._runner_launch(first, first.timeout_seconds * len(claimed)) | {
+        # The stage's timeout is per clip: the batch has one for each of its clips (and
+        # each fused stage of a clip has its own).
+        per_clip = sum(member.timeout_seconds for member in first.members)
+        spec = self._runner_launch(first, per_clip * len(claimed)) | {
             "batch": batch,
-            "attempts": [str(self.root / launch.attempt_id) for launch in claimed],
-            "timeout_per_clip": first.timeout_seconds,
+            "attempts": [
+                str(self.root / member.attempt_id)
+                for launch in claimed
+                for member in launch.members
+            ],
+            "timeout_per_clip": max(member.timeout_seconds for member in first.members),
             "linger_seconds": self.batch_linger_seconds,
         }
         if (directory / files.LAUNCH).exists():
@@ -336,22 +365,34 @@ class LocalExecutor:
             env[contract.ENV_BATCH_LINGER] = str(linger)
         child = self._start_runner(directory, env, credentials)
         for launch in claimed:
-            self._children[launch.attempt_id] = child
+            for member in launch.members:
+                self._children[member.attempt_id] = child
         if linger > 0:
-            members = [self.root / launch.attempt_id for launch in claimed]
+            members = [self.root / m.attempt_id for launch in claimed for m in launch.members]
             self._warm[key] = _Warm(batch, directory, child, members)
-        log.info("batch %s: %d clips of stage %s in one process", batch, len(claimed), first.stage)
+        log.info(
+            "batch %s: %d clips of stage%s %s in one process",
+            batch,
+            len(claimed),
+            "s" if first.chain else "",
+            ", ".join(m.stage for m in first.members),
+        )
 
     def _items(
         self, launches: list[StageLaunch], credentials: StageCredentials | None
     ) -> list[dict[str, Any]]:
         # Each clip's stderr goes to its own attempt's log as well as the batch's.
-        return [
-            {
+        def item(launch: StageLaunch) -> dict[str, Any]:
+            return {
                 "env": launch.env | _env_of(credentials),
                 "report": str(self.root / launch.attempt_id / files.STATUS),
                 "log": str(self.root / launch.attempt_id / files.STDERR),
             }
+
+        return [
+            {contract.CHAIN: [item(m) | {"module": m.command[2]} for m in launch.members]}
+            if launch.chain
+            else item(launch)
             for launch in launches
         ]
 
@@ -368,7 +409,8 @@ class LocalExecutor:
         ):
             return False
         runner = json.loads((warm.directory / files.RUNNER).read_text())
-        for launch in claimed:
+        added = [member for launch in claimed for member in launch.members]
+        for launch in added:
             # They read as running in that process, with its log as theirs.
             folder = self.root / launch.attempt_id
             with contextlib.suppress(FileExistsError):
@@ -390,16 +432,16 @@ class LocalExecutor:
                     # Its supervisor gave them back as it ended: they never ran there
                     # and it reports them; starting them elsewhere would run them twice
                     # in the store's eyes. They are retried from its report.
-                    warm.members += [self.root / launch.attempt_id for launch in claimed]
+                    warm.members += [self.root / launch.attempt_id for launch in added]
                     return True
             else:
-                for launch in claimed:
+                for launch in added:
                     folder = self.root / launch.attempt_id
                     (folder / files.RUNNER).unlink(missing_ok=True)
                     (folder / files.STDOUT).unlink(missing_ok=True)
                 return False
-        warm.members += [self.root / launch.attempt_id for launch in claimed]
-        for launch in claimed:
+        warm.members += [self.root / launch.attempt_id for launch in added]
+        for launch in added:
             self._children[launch.attempt_id] = warm.child
         return True
 
@@ -407,7 +449,7 @@ class LocalExecutor:
         if self.broker is None:
             return None
         try:
-            return self.broker.issue(grant_for(launches))
+            return self.broker.issue(grant_for([m for launch in launches for m in launch.members]))
         except CamflowError as exc:
             raise ExecutorError(str(exc)) from exc
 
@@ -502,6 +544,14 @@ class LocalExecutor:
                 )
             status = json.loads(status_file.read_text())
             code = status["exit_code"]
+            if status.get("skipped") or (code != 0 and self._fused_not_begun(directory)):
+                return ExecStatus(
+                    state=ExecState.SKIPPED,
+                    reason=status.get("reason")
+                    if status.get("skipped")
+                    else ("not run: its process ended before this stage began"),
+                    finished_at=_parse_time(status.get("finished_at")),
+                )
             return ExecStatus(
                 state=ExecState.SUCCEEDED if code == 0 else ExecState.FAILED,
                 exit_code=code,
@@ -539,6 +589,13 @@ class LocalExecutor:
             if handle in self._children or age < START_GRACE_SECONDS:
                 return ExecStatus(state=ExecState.QUEUED)
         return ExecStatus(state=ExecState.LOST, reason="no trace of this attempt on this machine")
+
+    def _fused_not_begun(self, directory: Path) -> bool:
+        """A stage fused after another that its process never began (it ended first)."""
+        if (directory / contract.BATCH_STARTED).exists():
+            return False
+        pointer = _read_json(directory / files.LAUNCH)
+        return bool(pointer and pointer.get("fused"))
 
     def cancel(self, handles: Sequence[str]) -> None:
         for handle in handles:

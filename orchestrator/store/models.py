@@ -45,6 +45,9 @@ class AttemptState(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    #: A fused stage that never ran: an earlier stage of its process failed first. Not
+    #: a failure of its own: the stage is started again with that one.
+    SKIPPED = "skipped"
 
 
 class Clip(SQLModel, table=True):
@@ -138,6 +141,9 @@ class StageAttempt(SQLModel, table=True):
     #: The batch it ran in, with other clips' attempts of the same stage, in one
     #: process; None when it ran alone. A batch takes one of the executor's slots.
     batch: str | None = Field(default=None, max_length=64)
+    #: Fused with its consumers, it handed its outputs to them in its process instead
+    #: of writing them to S3: if one of them must run again, so must this stage.
+    keep_local: bool = False
     log_uri: str | None = Field(default=None, max_length=2048)
     metrics: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     outputs: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
