@@ -128,6 +128,23 @@ def test_a_batch_with_good_and_bad_clips(executor: Executor, clips: SampleClips)
             assert all(s["seconds"] is not None and s["seconds"] >= 0 for s in result["stages"])
             if settings.executor == "local":
                 assert all(s["seconds"] > 0 for s in result["stages"])
+                # Fused in one process: decode's frames and faces' detections were handed
+                # on in memory and never reached S3; the thumbnails customers fetch did.
+                kept = {s["name"]: s["outputs_kept_in_process"] for s in result["stages"]}
+                assert kept == {
+                    "decode": True,
+                    "faces": True,
+                    "thumbnails": False,
+                    "publish": False,
+                }
+                prefix = f"acme/{name}/{result['clip_id']}/faces/"
+                stored = {
+                    o.key.removeprefix(prefix)
+                    for o in runtime.s3.list_after(settings.s3.results_bucket, prefix, None)
+                }
+                assert not any(k.startswith(("decode/", "faces/")) for k in stored), stored
+                assert any(k.startswith("thumbnails/thumbnails/") for k in stored), stored
+                assert "publish/result.json" in stored
 
         quiet = _result(runtime, keys["noface"])
         assert quiet["status"] == "succeeded"

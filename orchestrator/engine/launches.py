@@ -14,7 +14,7 @@ from orchestrator.domain.catalog import Pipeline, ResolvedStage
 from orchestrator.domain.layout import attempt_id, stage_prefix
 from orchestrator.domain.pipeline import CLIP_INPUT
 from orchestrator.executors.base import StageLaunch
-from orchestrator.store.models import Clip, Run, RunStatus, StageAttempt, iso
+from orchestrator.store.models import AttemptState, Clip, Run, RunStatus, StageAttempt, iso
 
 
 def clip_identity(clip: Clip) -> dict[str, Any]:
@@ -125,7 +125,12 @@ def stage_summaries(attempts: Sequence[StageAttempt]) -> list[dict[str, Any]]:
     for attempt in sorted(attempts, key=lambda a: (a.created_at, a.attempt)):
         by_stage.setdefault(attempt.stage, []).append(attempt)
     summaries = []
-    for stage, tries in by_stage.items():
+    for stage, every in by_stage.items():
+        # Skipped attempts never ran (a fused stage before them failed): a stage that
+        # never ran is not in the timeline.
+        tries = [t for t in every if t.state != AttemptState.SKIPPED]
+        if not tries:
+            continue
         last = tries[-1]
         seconds = None
         if last.started_at and last.finished_at:
@@ -142,11 +147,13 @@ def stage_summaries(attempts: Sequence[StageAttempt]) -> list[dict[str, Any]]:
                 "placement": last.placement,
                 "exit_code": last.exit_code,
                 "reason": last.reason,
-                "queued_at": iso(tries[0].created_at),
+                "queued_at": iso(every[0].created_at),
                 "started_at": iso(last.started_at),
                 "finished_at": iso(last.finished_at),
                 "seconds": seconds,
                 "metrics": last.metrics or {},
+                # Fused with the stages reading them, its outputs never went to S3.
+                "outputs_kept_in_process": last.keep_local,
             }
         )
     return summaries

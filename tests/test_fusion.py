@@ -1,0 +1,167 @@
+"""Fused stages: which stages the engine runs in one execution, what they keep out of
+S3, and what runs again when one of them fails. Pure decisions on hand-made state."""
+
+from datetime import timedelta
+
+import pytest
+
+from orchestrator.domain.catalog import Pipeline, load_catalog
+from orchestrator.engine.decide import ChainMember, FinishRun, StartAttempt, decide
+from orchestrator.settings import PROJECT_ROOT
+from orchestrator.store.models import AttemptState, RunStatus
+from tests.test_decide import POLICY, T0, attempt, run
+
+
+@pytest.fixture(scope="module")
+def catalog():  # type: ignore[no-untyped-def]
+    return load_catalog([PROJECT_ROOT / "algorithms"], [PROJECT_ROOT / "pipelines"])
+
+
+@pytest.fixture(scope="module")
+def faces(catalog) -> Pipeline:  # type: ignore[no-untyped-def]
+    return catalog.pipeline("faces")
+
+
+def test_the_faces_pipeline_runs_as_one_execution_and_keeps_frames_out_of_s3(
+    faces: Pipeline,
+) -> None:
+    d = decide(run(), [], faces, T0, POLICY, executor_has_gpus=False, fuse=True)
+    # decode and faces only feed stages of the execution and say their outputs are
+    # intermediate; thumbnails are fetched by customers, publish's result is the run's.
+    assert d.starts == [
+        StartAttempt(
+            "r-1",
+            "decode",
+            1,
+            "cpu",
+            keep_local=True,
+            chain=(
+                ChainMember("faces", 1, keep_local=True),
+                ChainMember("thumbnails", 1, keep_local=False),
+                ChainMember("publish", 1, keep_local=False),
+            ),
+        )
+    ]
+
+
+def test_without_an_executor_that_fuses_each_stage_runs_alone(faces: Pipeline) -> None:
+    d = decide(run(), [], faces, T0, POLICY, executor_has_gpus=False)
+    assert d.starts == [StartAttempt("r-1", "decode", 1, "cpu")]
+
+
+def test_a_gpu_stage_is_not_fused_with_cpu_stages(faces: Pipeline) -> None:
+    # With GPUs, faces goes to a GPU: decode's execution stops before it, and decode
+    # keeps nothing in its process (faces, elsewhere, reads its frames from S3).
+    d = decide(run(), [], faces, T0, POLICY, executor_has_gpus=True, fuse=True)
+    assert d.starts == [StartAttempt("r-1", "decode", 1, "cpu")]
+    done = [attempt("decode", 1, AttemptState.SUCCEEDED)]
+    d = decide(run(), done, faces, T0 + timedelta(seconds=2), POLICY, True, fuse=True)
+    assert d.starts == [StartAttempt("r-1", "faces", 1, "gpu")]
+    # After faces, thumbnails and publish (both CPU) run together.
+    done.append(attempt("faces", 1, AttemptState.SUCCEEDED, at=2, accelerator="gpu"))
+    d = decide(run(), done, faces, T0 + timedelta(seconds=4), POLICY, True, fuse=True)
+    assert d.starts == [
+        StartAttempt(
+            "r-1", "thumbnails", 1, "cpu", chain=(ChainMember("publish", 1, keep_local=False),)
+        )
+    ]
+
+
+def test_a_stage_beside_another_keeps_its_own_process(catalog) -> None:  # type: ignore[no-untyped-def]
+    # privacy: anonymize reads the clip and faces' detections; motion reads decode. Only
+    # stages reading an earlier member's output join an execution.
+    privacy = catalog.pipeline("privacy")
+    d = decide(run(), [], privacy, T0, POLICY, executor_has_gpus=False, fuse=True)
+    [start] = d.starts
+    assert start.stages == ["decode", "motion", "faces", "anonymize", "publish"]
+    assert [m.keep_local for m in start.chain] == [True, True, False, False]
+
+
+def test_a_stage_the_pipeline_keeps_apart_is_not_fused(faces: Pipeline) -> None:
+    spec = faces.spec.model_copy(deep=True)
+    spec.stages[2].fuse = False  # thumbnails
+    apart = Pipeline(spec, {**faces.stages}, faces.source)
+    for name, resolved in apart.stages.items():
+        apart.stages[name] = type(resolved)(**{**resolved.__dict__, "spec": spec.stage(name)})
+    d = decide(run(), [], apart, T0, POLICY, executor_has_gpus=False, fuse=True)
+    [start] = d.starts
+    # publish reads thumbnails, which is not there yet: it cannot join either; and
+    # decode's frames are read by thumbnails, outside: they go to S3.
+    assert start.stages == ["decode", "faces"]
+    assert start.keep_local is False
+    assert start.chain == (ChainMember("faces", 1, keep_local=False),)
+
+
+def test_a_fused_stage_that_fails_runs_again_with_the_stage_whose_outputs_it_lost(
+    faces: Pipeline,
+) -> None:
+    attempts = [
+        attempt("decode", 1, AttemptState.SUCCEEDED, keep_local=True, batch="b-1"),
+        attempt("faces", 1, AttemptState.FAILED, keep_local=True, batch="b-1", exit_code=1),
+        attempt("thumbnails", 1, AttemptState.SKIPPED, batch="b-1"),
+        attempt("publish", 1, AttemptState.SKIPPED, batch="b-1"),
+    ]
+    # Within faces' backoff (10 s after it failed at 1 s): nothing starts yet.
+    early = decide(run(), attempts, faces, T0 + timedelta(seconds=5), POLICY, False, fuse=True)
+    assert early.starts == [] and early.actions == []
+    later = decide(run(), attempts, faces, T0 + timedelta(seconds=12), POLICY, False, fuse=True)
+    assert later.starts == [
+        StartAttempt(
+            "r-1",
+            "decode",
+            2,
+            "cpu",
+            keep_local=True,
+            chain=(
+                ChainMember("faces", 2, keep_local=True),
+                ChainMember("thumbnails", 2, keep_local=False),
+                ChainMember("publish", 2, keep_local=False),
+            ),
+        )
+    ]
+
+
+def test_skipped_stages_and_runs_again_use_none_of_a_stages_retries(faces: Pipeline) -> None:
+    # decode failed twice (2 retries: a third try is allowed); its followers were
+    # skipped twice; none of that counts against them.
+    attempts = []
+    for n in (1, 2):
+        attempts += [
+            attempt("decode", n, AttemptState.FAILED, at=n * 100, exit_code=1, batch=f"b{n}"),
+            *(
+                attempt(s, n, AttemptState.SKIPPED, at=n * 100, batch=f"b{n}")
+                for s in ("faces", "thumbnails", "publish")
+            ),
+        ]
+    d = decide(run(), attempts, faces, T0 + timedelta(seconds=1000), POLICY, False, fuse=True)
+    [start] = d.starts
+    assert (start.stage, start.attempt) == ("decode", 3)
+    assert [(m.stage, m.attempt) for m in start.chain] == [
+        ("faces", 3),
+        ("thumbnails", 3),
+        ("publish", 3),
+    ]
+    # A third failure of decode ends the run: its own retries are what count.
+    attempts.append(attempt("decode", 3, AttemptState.FAILED, at=900, exit_code=1))
+    d = decide(run(), attempts, faces, T0 + timedelta(seconds=1000), POLICY, False, fuse=True)
+    assert any(isinstance(a, FinishRun) and "after 3 attempts" in str(a.error) for a in d.actions)
+
+
+def test_a_run_whose_fused_stages_all_succeeded_is_done(faces: Pipeline) -> None:
+    attempts = [
+        attempt(s, 1, AttemptState.SUCCEEDED, keep_local=s in ("decode", "faces"))
+        for s in ("decode", "faces", "thumbnails", "publish")
+    ]
+    d = decide(run(), attempts, faces, T0 + timedelta(seconds=5), POLICY, False, fuse=True)
+    assert d.actions == [FinishRun("r-1", RunStatus.SUCCEEDED)]
+
+
+def test_nothing_runs_again_while_a_fused_stage_is_still_running(faces: Pipeline) -> None:
+    attempts = [
+        attempt("decode", 1, AttemptState.SUCCEEDED, keep_local=True, batch="b-1"),
+        attempt("faces", 1, AttemptState.RUNNING, keep_local=True, batch="b-1"),
+        attempt("thumbnails", 1, AttemptState.RUNNING, batch="b-1", started_at=None),
+        attempt("publish", 1, AttemptState.RUNNING, batch="b-1", started_at=None),
+    ]
+    d = decide(run(), attempts, faces, T0 + timedelta(seconds=5), POLICY, False, fuse=True)
+    assert d.starts == [] and d.actions == []
