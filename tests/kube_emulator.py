@@ -37,8 +37,14 @@ Each behaviour -> where upstream does it:
 - out of memory: terminated reason ``OOMKilled``, exit code 137 -> kubelet and runtime
 - eviction: reason ``Evicted`` with a ``DisruptionTarget`` condition
   -> the kubelet's eviction manager
-- FallbackToLogsOnError: the log's tail (stdout and stderr together, 80 lines, 2048
-  bytes) when the container failed -> kuberuntime_container.go
+- the termination message: the file the kubelet mounts at the container's
+  terminationMessagePath (default /dev/termination-log), its last 4096 bytes
+  (getTerminationMessage: tail.ReadAtMost, MaxContainerTerminationMessageLength), then
+  at most 12 KiB split evenly over the pod's containers (status_manager.go,
+  normalizeStatus: MaxPodTerminationMessageLogLength); with FallbackToLogsOnError, the
+  log's tail (stdout and stderr together, 80 lines, 2048 bytes) when the container
+  failed and left the file empty -> kuberuntime_container.go. There are no mounts
+  here: a container variable whose value is that path names the file instead
 - the TTL controller deletes a finished Job ttlSecondsAfterFinished after, its pods
   first (Foreground) -> pkg/controller/ttlafterfinished
 - defaults: completions and parallelism 1, backoffLimit 6 (MaxInt32 with
@@ -126,6 +132,10 @@ MAX_GENERATED_NAME = 63 - 5
 GPU = "nvidia.com/gpu"
 #: The kubelet's FallbackToLogsOnError tail: at most this many lines and bytes.
 LOG_LINES, LOG_BYTES = 80, 2048
+#: A container's termination message file, read up to its last 4 KiB; a pod's messages
+#: are then cut to 12 KiB over its containers (pkg/kubelet/container/runtime.go).
+MESSAGE_BYTES, POD_MESSAGE_BYTES = 4096, 12 * 1024
+TERMINATION_LOG = "/dev/termination-log"
 #: Pod-failure backoff of the Job controller (Job docs): 10 s doubling, capped at 6 min.
 BACKOFF_BASE, BACKOFF_MAX = 10.0, 360.0
 
@@ -1392,6 +1402,10 @@ class JobRunner:
             for key, value in env.items():
                 if value == path or value.startswith(f"{path}/"):
                     env[key] = f"{folder}{value[len(path) :]}"
+        message = container.get("terminationMessagePath") or TERMINATION_LOG
+        for key, value in env.items():
+            if value == message:
+                env[key] = str(self._message_file(pod, state, container))
         return env
 
     def _resolve_env(self, pod: dict[str, Any], container: dict[str, Any]) -> dict[str, str] | str:
@@ -1486,16 +1500,28 @@ class JobRunner:
             "finishedAt": now(),
             "containerID": f"containerd://{uuid.uuid4().hex}",
         }
+        written = self._message_file(pod, state, container)
+        message = (
+            written.read_bytes()[-MESSAGE_BYTES:].decode(errors="replace")
+            if written.exists()
+            else ""
+        )
         if (
-            code != 0
+            not message
+            and code != 0
             and container.get("terminationMessagePolicy") == "FallbackToLogsOnError"
             and state.log
         ):
             tail = state.log.read_bytes().decode(errors="replace").splitlines()[-LOG_LINES:]
             message = "\n".join(tail)[-LOG_BYTES:]
-            if message:
-                terminated["message"] = message
+        if message:
+            # normalizeStatus: the first 12 KiB / containers of each message.
+            terminated["message"] = message[: POD_MESSAGE_BYTES // len(self._sequence(pod))]
         return terminated
+
+    def _message_file(self, pod: dict[str, Any], state: _Pod, container: dict[str, Any]) -> Path:
+        """The file the kubelet mounts at the container's terminationMessagePath."""
+        return self._logs / f"{pod['metadata']['name']}-{container['name']}.termination-log"
 
     def _start_container(self, pod: dict[str, Any], state: _Pod) -> None:
         container = self._sequence(pod)[state.step]

@@ -27,8 +27,10 @@ from orchestrator.kube.executor import KubernetesExecutor
 from orchestrator.kube.jobs import (
     ANNOTATION_CHAIN,
     HANDOFF,
+    batch_job_name,
     build_chain_job,
     clip_envs,
+    job_name,
     with_own_credentials,
 )
 from orchestrator.kube.status import member_status
@@ -78,6 +80,7 @@ def test_a_chain_job_runs_each_member_in_its_own_container_in_order() -> None:
         {"stage": s, "container": n} for s, n in zip(FACES, names, strict=True)
     ]
     assert (job["spec"]["completionMode"], job["spec"]["completions"]) == ("Indexed", 2)
+    assert job["metadata"]["name"] == batch_job_name("b-chain", "decode", "cpu")
     # Each container: its member's image and command, its member's variables for every
     # clip (by index), and the hand-off folder every container of the pod mounts.
     for position, container in enumerate([*pod["initContainers"], *pod["containers"]]):
@@ -215,6 +218,8 @@ if clip == "r-bad" and stage == "faces":
     print("the clip holds no frames", file=sys.stderr)
     sys.exit(2)
 print(f"{stage} of {clip} done")
+manifest = {"stage": stage, "outputs": {}, "metrics": {"clip": clip}}
+open(os.environ["CAMFLOW_MANIFEST_MESSAGE"], "w").write(json.dumps(manifest))
 """
 
 
@@ -258,6 +263,8 @@ def test_a_batch_of_chains_is_one_job_and_a_bad_clip_fails_alone(
         # In order, one after another, each with its own times.
         for before, after in itertools.pairwise(got):
             assert before.finished_at <= after.started_at  # type: ignore[operator]
+        # Each member's manifest comes back in its container's termination message.
+        assert [s.manifest["metrics"]["clip"] for s in got] == [f"r-{clip}"] * 4  # type: ignore[index]
     bad = [by_attempt[f"a-bad-{stage}"] for stage in FACES]
     assert [s.state for s in bad] == [
         ExecState.SUCCEEDED,
@@ -289,4 +296,37 @@ def test_a_batch_of_chains_is_one_job_and_a_bad_clip_fails_alone(
         "containers with incomplete status: [stage-1 stage-2]",
     )
     assert status["containerStatuses"][0]["state"] == {"waiting": {"reason": "PodInitializing"}}
+    executor.close()
+
+
+def test_a_chain_resubmitted_alone_is_found_in_its_batch_job_or_takes_its_name(
+    made: list[Cluster], tmp_path: Path, s3_server: EmbeddedS3
+) -> None:
+    dev = _make(made, tmp_path, s3_server, "dev")
+    settings = dev.settings.model_copy(update={"s3_secret": None})
+    executor = KubernetesExecutor([settings])
+    chains = [_scripted(_chain(clip)) for clip in ("ok1", "ok2")]
+    first = executor.submit(chains)
+
+    def alone(chain: StageLaunch, batch: str) -> StageLaunch:
+        members = [
+            m.model_copy(update={"batch": None, "recorded_batch": batch}) for m in chain.members
+        ]
+        return members[0].model_copy(update={"chain": members[1:]})
+
+    # The engine stopped before recording the handles: the same handles, nothing made.
+    again = executor.submit([alone(chains[1], "b-chain")])
+    assert again == {k: v for k, v in first.items() if k.startswith("a-ok2-")}
+    assert len(dev.jobs()) == 1
+    # A batch whose create never happened: the chain takes the batch's name, so that a
+    # late create of the batch finds it (409) and runs nothing twice.
+    lost = [_scripted(_chain(clip, batch="b-lost")) for clip in ("ok3", "ok4")]
+    mine = executor.submit([alone(lost[0], "b-lost")])
+    reserved = f"dev/camflow-jobs/{batch_job_name('b-lost', 'decode', 'cpu')}#0"
+    assert mine["a-ok3-decode"].handle == reserved
+    # The batch's create, applied late, finds the name taken: the other chain goes alone.
+    late = executor.submit([alone(lost[1], "b-lost")])
+    assert late["a-ok4-decode"].handle == f"dev/camflow-jobs/{job_name(lost[1])}#0"
+    assert late["a-ok4-publish"].handle == f"dev/camflow-jobs/{job_name(lost[1])}#0@3"
+    assert len(dev.jobs()) == 3
     executor.close()

@@ -576,44 +576,80 @@ class KubernetesExecutor:
     def _create_chain(self, launches: list[StageLaunch]) -> dict[str, Submission]:
         """One Indexed Job for the chains of fused stages of a batch (or one lone
         chain): an index per clip, each member a container of its pod; a Submission
-        for every member. A chain resubmitted on its own (``recorded_batch``) is looked
-        for in its batch's Job first, so that it never runs twice."""
+        for every member. A chain resubmitted on its own (``recorded_batch``: its
+        batch's submit failed, or its handles were never recorded) is looked for in its
+        batch's Job first, so that it never runs twice; if that Job does not exist, the
+        chain takes its name (a late create of the batch then gets 409 and runs
+        nothing), as a lone batch attempt does (see _reserve)."""
         cluster = self._cluster_for(launches[0])
         launches = [self._chain_on_accelerator(launch) for launch in launches]
         first = launches[0]
+        name = None
         if not first.batch and first.recorded_batch:
             job = self._batch_job(cluster, first)
-            if job is not None and chain_of(job):
-                found = self._chain_submissions(cluster, job, {first.attempt_id})
-                if found:
-                    log.info("%s is in chain Job %s: adopted", first.attempt_id, cluster.name)
-                    self._adopt_secret(cluster, job["metadata"]["name"])
+            if job is None:
+                name = batch_job_name(first.recorded_batch, first.stage, first.accelerator)
+            elif chain_of(job):
+                found = self._adopt_chains(cluster, job, launches)
+                if found is not None:
                     return found
+        done = self._create_chain_job(cluster, launches, name)
+        if done is None and name is not None:
+            # The batch's Job was made meanwhile without it: it goes alone.
+            done = self._create_chain_job(cluster, launches, None)
+        if done is None:
+            raise ExecutorError(f"a Job of another batch holds the name of {first.attempt_id}")
+        return done
+
+    def _adopt_chains(
+        self, cluster: ClusterSettings, job: dict[str, Any], launches: list[StageLaunch]
+    ) -> dict[str, Submission] | None:
+        """The members' handles in ``job`` if it holds every chain; None otherwise."""
+        wanted = {launch.attempt_id for launch in launches}
+        found = self._chain_submissions(cluster, job, wanted)
+        held = {attempt for attempt in wanted if attempt in found}
+        if held != wanted:
+            return None
+        name = job["metadata"]["name"]
+        log.info("chains of %s are in Job %s on %s: adopted", sorted(wanted), name, cluster.name)
+        self._adopt_secret(cluster, name)
+        return found
+
+    def _create_chain_job(
+        self, cluster: ClusterSettings, launches: list[StageLaunch], name: str | None
+    ) -> dict[str, Submission] | None:
+        """Creates the chains' Job (named ``name``, else by chain_job_name); None when
+        one of that name exists (made by an earlier try) without them."""
+        first = launches[0]
         try:
-            job = build_chain_job(launches, cluster)
+            job = build_chain_job(launches, cluster, name)
         except ValueError as exc:
             raise SubmitRefused(str(exc), final=True) from exc
-        gpu_twin = chain_job_name(first.model_copy(update={"accelerator": "gpu"}))
+        gpu_twin = (
+            chain_job_name(first.model_copy(update={"accelerator": "gpu"}))
+            if name is None
+            else batch_job_name(first.recorded_batch or "", first.stage, "gpu")
+        )
         created = self._create_job(
             cluster, job, first.accelerator, _handle(cluster, gpu_twin), self._batch_twin(first)
         )
         name = job["metadata"]["name"]
-        if not created:  # adopted: what the Job made by an earlier try holds
-            job = self.apis[cluster.name].get_job(name) or job
-        wanted = {launch.attempt_id for launch in launches}
-        done = self._chain_submissions(cluster, job, wanted)
-        missing = wanted - set(done)
-        if missing:
-            raise ExecutorError(f"Job {name} exists without chains {sorted(missing)}")
+        if not created:  # made by an earlier try: what does it hold?
+            existing = self.apis[cluster.name].get_job(name)
+            self.views[cluster.name].jobs.pop(name, None)
+            if existing is None:
+                raise ExecutorError(f"Job {name} is gone before it could be adopted")
+            self.views[cluster.name].jobs[name] = existing
+            return self._adopt_chains(cluster, existing, launches)
         log.info(
             "chain %s: %d clips of stages %s in Indexed Job %s on %s",
-            first.batch or first.attempt_id,
+            first.batch or first.recorded_batch or first.attempt_id,
             len(launches),
             "+".join(m.stage for m in first.members),
             name,
             cluster.name,
         )
-        return done
+        return self._chain_submissions(cluster, job, {launch.attempt_id for launch in launches})
 
     @staticmethod
     def _chain_submissions(

@@ -44,6 +44,14 @@ INDEX_FAILURE_COUNT = "batch.kubernetes.io/job-index-failure-count"
 #: (annotation, JSON: a list per index, in member order).
 ANNOTATION_CHAIN = f"{LABEL_PREFIX}/chain"
 ANNOTATION_CHAIN_ATTEMPTS = f"{LABEL_PREFIX}/chain-attempt-ids"
+#: Where a chain's member is asked to leave its manifest (the SDK writes it there, in
+#: place, as compact JSON): the container's termination message, which the kubelet
+#: puts in its status. A member whose outputs stay in the pod (CAMFLOW_KEEP_LOCAL)
+#: writes its manifest to no S3, so that is the only way it comes back. The kubelet
+#: keeps a message's last 4 KiB, then at most 12 KiB over the pod's containers: a
+#: manifest that does not fit arrives cut, is not JSON, and is not used.
+ENV_MANIFEST_MESSAGE = "CAMFLOW_MANIFEST_MESSAGE"
+TERMINATION_LOG = "/dev/termination-log"
 #: The emptyDir the containers of a chain's pod share, for CAMFLOW_HANDOFF_DIR.
 HANDOFF = "/handoff"
 HANDOFF_VOLUME = "handoff"
@@ -386,7 +394,9 @@ def _batch_env(launches: Sequence[StageLaunch]) -> str:
     )
 
 
-def build_chain_job(launches: Sequence[StageLaunch], cluster: ClusterSettings) -> dict[str, Any]:
+def build_chain_job(
+    launches: Sequence[StageLaunch], cluster: ClusterSettings, name: str | None = None
+) -> dict[str, Any]:
     """One Indexed Job for fused stages: an index per clip (``launches``: each clip's
     first member, its ``chain`` the members after it, the same stages for every clip),
     whose pod runs the members in order, as the kubelet runs a pod's containers: one
@@ -399,7 +409,8 @@ def build_chain_job(launches: Sequence[StageLaunch], cluster: ClusterSettings) -
     start. Exit 2 in any member fails its index at once (FailIndex), another failure
     retries the whole chain of that clip (backoffLimitPerIndex: the first member's
     retries), since what the earlier members handed over went with the pod. The pod's
-    deadline is the sum of the members' timeouts."""
+    deadline is the sum of the members' timeouts. Named ``name``, else by
+    ``chain_job_name``."""
     first = launches[0]
     members = first.members
     count = len(members)
@@ -422,10 +433,12 @@ def build_chain_job(launches: Sequence[StageLaunch], cluster: ClusterSettings) -
         env = [
             {"name": ENV_BATCH, "value": items},
             {"name": ENV_HANDOFF_DIR, "value": HANDOFF},
+            {"name": ENV_MANIFEST_MESSAGE, "value": TERMINATION_LOG},
             *_cluster_env(cluster),
         ]
-        name = chain_container(position, count)
-        containers.append(_container(column[0], cluster, env, name, handoff))
+        containers.append(
+            _container(column[0], cluster, env, chain_container(position, count), handoff)
+        )
     pod = _pod(first, cluster, [], deadline=sum(m.timeout_seconds for m in members))
     pod["initContainers"], pod["containers"] = containers[:-1], containers[-1:]
     pod["volumes"].append({"name": HANDOFF_VOLUME, "emptyDir": {"sizeLimit": cluster.scratch_size}})
@@ -451,7 +464,7 @@ def build_chain_job(launches: Sequence[StageLaunch], cluster: ClusterSettings) -
         "parallelism": 1,
         "backoffLimitPerIndex": first.retries,
     }
-    return _job(chain_job_name(first), cluster, job_labels, annotations, spec, pod)
+    return _job(name or chain_job_name(first), cluster, job_labels, annotations, spec, pod)
 
 
 #: The variables a Job's own credentials Secret holds (the session token only for STS).

@@ -410,6 +410,16 @@ def _stopped_at(pod: dict[str, Any], chain: list[dict[str, str]]) -> int:
     return len(chain) - 1
 
 
+def _manifest(message: str | None) -> dict[str, Any] | None:
+    """The manifest a member left as its termination message (jobs.ENV_MANIFEST_MESSAGE);
+    None when it left none, or one the kubelet cut (not JSON)."""
+    try:
+        found = json.loads(message or "")
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) and "outputs" in found else None
+
+
 def _member_success(pod: dict[str, Any], name: str, tries: int | None) -> ExecStatus:
     state = _state(pod, "terminated", name) or {}
     return ExecStatus(
@@ -418,6 +428,7 @@ def _member_success(pod: dict[str, Any], name: str, tries: int | None) -> ExecSt
         tries=tries,
         started_at=parse_time(state.get("startedAt")),
         finished_at=parse_time(state.get("finishedAt")),
+        manifest=_manifest(state.get("message")),
     )
 
 
