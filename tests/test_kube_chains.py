@@ -13,6 +13,7 @@ import itertools
 import json
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import pytest
 
 from algorithms.contract import ENV_BATCH, ENV_HANDOFF_DIR
 from orchestrator.domain.catalog import load_catalog
+from orchestrator.domain.layout import upload_key
 from orchestrator.embedded_s3 import EmbeddedS3
 from orchestrator.executors.base import ExecState, StageLaunch
 from orchestrator.kube.executor import KubernetesExecutor
@@ -33,11 +35,14 @@ from orchestrator.kube.jobs import (
     job_name,
     with_own_credentials,
 )
-from orchestrator.kube.status import member_status
-from orchestrator.settings import PROJECT_ROOT
+from orchestrator.kube.status import chain_of, member_status
+from orchestrator.service import drive, open_runtime
+from orchestrator.settings import PROJECT_ROOT, Settings
+from orchestrator.store.models import AttemptState, RunStatus
+from tests.conftest import SampleClips
 from tests.kube_fixtures import DEV, KUBERNETES_VERSION, launch_for
 from tests.test_kube_cluster import _make
-from tests.test_kube_executor import Cluster
+from tests.test_kube_executor import Cluster, _kube_settings
 
 CATALOG = load_catalog([PROJECT_ROOT / "algorithms"], [PROJECT_ROOT / "pipelines"])
 FACES = ("decode", "faces", "thumbnails", "publish")
@@ -330,3 +335,67 @@ def test_a_chain_resubmitted_alone_is_found_in_its_batch_job_or_takes_its_name(
     assert late["a-ok4-publish"].handle == f"dev/camflow-jobs/{job_name(lost[1])}#0@3"
     assert len(dev.jobs()) == 3
     executor.close()
+
+
+# --- the faces pipeline, through the engine -----------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_faces_pipeline_runs_fused_in_one_job_and_a_bad_clip_fails_alone(
+    settings: Settings,
+    made: list[Cluster],
+    tmp_path: Path,
+    s3_server: EmbeddedS3,
+    clips: SampleClips,
+) -> None:
+    if not KubernetesExecutor.fuses:
+        pytest.skip(
+            "fused stages on Kubernetes wait for the SDK to leave each stage's manifest in "
+            "its termination message (contract.ENV_MANIFEST_MESSAGE)"
+        )
+    dev = _make(made, tmp_path, s3_server, "dev")
+    # A budget of one Job: every clip ready at once goes into one batch.
+    dev.settings = dev.settings.model_copy(update={"budget": 1})
+    kube = _kube_settings(settings, [dev], probe=False)
+    kube = kube.model_copy(update={"engine": kube.engine.model_copy(update={"batch_max_size": 16})})
+    files = {"face": clips.face, "noface": clips.no_face, "broken": clips.truncated}
+    with open_runtime(kube) as runtime:
+        keys = {}
+        for camera, path in files.items():
+            keys[camera] = upload_key("acme", camera, datetime.now(UTC))
+            runtime.s3.upload_file(path, kube.s3.ingest_bucket, keys[camera])
+        runtime.watcher.tick()
+        runtime.reconciler.plan_new_clips()
+        runs = {
+            camera: runtime.store.runs_of_clip(runtime.store.find_clip(key).id)[0].id
+            for camera, key in keys.items()
+        }
+        drive(runtime, list(runs.values()), timeout=300, interval=0.2)
+        attempts = {
+            camera: {a.stage: a for a in runtime.store.attempts_of_run(run_id)}
+            for camera, run_id in runs.items()
+        }
+        for camera in ("face", "noface"):
+            run = runtime.store.get_run(runs[camera])
+            assert run.status == RunStatus.SUCCEEDED, run.error
+            assert {s: a.state for s, a in attempts[camera].items()} == {
+                s: AttemptState.SUCCEEDED for s in FACES
+            }
+        face = runtime.store.get_run(runs["face"]).result
+        assert face["summary"]["labels"]["face"] >= 12  # type: ignore[index]
+        broken = attempts["broken"]
+        assert (broken["decode"].state, broken["decode"].exit_code) == (AttemptState.FAILED, 2)
+        assert {s: broken[s].state for s in FACES[1:]} == {
+            s: AttemptState.SKIPPED for s in FACES[1:]
+        }
+        assert runtime.store.get_run(runs["broken"]).status == RunStatus.FAILED
+        listed = runtime.s3.client.list_objects_v2(Bucket=kube.s3.results_bucket)
+        stored = [o["Key"] for o in listed.get("Contents", [])]
+    # Three clips of four stages: one Job and its credentials, the pods one per clip.
+    writes = [c for c in dev.emulator.calls if c.verb in ("create", "update", "patch", "delete")]
+    assert sorted(f"{c.verb} {c.resource}" for c in writes) == ["create jobs", "create secrets"]
+    [job] = dev.jobs()
+    assert job["spec"]["completions"] == 3 and chain_of(job)
+    # What decode and faces handed over stayed in the pod; the later stages' went to S3.
+    assert not [k for k in stored if "/faces/decode/" in k or "/faces/faces/" in k]
+    assert [k for k in stored if "/faces/thumbnails/" in k]

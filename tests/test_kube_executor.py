@@ -360,7 +360,8 @@ def test_a_cluster_that_goes_away_and_comes_back_loses_nothing(
         attempts = runtime.store.attempts_of_run(run.id)
         assert sorted(a.stage for a in attempts) == ["decode", "faces", "publish", "thumbnails"]
         assert all(a.attempt == 1 for a in attempts)
-        assert sorted(dev.runner.runs.values()) == [1, 1, 1, 1]  # each stage ran once
+        # Each stage ran once: a container each, in one Job per stage or, fused, in one.
+        assert sum(dev.runner.runs.values()) == 4
         assert done.result["summary"]["labels"]["face"] >= 12  # type: ignore[index]
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from algorithms import contract
 from algorithms.contract import ENV_ACCELERATOR, ENV_BATCH
 from orchestrator.errors import CamflowError, ExecutorError
 from orchestrator.executors.base import (
@@ -51,6 +52,7 @@ from orchestrator.kube.jobs import (
     ANNOTATION_FALLBACK_AFTER,
     ANNOTATION_TIMEOUT,
     CONTAINER,
+    ENV_MANIFEST_MESSAGE,
     LABEL_JOB,
     POD_JOB_LABEL,
     SELECTOR,
@@ -200,8 +202,11 @@ class KubernetesExecutor:
     retries_itself = True
     batches = True
     durable_before_submit = True
-    #: Off until fused chains run end to end on the emulator with the engine's side.
-    fuses = False
+    #: Fused stages (a launch's chain), once the SDK leaves each stage's manifest in its
+    #: container's termination message (contract.ENV_MANIFEST_MESSAGE): a member whose
+    #: outputs stay in its pod (CAMFLOW_KEEP_LOCAL) writes its manifest to no S3, so
+    #: without it the engine would find none and fail that member.
+    fuses = getattr(contract, "ENV_MANIFEST_MESSAGE", None) == ENV_MANIFEST_MESSAGE
 
     def __init__(
         self,
