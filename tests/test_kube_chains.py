@@ -399,3 +399,58 @@ def test_the_faces_pipeline_runs_fused_in_one_job_and_a_bad_clip_fails_alone(
     # What decode and faces handed over stayed in the pod; the later stages' went to S3.
     assert not [k for k in stored if "/faces/decode/" in k or "/faces/faces/" in k]
     assert [k for k in stored if "/faces/thumbnails/" in k]
+
+
+def test_a_gpu_chain_no_node_takes_gives_its_first_stage_back_for_cpu_and_skips_the_rest(
+    made: list[Cluster], tmp_path: Path, s3_server: EmbeddedS3
+) -> None:
+    # The GPU node's taint has an effect our toleration does not name: no node fits.
+    prod = _make(
+        made,
+        tmp_path,
+        s3_server,
+        "prod",
+        environment="prod",
+        gpu=True,
+        gpu_taint=[{"key": "nvidia.com/gpu", "value": "present", "effect": "NoExecute"}],
+    )
+    executor = KubernetesExecutor([prod.settings.model_copy(update={"s3_secret": None})])
+
+    def on_gpu(chain: StageLaunch) -> StageLaunch:
+        update = {
+            "accelerator": "gpu",
+            "placement": "prod",
+            "channel": "stable",
+            "queued_fallback": "cpu",
+            "fallback_after_seconds": 0,
+        }
+        members = [m.model_copy(update=update) for m in chain.members]
+        return members[0].model_copy(update={"chain": members[1:]})
+
+    chains = [on_gpu(_scripted(_chain(c, stages=("decode", "faces")))) for c in ("g1", "g2")]
+    submitted = executor.submit(chains)
+    [gpu_job] = prod.jobs()
+    assert gpu_job["metadata"]["name"].endswith("-gpu")
+    handles = {attempt: s.handle for attempt, s in submitted.items()}
+
+    def given_back() -> bool:
+        states = executor.poll(list(handles.values()))
+        return all(states[handles[f"a-{c}-decode"]].requeue == "cpu" for c in ("g1", "g2"))
+
+    _until(given_back, timeout=30)
+    states = executor.poll(list(handles.values()))
+    for clip in ("g1", "g2"):
+        first, later = states[handles[f"a-{clip}-decode"]], states[handles[f"a-{clip}-faces"]]
+        assert first.state == ExecState.QUEUED
+        assert later.state == ExecState.SKIPPED
+        assert later.reason.startswith("not run: stage decode was given back before it")  # type: ignore[union-attr]
+    _until(lambda: not prod.jobs(), timeout=30)  # deleted before anything runs on CPU
+    # Back on CPU, the first stage comes alone (the engine starts the skipped one later):
+    # its Job takes the batch's CPU name, so that nothing of the batch runs twice.
+    back = chains[0].model_copy(
+        update={"accelerator": "cpu", "batch": None, "recorded_batch": "b-chain", "chain": []}
+    )
+    [again] = executor.submit([back]).values()
+    assert again.handle == f"prod/camflow-jobs/{batch_job_name('b-chain', 'decode', 'cpu')}"
+    assert gpu_job["metadata"]["name"] not in prod.runner.runs  # it never ran a container
+    executor.close()
