@@ -16,6 +16,7 @@ from bench.local_runs import _files
 from bench.report import Figure
 from orchestrator.cli.oneshot import one_shot_owner, run_files
 from orchestrator.embedded_s3 import EmbeddedS3
+from orchestrator.kube.executor import KubernetesExecutor
 from orchestrator.service import Runtime, open_runtime
 from orchestrator.settings import ClusterSettings
 from orchestrator.store.models import RunStatus
@@ -148,13 +149,17 @@ def faces_writes(clips: int) -> tuple[float, dict[str, int], float]:
 
 def _faces(clips: int) -> Figure:
     per_clip, kinds, _wall = faces_writes(clips)
+    batch = min(clips, FACES_BATCH)
+    fused = "fused stages" if KubernetesExecutor.fuses else "a Job per stage"
     return Figure(
         key="P4",
-        name=f"Kubernetes API writes per clip, faces pipeline at batch {FACES_BATCH}",
+        name=f"Kubernetes API writes per clip, faces pipeline at batch {batch}",
         unit="writes",
         ours=per_clip,
         better="lower",
-        goal=FACES_GOAL,
-        note=f"{clips} real clips, 4 stages, no GPU node; "
+        # The goal is stated at batch 16: a smaller batch (a quick run) spreads its
+        # Job over fewer clips.
+        goal=FACES_GOAL if batch == FACES_BATCH else None,
+        note=f"{clips} real clips, 4 stages, no GPU node, {fused}; "
         + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())),
     )
