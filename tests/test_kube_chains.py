@@ -24,7 +24,7 @@ from algorithms.contract import ENV_BATCH, ENV_HANDOFF_DIR
 from orchestrator.domain.catalog import load_catalog
 from orchestrator.domain.layout import upload_key
 from orchestrator.embedded_s3 import EmbeddedS3
-from orchestrator.executors.base import ExecState, StageLaunch
+from orchestrator.executors.base import ExecState, ExecStatus, StageLaunch
 from orchestrator.kube.executor import KubernetesExecutor
 from orchestrator.kube.jobs import (
     ANNOTATION_CHAIN,
@@ -453,4 +453,33 @@ def test_a_gpu_chain_no_node_takes_gives_its_first_stage_back_for_cpu_and_skips_
     [again] = executor.submit([back]).values()
     assert again.handle == f"prod/camflow-jobs/{batch_job_name('b-chain', 'decode', 'cpu')}"
     assert gpu_job["metadata"]["name"] not in prod.runner.runs  # it never ran a container
+    executor.close()
+
+
+def test_a_later_stage_whose_image_cannot_be_pulled_fails_with_the_kubelet_reason(
+    made: list[Cluster], tmp_path: Path, s3_server: EmbeddedS3
+) -> None:
+    dev = _make(made, tmp_path, s3_server, "dev")
+    executor = KubernetesExecutor([dev.settings.model_copy(update={"s3_secret": None})])
+    stages = ("decode", "faces", "thumbnails")
+    chains = [_scripted(_chain(clip, stages=stages)) for clip in ("p1", "p2")]
+    image = chains[0].members[2].image
+    dev.emulator.unpullable.add(image)
+    handles = {a: s.handle for a, s in executor.submit(chains).items()}
+
+    def told() -> dict[str, ExecStatus]:
+        states = executor.poll(list(handles.values()))
+        return {attempt: states[handle] for attempt, handle in handles.items()}
+
+    # The first clip's pod ran two stages, then waits on the third's image: after the
+    # cluster's grace that stage fails with the kubelet's reason, not at the deadline.
+    _until(lambda: told()["a-p1-thumbnails"].state == ExecState.FAILED, timeout=30)
+    got = told()
+    assert [got[f"a-p1-{s}"].state for s in stages[:2]] == [ExecState.SUCCEEDED] * 2
+    reason = got["a-p1-thumbnails"].reason or ""
+    assert reason.startswith(f"the image {image} cannot be pulled (ErrImagePull")
+    # The other clip never started: it fails the same way, its later stages skipped.
+    assert got["a-p2-decode"].state == ExecState.FAILED
+    assert [got[f"a-p2-{s}"].state for s in stages[1:]] == [ExecState.SKIPPED] * 2
+    _until(lambda: not dev.jobs(), timeout=30)  # and the Job is gone
     executor.close()

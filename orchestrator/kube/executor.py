@@ -81,6 +81,7 @@ from orchestrator.kube.status import (
     job_status,
     member_status,
     parse_indexes,
+    stopped_at,
     stuck_reason,
     waiting,
 )
@@ -460,6 +461,9 @@ class KubernetesExecutor:
                 given = self._verdict(cluster, job, waiting(mine))
                 if given is not None:
                     break
+        stuck: int | None = None
+        if given is None and chain:
+            given, stuck = self._stuck_chain(cluster, job, pods, left)
         if given is None:
             return status
         # The index running now goes on to its end; every other one left is given back
@@ -475,13 +479,19 @@ class KubernetesExecutor:
             )
         }
         back = [i for i in left if i not in running]
+        if given.state == ExecState.FAILED and chain:
+            # Its kubelet cannot create a container (a later stage's image, say): no
+            # clip left gets further, the one running included.
+            back = left
         for i in back:
+            if i == stuck:  # told by _stuck_chain, stage by stage
+                continue
             self._gave_back[_handle(cluster, name, i)] = given
             for later in range(1, len(chain)):
+                what = "failed" if given.state == ExecState.FAILED else "was given back"
                 self._gave_back[_handle(cluster, name, i, later)] = ExecStatus(
                     state=ExecState.SKIPPED,
-                    reason=f"not run: stage {chain[0]['stage']} was given back before it "
-                    f"({given.reason})",
+                    reason=f"not run: stage {chain[0]['stage']} {what} before it ({given.reason})",
                 )
         if given.requeue:
             self._fell_back.add(handle)
@@ -490,6 +500,42 @@ class KubernetesExecutor:
         self.actions.add_deletes([_handle(cluster, name, i) for i in back])
         self._retry_deletes(self._pending_of(handle))
         return self._gave_back.get(_handle(cluster, name, index, position), status)
+
+    def _stuck_chain(
+        self,
+        cluster: ClusterSettings,
+        job: dict[str, Any],
+        pods: list[dict[str, Any]],
+        left: list[int],
+    ) -> tuple[ExecStatus | None, int | None]:
+        """A chain whose running pod cannot create its next stage's container (an
+        image that cannot be pulled, a missing Secret) past the cluster's grace: that
+        stage fails with the kubelet's reason, the stages after it are skipped, the
+        ones before keep their outcome. Returns what the other clips are told, and
+        the index of that chain."""
+        chain = chain_of(job)
+        name = job["metadata"]["name"]
+        for index in left:
+            mine = index_pods(pods, index)
+            if container_started(mine) is None:
+                continue
+            given = self._verdict(cluster, job, waiting(mine))
+            if given is None or given.state != ExecState.FAILED:
+                continue
+            pod = max(mine, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+            stopped = stopped_at(pod, chain)
+            for before in range(stopped):  # kept: the Job that says so is deleted next
+                self._gave_back[_handle(cluster, name, index, before)] = member_status(
+                    job, pods, index, before
+                )
+            for later in range(stopped + 1, len(chain)):
+                self._gave_back[_handle(cluster, name, index, later)] = ExecStatus(
+                    state=ExecState.SKIPPED,
+                    reason=f"not run: stage {chain[stopped]['stage']} failed before it",
+                )
+            self._gave_back[_handle(cluster, name, index, stopped)] = given
+            return given, index
+        return None, None
 
     def _pending_of(self, job_handle: str) -> list[str]:
         """The pending deletes of a Job: its own, or those of its clips."""

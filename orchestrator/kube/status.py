@@ -240,6 +240,8 @@ class Waiting:
     since: datetime | None
     reason: str
     message: str
+    #: The container that cannot be created (stuck), when one can't.
+    container: str = ""
 
 
 def waiting(pods: list[dict[str, Any]]) -> Waiting | None:
@@ -267,24 +269,24 @@ def waiting(pods: list[dict[str, Any]]) -> Waiting | None:
             scheduled.get("message") or "",
         )
     # Any container's: a chain's member's image may be the one that cannot be pulled.
-    held = next(
-        (
-            waits
-            for status in _statuses(pod)
-            if (waits := (status.get("state") or {}).get("waiting") or {}).get("reason")
-            in STUCK_WAITING
-        ),
-        {},
-    )
-    if held.get("reason") in STUCK_WAITING:
-        since = parse_time((pod.get("status") or {}).get("startTime")) or created
-        return Waiting("stuck", since, held["reason"], held.get("message") or "")
+    for status in _statuses(pod):
+        held = (status.get("state") or {}).get("waiting") or {}
+        if held.get("reason") in STUCK_WAITING:
+            since = parse_time((pod.get("status") or {}).get("startTime")) or created
+            return Waiting(
+                "stuck", since, held["reason"], held.get("message") or "", status.get("name", "")
+            )
     return None
 
 
 def stuck_reason(job: dict[str, Any], wait: Waiting) -> str:
     """A container that cannot be created, in words that say what to fix."""
-    image = job["spec"]["template"]["spec"]["containers"][0].get("image")
+    pod = job["spec"]["template"]["spec"]
+    containers = [*pod.get("initContainers", []), *pod["containers"]]
+    image = next(
+        (c.get("image") for c in containers if c.get("name") == wait.container),
+        containers[-1].get("image"),
+    )
     detail = f"{wait.reason}: {wait.message}" if wait.message else wait.reason
     if wait.reason in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"):
         return (
@@ -401,7 +403,7 @@ def chain_attempts(job: dict[str, Any]) -> list[list[str]]:
     return [list(ids) for ids in json.loads(raw)] if raw else []
 
 
-def _stopped_at(pod: dict[str, Any], chain: list[dict[str, str]]) -> int:
+def stopped_at(pod: dict[str, Any], chain: list[dict[str, str]]) -> int:
     """Where a failed pod's chain stopped: its first member whose container did not
     end with exit 0 (failed, or never started)."""
     for position, member in enumerate(chain):
@@ -462,7 +464,7 @@ def member_status(
     job_failed = condition(job, "Failed")
     if index in parse_indexes(status.get("failedIndexes")) or job_failed is not None:
         newest = _newest(_failed_pods(mine))
-        stopped = _stopped_at(newest, chain) if newest else 0
+        stopped = stopped_at(newest, chain) if newest else 0
         if position > stopped:
             return ExecStatus(
                 state=ExecState.SKIPPED,
