@@ -483,3 +483,20 @@ def test_a_later_stage_whose_image_cannot_be_pulled_fails_with_the_kubelet_reaso
     assert [got[f"a-p2-{s}"].state for s in stages[1:]] == [ExecState.SKIPPED] * 2
     _until(lambda: not dev.jobs(), timeout=30)  # and the Job is gone
     executor.close()
+
+
+def test_a_chain_job_is_deleted_once_every_clip_is_cancelled_and_no_handle_lingers(
+    made: list[Cluster], tmp_path: Path, s3_server: EmbeddedS3
+) -> None:
+    dev = _make(made, tmp_path, s3_server, "dev")
+    executor = KubernetesExecutor([dev.settings.model_copy(update={"s3_secret": None})])
+    chains = [_scripted(_chain(clip)) for clip in ("c1", "c2")]
+    handles = {a: s.handle for a, s in executor.submit(chains).items()}
+    _until(lambda: bool(dev.runner.runs))
+    first = [h for a, h in handles.items() if a.startswith("a-c1-")]
+    executor.cancel(first)  # one clip's chain of two: it cannot be stopped alone
+    assert len(dev.jobs()) == 1 and sorted(executor.actions.pending_deletes()) == sorted(first)
+    executor.cancel([h for a, h in handles.items() if a.startswith("a-c2-")])
+    # Nothing of the Job is wanted any more: deleted, and every member's handle done.
+    assert dev.jobs() == [] and executor.actions.pending_deletes() == []
+    executor.close()
