@@ -18,7 +18,7 @@ from orchestrator.cli.oneshot import one_shot_owner, run_files
 from orchestrator.embedded_s3 import EmbeddedS3
 from orchestrator.kube.executor import KubernetesExecutor
 from orchestrator.service import Runtime, open_runtime
-from orchestrator.settings import ClusterSettings
+from orchestrator.settings import ClusterSettings, GpuNodes
 from orchestrator.store.models import RunStatus
 from tests.kube_emulator import Call, Emulator, JobRunner, node
 
@@ -27,6 +27,8 @@ NAMESPACE = "camflow-jobs"
 #: The batch size issue 9's goal is stated at, and the goal itself.
 FACES_BATCH = 16
 FACES_GOAL = 0.25
+GPU_LABELS = {"nvidia.com/gpu.present": "true"}
+GPU_TAINT = [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
 
 
 def _writes(calls: Sequence[Call]) -> int:
@@ -35,12 +37,19 @@ def _writes(calls: Sequence[Call]) -> int:
 
 @contextmanager
 def _kube_runtime(
-    tmp: Path, s3: EmbeddedS3, budget: int, batch_max_size: int | None = None
+    tmp: Path,
+    s3: EmbeddedS3,
+    budget: int,
+    batch_max_size: int | None = None,
+    gpus: bool = False,
 ) -> Iterator[tuple[Runtime, Emulator]]:
     """A runtime whose executor is Kubernetes, on one emulated cluster of one CPU node
-    (no GPU: the faces stage falls back to CPU at once), with per-Job credentials as
-    `camflow serve` makes them."""
-    emulator = Emulator("bench", nodes=[node("bench-cpu-1")], namespaces={NAMESPACE})
+    (no GPU: the faces stage falls back to CPU at once; with ``gpus``, a GPU node too),
+    with per-Job credentials as `camflow serve` makes them."""
+    nodes = [node("bench-cpu-1")]
+    if gpus:
+        nodes.append(node("bench-gpu-1", GPU_LABELS, gpus=1, taints=GPU_TAINT))
+    emulator = Emulator("bench", nodes=nodes, namespaces={NAMESPACE})
     emulator.start()
     runner = JobRunner(emulator).start()
     try:
@@ -51,6 +60,7 @@ def _kube_runtime(
             namespace=NAMESPACE,
             budget=budget,
             s3_endpoint=s3.endpoint_url,
+            gpu=GpuNodes(node_selector=GPU_LABELS, slots=1) if gpus else None,
         )
         base = bench_settings(tmp / "home", s3.endpoint_url)
         engine = base.engine
@@ -76,6 +86,7 @@ def measure(clips: int, faces_clips: int | None = None) -> list[Figure]:
     for a quick run of fewer probe clips)."""
     figures = _probe(clips)
     figures.append(_faces(faces_clips or min(clips, FACES_BATCH)))
+    figures.append(_gpu_shape(faces_clips or min(clips, FACES_BATCH)))
     return figures
 
 
@@ -161,5 +172,46 @@ def _faces(clips: int) -> Figure:
         # Job over fewer clips.
         goal=FACES_GOAL if batch == FACES_BATCH else None,
         note=f"{clips} real clips, 4 stages, no GPU node, {fused}; "
+        + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())),
+    )
+
+
+def gpu_shape_writes(clips: int) -> tuple[float, dict[str, int]]:
+    """The faces pipeline's shape in no-op stages (bench/pipelines/noop-gpu-chain.yaml)
+    on a cluster with a GPU node, batches of up to ``FACES_BATCH``: what the real
+    pipeline costs there (its faces stage needs CUDA, which the emulator's pods lack).
+    Stages fuse only with the same placement: CPU, then GPU, then CPU again."""
+    with (
+        TemporaryDirectory(prefix="camflow-bench-") as tmp,
+        counted_s3() as (s3, _),
+        _kube_runtime(Path(tmp), s3, 1, FACES_BATCH, gpus=True) as (runtime, emulator),
+    ):
+        before = len(emulator.calls)
+        files = _files(Path(tmp), clips)
+        done = run_files(
+            runtime, runtime.catalog.pipeline("noop-gpu-chain"), files, "bench", "kg", 1800
+        )
+        with emulator.lock:
+            calls = [c for c in emulator.calls[before:] if c.verb in WRITES]
+    failed = [run.error for _, run in done if run.status != RunStatus.SUCCEEDED]
+    if failed:
+        raise RuntimeError(f"{len(failed)} runs failed on the emulator: {failed[:2]}")
+    kinds: dict[str, int] = {}
+    for call in calls:
+        kinds[f"{call.verb} {call.resource}"] = kinds.get(f"{call.verb} {call.resource}", 0) + 1
+    return len(calls) / clips, kinds
+
+
+def _gpu_shape(clips: int) -> Figure:
+    per_clip, kinds = gpu_shape_writes(clips)
+    batch = min(clips, FACES_BATCH)
+    return Figure(
+        key="P4",
+        name=f"Kubernetes API writes per clip, faces-shaped stages, a GPU node, batch {batch}",
+        unit="writes",
+        ours=per_clip,
+        better="lower",
+        goal=FACES_GOAL if batch == FACES_BATCH else None,
+        note=f"{clips} clips of no-op stages placed as faces' (CPU, GPU, CPU, CPU); "
         + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())),
     )
