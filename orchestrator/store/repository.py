@@ -4,17 +4,33 @@ one per engine phase (``Store.batch``) where a tick writes many rows."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import ARRAY, String, any_, bindparam, event, func, literal, or_, update
+from sqlalchemy import (
+    ARRAY,
+    CursorResult,
+    String,
+    Table,
+    any_,
+    bindparam,
+    event,
+    func,
+    literal,
+    or_,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.engine import Connection, Dialect, Engine, make_url
+from sqlalchemy.exc import DisconnectionError, IntegrityError, OperationalError
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.sql.expression import Executable
 from sqlmodel import Session, col, create_engine, select
 
 from orchestrator.errors import NotFound, StorageError, StoreUnavailable
@@ -54,6 +70,197 @@ def _before(at_column: Any, id_column: Any, cursor: tuple[datetime, str]) -> Any
     """Keyset pagination, newest first: rows strictly after the cursor's (time, id)."""
     at, ident = cursor
     return or_(at_column < at, (at_column == at) & (id_column < ident))
+
+
+#: A parameter a prepared statement takes from its caller (not fixed when it was built).
+_GIVEN = object()
+
+
+class _Prepared:
+    """A statement compiled once for the store's dialect, then sent to the driver with
+    only its parameters converted: through SQLAlchemy, each call builds, keys, looks up
+    and processes the statement again, which was most of what an engine tick cost (a
+    write per attempt and stage). Parameters are given by their bind names."""
+
+    def __init__(self, statement: Executable, dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql = compiled.string
+        #: The names in the order the driver wants them (qmark: SQLite); None: by name.
+        self._positions = compiled.positiontup
+        self._binds: list[tuple[str, str, Any, Callable[[Any], Any] | None]] = []
+        for bind, name in compiled.bind_names.items():
+            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            fixed = _GIVEN if bind.required else bind.effective_value
+            self._binds.append((name, bind.key, fixed, processor))
+
+    def run(self, connection: Connection, params: dict[str, Any]) -> CursorResult[Any]:
+        values: dict[str, Any] = {}
+        for name, key, fixed, processor in self._binds:
+            value = params[key] if fixed is _GIVEN else fixed
+            values[name] = value if processor is None else processor(value)
+        if self._positions is None:
+            return connection.exec_driver_sql(self.sql, values)
+        return connection.exec_driver_sql(self.sql, tuple(values[n] for n in self._positions))
+
+
+def _table(model: Any) -> Table:
+    return model.__table__  # type: ignore[no-any-return]
+
+
+def _insert_ignoring(table: Table, dialect: str) -> Executable:
+    """INSERT of a whole row that inserts nothing, without failing, if the row clashes
+    with one there on a unique key (a failed statement would abort a batch's whole
+    transaction on PostgreSQL)."""
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    values = {c: bindparam(f"new_{c.name}", type_=c.type) for c in table.columns}
+    return insert(table).values(values).on_conflict_do_nothing()
+
+
+def _attempt_update(
+    keys: tuple[str, ...], expect: tuple[AttemptState, ...] | None, by_handle: bool
+) -> Executable:
+    table = _table(StageAttempt)
+    query = update(table).where(table.c.id == bindparam("attempt_id", type_=table.c.id.type))
+    if expect is not None:
+        query = query.where(table.c.state.in_([literal(s, table.c.state.type) for s in expect]))
+    if by_handle:
+        query = query.where(table.c.handle == bindparam("expect_handle", type_=table.c.handle.type))
+    return query.values({table.c[k]: bindparam(f"new_{k}", type_=table.c[k].type) for k in keys})
+
+
+def _run_started() -> Executable:
+    table = _table(Run)
+    return (
+        update(table)
+        .where(
+            table.c.id == bindparam("run_id", type_=table.c.id.type),
+            table.c.status == literal(RunStatus.PENDING, table.c.status.type),
+        )
+        .values(
+            status=literal(RunStatus.RUNNING, table.c.status.type),
+            started_at=bindparam("at", type_=table.c.started_at.type),
+        )
+    )
+
+
+def _clip_planned() -> Executable:
+    table = _table(Clip)
+    return (
+        update(table)
+        .where(table.c.id == bindparam("clip_id", type_=table.c.id.type))
+        .values(planned=literal(True, table.c.planned.type))
+    )
+
+
+def _finish_on_postgres() -> Executable:
+    """Finishes an active run and gives it the next number of the finished-runs counter,
+    in one statement: the run's row is locked first, so the counter is bumped only for
+    a run this transaction finishes (no savepoint to give a number back), and stays
+    locked until the commit as ``Store._bump`` explains. Answers whether the run was
+    active, and whether it was finished (not: the counter has no row yet)."""
+    runs = _table(Run)
+    active = ", ".join(f"'{status.name}'" for status in ACTIVE)
+    return text(
+        f"""
+        WITH target AS (
+            SELECT id FROM runs WHERE id = :run_id AND status IN ({active}) FOR UPDATE
+        ), bumped AS (
+            UPDATE counters SET value = value + 1
+            WHERE name = :counter AND EXISTS (SELECT FROM target)
+            RETURNING value
+        ), finished AS (
+            UPDATE runs SET status = :status, error = :error, result = :result,
+                result_uri = :result_uri, finished_at = :finished_at,
+                finished_seq = (SELECT value FROM bumped)
+            WHERE id = (SELECT id FROM target) AND EXISTS (SELECT FROM bumped)
+            RETURNING id
+        )
+        SELECT EXISTS (SELECT FROM target), EXISTS (SELECT FROM finished)
+        """
+    ).bindparams(
+        bindparam("run_id", type_=runs.c.id.type),
+        bindparam("counter", type_=String()),
+        bindparam("status", type_=runs.c.status.type),
+        bindparam("error", type_=runs.c.error.type),
+        bindparam("result", type_=runs.c.result.type),
+        bindparam("result_uri", type_=runs.c.result_uri.type),
+        bindparam("finished_at", type_=runs.c.finished_at.type),
+    )
+
+
+def _savepoint_name(depth: int) -> str:
+    return f"camflow_{depth}"
+
+
+class _BatchState(threading.local):
+    """This thread's ``Store.batch``: its session and connection, and the savepoint
+    blocks (``Store.savepoint``) it is in, innermost last.
+
+    The savepoints are plain SQL on the batch's connection, one name per depth, kept
+    here rather than by the session, so that they cost as few round trips as they can:
+    a block's SAVEPOINT is sent only when a store method first runs in it (most of a
+    tick's blocks write nothing), and its RELEASE waits to go with the next SAVEPOINT
+    in one query (or is done by the COMMIT). A block that writes costs one round trip
+    more than its statements, not two."""
+
+    def __init__(self) -> None:
+        self.session: Session | None = None
+        self.connection: Connection | None = None
+        #: Per block: whether its SAVEPOINT was sent in the current transaction.
+        self.frames: list[bool] = []
+        #: The shallowest depth whose block ended well and whose savepoint (and those
+        #: deeper) is still to be released.
+        self.unreleased: int | None = None
+
+    def begin(self, session: Session) -> None:
+        self.session, self.connection, self.frames, self.unreleased = session, None, [], None
+
+    def committed(self) -> None:
+        """The transaction ended, and every savepoint with it."""
+        self.connection, self.unreleased = None, None
+        self.frames = [False] * len(self.frames)
+
+    def ready(self, session: Session) -> Connection:
+        """The batch's connection, inside a savepoint for each block it is in."""
+        if self.connection is None:
+            self.connection = session.connection()
+        queries = []
+        for depth, sent in enumerate(self.frames):
+            if sent:
+                continue
+            if self.unreleased is not None:  # never deeper than this block
+                queries.append(f"RELEASE SAVEPOINT {_savepoint_name(self.unreleased)}")
+                self.unreleased = None
+            queries.append(f"SAVEPOINT {_savepoint_name(depth)}")
+            self.frames[depth] = True
+        if queries:
+            self.connection.exec_driver_sql("; ".join(queries))
+        return self.connection
+
+    def leave(self, failed: bool) -> None:
+        """Ends the innermost block: what it wrote is undone if it ``failed``."""
+        depth = len(self.frames) - 1
+        if not self.frames.pop():
+            return  # no store method ran in it (since the last commit): nothing to undo
+        if not failed:
+            if self.unreleased is None or self.unreleased > depth:
+                self.unreleased = depth
+            return
+        assert self.connection is not None and self.session is not None
+        name = _savepoint_name(depth)
+        # Also what a failed statement left: PostgreSQL refuses all else until then.
+        self.connection.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}")
+        self.unreleased = None  # the deeper ones went with it
+        # Rows it read may hold what was undone: they are read afresh if asked again.
+        self.session.expunge_all()
+
+
+#: Built once: the engine reads a run's attempts each time it finishes one.
+_ATTEMPTS_OF_RUN = (
+    select(StageAttempt)
+    .where(col(StageAttempt.run_id) == bindparam("run_id"))
+    .order_by(col(StageAttempt.created_at), col(StageAttempt.attempt))
+)
 
 
 class _Borrowed:
@@ -114,7 +321,36 @@ def _make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url)
+    _ping_when_idle(engine)
+    return engine
+
+
+#: A pooled connection unused for longer than this is pinged before it is lent again.
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Pings a pooled connection before it is lent only if it sat idle: one the engine
+    gave back a moment ago (a tick checks one out per short transaction, hundreds a
+    second) met the server just now, and a ping each was a round trip per
+    transaction. A server that restarted under an idle connection is still found out
+    before use: the connection is replaced instead of failing the caller."""
+
+    @event.listens_for(engine, "checkin")
+    def _given_back(_dbapi: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _lent(dbapi: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop("idle_since", None)
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE_SECONDS:
+            return  # new, or used a moment ago
+        try:
+            engine.dialect.do_ping(dbapi)
+        except Exception as exc:
+            # The pool drops this connection and lends another (a new one if need be).
+            raise DisconnectionError(f"a pooled connection no longer answers: {exc}") from exc
 
 
 class Store:
@@ -125,7 +361,9 @@ class Store:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.url = url
         self.engine = _make_engine(url)
-        self._batch = threading.local()
+        self._batch = _BatchState()
+        self._statements: dict[tuple[Any, ...], _Prepared] = {}
+        self._statements_lock = threading.Lock()
         try:
             migrate.upgrade(self.engine)
         except OperationalError as exc:
@@ -141,39 +379,81 @@ class Store:
             raise
 
     def session(self) -> Session:
-        shared = getattr(self._batch, "session", None)
+        shared = self._shared()
         if shared is not None:
             return _Borrowed(shared)  # type: ignore[return-value]
         return Session(self.engine, expire_on_commit=False)
+
+    def _shared(self) -> Session | None:
+        """This thread's batch session, inside the savepoints of the blocks it is in
+        (sent now if not yet, or again after a checkpoint ended them); None outside a
+        batch."""
+        shared = self._batch.session
+        if shared is not None:
+            self._batch.ready(shared)
+        return shared
+
+    @contextmanager
+    def _connection(self) -> Iterator[Connection]:
+        """Where a prepared statement runs: the batch's transaction, or one of its own
+        that commits when the block ends (and is rolled back if it raises)."""
+        shared = self._batch.session
+        if shared is not None:
+            yield self._batch.ready(shared)
+            return
+        with self.engine.begin() as connection:
+            yield connection
+
+    def _prepared(self, key: tuple[Any, ...], build: Callable[[], Executable]) -> _Prepared:
+        statement = self._statements.get(key)
+        if statement is None:
+            with self._statements_lock:
+                statement = self._statements.get(key)
+                if statement is None:
+                    statement = _Prepared(build(), self.engine.dialect)
+                    self._statements[key] = statement
+        return statement
+
+    def _held(self, model: Any, ident: str, values: dict[str, Any]) -> None:
+        """Brings a row the batch's session read earlier (and would answer from its
+        identity map) in step with what a prepared statement just wrote to it."""
+        shared = self._batch.session
+        if shared is None:
+            return
+        held = shared.identity_map.get(shared.identity_key(model, ident))
+        if held is not None:
+            for key, value in values.items():
+                set_committed_value(held, key, value)
 
     def checkpoint(self) -> None:
         """Commits what this thread's batch wrote so far (and goes on batching): for
         writes that must be durable before an outside effect, such as an attempt's
         placement before a create on a cluster that may land even if its answer is
         lost. Outside a batch, every write is committed already."""
-        shared = getattr(self._batch, "session", None)
+        shared = self._batch.session
         if shared is not None:
             shared.commit()
+            self._batch.committed()
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
         """Inside a batch on PostgreSQL, a block whose writes are undone alone when it
         raises: an error there aborts the whole transaction otherwise, and every later
         statement of the phase would fail with it. (SQLite undoes just the failing
-        statement, and its driver commits at a savepoint's release: nothing to do.)"""
-        shared = getattr(self._batch, "session", None)
-        if shared is None or self.engine.dialect.name != "postgresql":
+        statement, and its driver commits at a savepoint's release: nothing to do.)
+        The SAVEPOINT is sent when a store method first runs in the block: a block
+        that touches no store costs no round trip."""
+        state = self._batch
+        if state.session is None or self.engine.dialect.name != "postgresql":
             yield
             return
-        savepoint = shared.begin_nested()
+        state.frames.append(False)
         try:
             yield
         except BaseException:
-            if savepoint.is_active:
-                savepoint.rollback()
+            state.leave(failed=True)
             raise
-        if savepoint.is_active:
-            savepoint.commit()
+        state.leave(failed=False)
 
     def settle_attempts(self, run_id: str, reason: str, at: datetime) -> int:
         """Ends the attempts of a finished run that are still in flight (cancelled with
@@ -201,11 +481,11 @@ class Store:
         savepoint's release when the savepoint began it, a block may commit in a few
         pieces instead: fewer commits all the same, and nothing the replay cannot
         handle."""
-        if getattr(self._batch, "session", None) is not None:
+        if self._batch.session is not None:
             yield  # already in one: the outer block commits
             return
         session = Session(self.engine, expire_on_commit=False)
-        self._batch.session = session
+        self._batch.begin(session)
         try:
             yield
             session.commit()
@@ -213,7 +493,7 @@ class Store:
             session.rollback()
             raise
         finally:
-            self._batch.session = None
+            self._batch.session = self._batch.connection = None
             session.close()
 
     def close(self) -> None:
@@ -266,18 +546,16 @@ class Store:
 
     def _insert_new(self, row: Any) -> bool:
         """Inserts ``row``; False if a row with its key exists already."""
+        if self.engine.dialect.name in ("postgresql", "sqlite"):
+            try:
+                with self._connection() as connection:
+                    return self._insert_row(connection, row)
+            except IntegrityError:
+                if self._batch.session is not None:
+                    raise
+                return False  # outside a batch, as a clash: another key (a foreign one)
         with self.session() as session:
             if isinstance(session, _Borrowed):
-                dialect = self.engine.dialect.name
-                if dialect in ("postgresql", "sqlite"):
-                    # In a batch, one statement that cannot fail on a clash (a failed
-                    # statement would abort the batch's transaction on PostgreSQL).
-                    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-                    values = {c.name: getattr(row, c.name) for c in type(row).__table__.columns}
-                    done = session.exec(  # type: ignore[call-overload]
-                        insert(type(row)).values(**values).on_conflict_do_nothing()
-                    )
-                    return bool(done.rowcount)
                 # Elsewhere a savepoint, so that a clash undoes this insert only.
                 try:
                     with session.begin_nested():
@@ -292,6 +570,15 @@ class Store:
             except IntegrityError:
                 session.rollback()
                 return False
+
+    def _insert_row(self, connection: Connection, row: Any) -> bool:
+        """Inserts ``row`` with one prepared statement that inserts nothing on a clash
+        (PostgreSQL and SQLite); False if a row with one of its keys exists already."""
+        table = _table(type(row))
+        dialect = self.engine.dialect.name
+        statement = self._prepared(("insert", table.name), lambda: _insert_ignoring(table, dialect))
+        params = {f"new_{c.name}": getattr(row, c.name) for c in table.columns}
+        return bool(statement.run(connection, params).rowcount)
 
     @staticmethod
     def _new_rows(session: Session, table: Any, rows: Sequence[Any]) -> list[Any]:
@@ -389,6 +676,15 @@ class Store:
     ) -> list[Run]:
         """Creates the clip's runs (unless they exist), records the pipelines tenancy
         refused (``skipped``) and marks the clip planned, atomically."""
+        if self.engine.dialect.name in ("postgresql", "sqlite"):
+            # Prepared statements, one per row: a clash (planned before) inserts nothing.
+            planned = self._prepared(("clip_planned",), _clip_planned)
+            with self._connection() as connection:
+                created = [run for run in runs if self._insert_row(connection, run)]
+                for row in skipped:
+                    self._insert_row(connection, row)
+                planned.run(connection, {"clip_id": clip_id})
+            return created
         with self.session() as session:
             existing = set(session.exec(select(Run.pipeline).where(Run.clip_id == clip_id)).all())
             created = [run for run in runs if run.pipeline not in existing]
@@ -487,16 +783,24 @@ class Store:
     ) -> bool:
         """Updates an attempt; with ``expect``, only while it is in one of those states,
         so an engine acting on a stale view (a deposed leader) can never move an
-        attempt backwards. False when nothing was updated."""
-        query = update(StageAttempt).where(col(StageAttempt.id) == attempt_id)
-        if expect is not None:
-            query = query.where(col(StageAttempt.state).in_(tuple(expect)))
-        if expect_handle is not None:  # the status read was of this handle, not a newer one
-            query = query.where(col(StageAttempt.handle) == expect_handle)
-        with self.session() as session:
-            changed = session.exec(query.values(**values))
-            session.commit()
-            return bool(changed.rowcount)
+        attempt backwards. False when nothing was updated. One prepared statement per
+        shape (the columns set, the states expected, whether the handle is): the
+        engine's most frequent write, a few per attempt."""
+        keys = tuple(sorted(values))
+        states = None if expect is None else tuple(sorted(expect))
+        # With expect_handle, the status read was of this handle, not a newer one.
+        by_handle = expect_handle is not None
+        statement = self._prepared(
+            ("update_attempt", keys, states, by_handle),
+            lambda: _attempt_update(keys, states, by_handle),
+        )
+        params = {f"new_{key}": value for key, value in values.items()}
+        params["attempt_id"], params["expect_handle"] = attempt_id, expect_handle
+        with self._connection() as connection:
+            done = bool(statement.run(connection, params).rowcount)
+        if done:
+            self._held(StageAttempt, attempt_id, values)
+        return done
 
     def delete_attempt(self, attempt_id: str) -> None:
         """Withdraws an attempt no executor took, so the engine may decide afresh."""
@@ -507,13 +811,11 @@ class Store:
                 session.commit()
 
     def mark_run_started(self, run_id: str, at: datetime) -> None:
-        with self.session() as session:
-            session.exec(
-                update(Run)
-                .where(col(Run.id) == run_id, col(Run.status) == RunStatus.PENDING)
-                .values(status=RunStatus.RUNNING, started_at=at)
-            )
-            session.commit()
+        statement = self._prepared(("run_started",), _run_started)
+        with self._connection() as connection:
+            done = statement.run(connection, {"run_id": run_id, "at": at}).rowcount
+        if done:
+            self._held(Run, run_id, {"status": RunStatus.RUNNING, "started_at": at})
 
     def finish_run(
         self,
@@ -535,12 +837,35 @@ class Store:
             "finished_at": at,
         }
         for _ in range(2):
-            with self.session() as session:
-                done = _all_or_nothing(session, lambda: self._finish_once(session, run_id, values))
+            if self.engine.dialect.name == "postgresql":
+                with self._connection() as connection:
+                    done = self._finish_on_postgres(connection, run_id, values)
+            else:
+                with self.session() as session:
+                    done = _all_or_nothing(
+                        session, lambda: self._finish_once(session, run_id, values)
+                    )
             if done is not None:
+                if done:
+                    self._held(Run, run_id, values)
                 return done
             self._create_counter(FINISHED_RUNS)  # the first run to finish in this store
         raise StorageError(f"counter {FINISHED_RUNS!r} vanished while in use")
+
+    def _finish_on_postgres(
+        self, connection: Connection, run_id: str, values: dict[str, Any]
+    ) -> bool | None:
+        """``_finish_once`` in one prepared statement (and the webhooks' one)."""
+        statement = self._prepared(("finish_run",), _finish_on_postgres)
+        params = {**values, "run_id": run_id, "counter": FINISHED_RUNS}
+        active, finished = statement.run(connection, params).one()
+        if not finished:
+            return None if active else False
+        # Its webhooks, in the same transaction: a run never ends without them.
+        enqueue = enqueue_run_event(run_id, values["status"], values["finished_at"])
+        if enqueue is not None:
+            connection.execute(enqueue)
+        return True
 
     def _finish_once(self, session: Session, run_id: str, values: dict[str, Any]) -> bool | None:
         """None: no counter yet; False: not active (and the number is given back, so a
@@ -653,13 +978,7 @@ class Store:
 
     def attempts_of_run(self, run_id: str) -> list[StageAttempt]:
         with self.session() as session:
-            return list(
-                session.exec(
-                    select(StageAttempt)
-                    .where(StageAttempt.run_id == run_id)
-                    .order_by(col(StageAttempt.created_at), col(StageAttempt.attempt))
-                ).all()
-            )
+            return list(session.exec(_ATTEMPTS_OF_RUN, params={"run_id": run_id}).all())
 
     def get_run(self, run_id: str) -> Run:
         with self.session() as session:
