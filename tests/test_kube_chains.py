@@ -40,7 +40,8 @@ from orchestrator.service import drive, open_runtime
 from orchestrator.settings import PROJECT_ROOT, Settings
 from orchestrator.store.models import AttemptState, RunStatus
 from tests.conftest import SampleClips
-from tests.kube_fixtures import DEV, KUBERNETES_VERSION, launch_for
+from tests.kube_emulator import JobRunner
+from tests.kube_fixtures import DEV, KUBERNETES_VERSION, PROD, launch_for
 from tests.test_kube_cluster import _make
 from tests.test_kube_executor import Cluster, _kube_settings
 
@@ -86,6 +87,13 @@ def test_a_chain_job_runs_each_member_in_its_own_container_in_order() -> None:
     ]
     assert (job["spec"]["completionMode"], job["spec"]["completions"]) == ("Indexed", 2)
     assert job["metadata"]["name"] == batch_job_name("b-chain", "decode", "cpu")
+    # Labelled with every stage it runs, and none as if it ran one stage.
+    job_labels = job["metadata"]["labels"]
+    assert job_labels["camflow.io/stages"] == "decode.faces.thumbnails.publish"
+    assert "camflow.io/stage" not in job_labels and "camflow.io/algorithm" not in job_labels
+    assert job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == (
+        "camflow-stage"  # what the stage NetworkPolicy selects
+    )
     # Each container: its member's image and command, its member's variables for every
     # clip (by index), and the hand-off folder every container of the pod mounts.
     for position, container in enumerate([*pod["initContainers"], *pod["containers"]]):
@@ -108,6 +116,23 @@ def test_a_chain_job_runs_each_member_in_its_own_container_in_order() -> None:
         refs = [e for e in container["env"] if "valueFrom" in e]
         assert refs, container["name"]
     assert len(clip_envs(job)) == 8  # four stages of two clips
+
+
+def test_a_gpu_chain_holds_one_gpu_for_its_pod_and_is_valid_kubernetes() -> None:
+    members = [m.model_copy(update={"accelerator": "gpu"}) for m in _chain("g").members]
+    chain = members[0].model_copy(update={"chain": members[1:]})
+    job = build_chain_job([chain], PROD)
+    kubernetes_validate.validate(job, KUBERNETES_VERSION, strict=True)
+    pod = job["spec"]["template"]["spec"]
+    # Each member's container asks for the GPU; init containers run one at a time, so
+    # the pod holds one (its effective request is the largest of theirs).
+    for container in [*pod["initContainers"], *pod["containers"]]:
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert JobRunner._gpus(pod) == 1  # the emulator's scheduler counts it so (PodRequests)
+    two_apps = {"containers": [pod["containers"][0]] * 2}
+    assert JobRunner._gpus(two_apps) == 2  # app containers run side by side: their sum
+    assert job["metadata"]["name"].endswith("-gpu")
 
 
 def test_chains_of_other_stages_are_never_one_job() -> None:

@@ -52,6 +52,15 @@ ANNOTATION_CHAIN_ATTEMPTS = f"{LABEL_PREFIX}/chain-attempt-ids"
 #: manifest that does not fit arrives cut, is not JSON, and is not used.
 ENV_MANIFEST_MESSAGE = "CAMFLOW_MANIFEST_MESSAGE"
 TERMINATION_LOG = "/dev/termination-log"
+#: A chain Job's stages, in order, joined by "." (label), in place of the one-stage
+#: labels below.
+LABEL_STAGES = f"{LABEL_PREFIX}/stages"
+STAGE_LABELS = (
+    "app.kubernetes.io/component",
+    f"{LABEL_PREFIX}/stage",
+    f"{LABEL_PREFIX}/algorithm",
+    f"{LABEL_PREFIX}/algorithm-version",
+)
 #: The emptyDir the containers of a chain's pod share, for CAMFLOW_HANDOFF_DIR.
 HANDOFF = "/handoff"
 HANDOFF_VOLUME = "handoff"
@@ -444,6 +453,10 @@ def build_chain_job(
     pod["volumes"].append({"name": HANDOFF_VOLUME, "emptyDir": {"sizeLimit": cluster.scratch_size}})
     each = [labels(launch) for launch in launches]
     job_labels = {k: v for k, v in each[0].items() if all(o.get(k) == v for o in each)}
+    # It runs several stages: labelled with them all, not as its first one.
+    for key in STAGE_LABELS:
+        job_labels.pop(key, None)
+    job_labels[LABEL_STAGES] = label_value(".".join(m.stage for m in members))
     if first.batch:
         job_labels[LABEL_BATCH] = label_value(first.batch)
     chain = [
