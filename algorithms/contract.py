@@ -68,6 +68,12 @@ CHAIN = "chain"
 #: than to every core, which stages running side by side would oversubscribe.
 ENV_CPUS = "CAMFLOW_CPUS"
 
+#: Optional, set by an executor that reads each container's termination message (a
+#: fused stage on Kubernetes, whose manifest may go to no S3 when its outputs stay in
+#: the pod): a file where the program also writes its manifest, as compact JSON, in
+#: place (the SDK does). Single-clip contract only.
+ENV_MANIFEST_MESSAGE = "CAMFLOW_MANIFEST_MESSAGE"
+
 #: Written last under CAMFLOW_OUTPUT: its presence means the stage's outputs are complete.
 MANIFEST_NAME = "_manifest.json"
 

@@ -399,6 +399,11 @@ def run_stage(main: Main) -> None:
         if os.environ.get(contract.ENV_MANIFEST_COPY):
             # Written to S3 first: the copy only spares camflow reading it back.
             _write_report(os.environ[contract.ENV_MANIFEST_COPY], manifest)
+        if os.environ.get(contract.ENV_MANIFEST_MESSAGE):
+            # In place: a termination-message file is mounted there, not replaceable.
+            Path(os.environ[contract.ENV_MANIFEST_MESSAGE]).write_text(
+                json.dumps(manifest, separators=(",", ":"))
+            )
     except BadInput as exc:
         # The contract: the reason is the last line of stderr, on one line.
         print(_one_line(str(exc)), file=sys.stderr, flush=True)
