@@ -213,8 +213,10 @@ class LocalExecutor:
         batches: dict[str, list[StageLaunch]] = {}
         for launch in launches:
             if launch.batch or launch.chain:
-                # Fused stages run as a batch (of one clip, if alone): the SDK's form.
-                batch = launch.batch or launch.recorded_batch or f"b-{launch.attempt_id}"
+                # Fused stages run as a batch (of one clip, if alone): the SDK's form. A
+                # chain resubmitted alone gets a process of its own, named after its
+                # first attempt (its recorded batch's process may hold other clips).
+                batch = launch.batch or f"b-{launch.attempt_id}"
                 batches.setdefault(batch, []).append(launch)
             else:
                 handles.update(self._submit_one(launch))
