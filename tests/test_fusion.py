@@ -165,3 +165,58 @@ def test_nothing_runs_again_while_a_fused_stage_is_still_running(faces: Pipeline
     ]
     d = decide(run(), attempts, faces, T0 + timedelta(seconds=5), POLICY, False, fuse=True)
     assert d.starts == [] and d.actions == []
+
+
+# --- end to end, local processes ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_fused_stage_that_fails_transiently_reruns_with_its_producer_and_the_run_succeeds(
+    settings,
+    tmp_path,
+    clips,  # type: ignore[no-untyped-def]
+) -> None:
+    from datetime import UTC, datetime
+
+    from orchestrator.domain.layout import upload_key
+    from orchestrator.service import drive, open_runtime
+
+    pipelines = tmp_path / "pipelines"
+    pipelines.mkdir()
+    # decode's frames only feed the probe: fused, they stay in the process. The probe
+    # fails its first execution (it counts them in S3), so decode's frames are gone
+    # when it must run again: decode runs again with it.
+    (pipelines / "relay.yaml").write_text(
+        "name: relay\ntrigger: {prefix: relay/, suffix: .mp4}\nstages:\n"
+        "  - {name: decode, algorithm: decode@1.1.0, inputs: {video: clip}, params: {fps: 2}}\n"
+        "  - {name: probe, algorithm: probe@1.0.0, inputs: {video: decode},"
+        " params: {mode: flaky}}\n"
+    )
+    relay = settings.model_copy(
+        update={
+            "algorithm_dirs": [PROJECT_ROOT / "algorithms", PROJECT_ROOT / "tests" / "stages"],
+            "pipeline_dirs": [pipelines],
+        }
+    )
+    with open_runtime(relay) as runtime:
+        key = upload_key("relay", "cam", datetime.now(UTC))
+        runtime.s3.upload_file(clips.face, relay.s3.ingest_bucket, key)
+        runtime.watcher.tick()
+        runtime.reconciler.plan_new_clips()
+        [(run, clip)] = runtime.store.list_runs(pipeline="relay")
+        drive(runtime, [run.id], timeout=120, interval=0.1)
+        assert runtime.store.get_run(run.id).status == RunStatus.SUCCEEDED
+        attempts = runtime.store.attempts_of_run(run.id)
+        seen = sorted((a.stage, a.attempt, a.state.value, a.keep_local) for a in attempts)
+        assert seen == [
+            ("decode", 1, "succeeded", True),
+            ("decode", 2, "succeeded", True),
+            ("probe", 1, "failed", False),
+            ("probe", 2, "succeeded", False),
+        ]
+        # Each pair ran in one process; the frames never reached S3.
+        assert len({a.batch for a in attempts if a.attempt == 1}) == 1
+        prefix = f"relay/cam/{clip.id}/relay/"
+        stored = [o.key for o in runtime.s3.list_after(relay.s3.results_bucket, prefix, None)]
+        assert not any(k.startswith(f"{prefix}decode/") for k in stored), stored
+        assert runtime.store.get_run(run.id).result["probe"]["executions"] == 2  # type: ignore[index]
