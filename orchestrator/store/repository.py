@@ -201,7 +201,9 @@ class _BatchState(threading.local):
     a block's SAVEPOINT is sent only when a store method first runs in it (most of a
     tick's blocks write nothing), and its RELEASE waits to go with the next SAVEPOINT
     in one query (or is done by the COMMIT). A block that writes costs one round trip
-    more than its statements, not two."""
+    more than its statements, not two. The session does not know of them: a flush that
+    failed in one would roll the whole batch back, so the store methods an engine
+    calls in a batch write with statements (prepared or Core), never by a flush."""
 
     def __init__(self) -> None:
         self.session: Session | None = None
