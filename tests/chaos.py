@@ -20,7 +20,9 @@ Scenarios (each prints one row; exit status 1 if anything was lost or duplicated
     python -m tests.chaos s3-outage --clips 100 --outage 60    # S3 and SQS stopped 60 s
     python -m tests.chaos sqs-loss --clips 200                 # 30 % of notifications
                                                            # dropped, 20 % duplicated
-    python -m tests.chaos all --small                      # all four, small (CI-sized)
+    python -m tests.chaos stage-kill --clips 100 --kills 20   # SIGKILL fused stage
+                                                           # processes mid-chain
+    python -m tests.chaos all --small                      # all five, small (CI-sized)
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from urllib.parse import quote_plus
 
+import psutil
 import yaml
 from botocore.config import Config
 
@@ -55,6 +58,8 @@ from tests.postgres import fresh_schema
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ROOT / "tests" / "stages"
 PIPELINES = ROOT / "tests" / "chaos_pipelines"
+#: Two tally stages per clip, fused in one process (stage-kill).
+FUSED_PIPELINES = ROOT / "tests" / "chaos_pipelines_fused"
 SERVE = [sys.executable, "-c", "from orchestrator.cli import app; app()"]
 
 
@@ -109,7 +114,13 @@ def _clip_keys(n: int, rng: random.Random) -> list[str]:
 class World:
     """A moto S3+SQS server, a store, a home folder, and `camflow serve` processes."""
 
-    def __init__(self, folder: Path, store_url: str | None = None, events: str = "s3") -> None:
+    def __init__(
+        self,
+        folder: Path,
+        store_url: str | None = None,
+        events: str = "s3",
+        pipelines: Path = PIPELINES,
+    ) -> None:
         self.folder = folder
         self.home = folder / "home"
         self.tally = folder / "tally.log"
@@ -154,7 +165,7 @@ class World:
                     "local": {"max_parallel": 4},
                     "api": {"enabled": False},
                     "algorithm_dirs": [str(STAGES)],
-                    "pipeline_dirs": [str(PIPELINES)],
+                    "pipeline_dirs": [str(pipelines)],
                 }
             )
         )
@@ -305,9 +316,11 @@ class World:
 
 
 @contextmanager
-def _world(store_url: str | None = None, events: str = "s3") -> Iterator[World]:
+def _world(
+    store_url: str | None = None, events: str = "s3", pipelines: Path = PIPELINES
+) -> Iterator[World]:
     with TemporaryDirectory(prefix="camflow-chaos-") as folder:
-        world = World(Path(folder), store_url, events)
+        world = World(Path(folder), store_url, events, pipelines)
         try:
             yield world
         finally:
@@ -462,6 +475,40 @@ def sqs_loss_scenario(clips: int, drop: float, dup: float, seed: int = 4) -> Out
         return outcome
 
 
+def _busy_stage_pids(world: World) -> list[int]:
+    """Stage processes in the middle of a stage (a start without its done, per pid)."""
+    open_: Counter[int] = Counter()
+    for line in world.tally.read_text().splitlines():
+        event, _run, _stage, pid = line.split()
+        open_[int(pid)] += 1 if event == "start" else -1
+    return [pid for pid, n in open_.items() if n > 0 and psutil.pid_exists(pid)]
+
+
+def stage_kill_scenario(clips: int, kills: int, seed: int = 5) -> Outcome:
+    """(e) SIGKILL the stage processes themselves at random moments: each clip's two
+    stages run fused in one process, so a kill ends a stage mid-run and leaves the one
+    after it unstarted. The first must run again; the second must be started, once."""
+    rng = random.Random(seed)
+    started = time.monotonic()
+    with _world(pipelines=FUSED_PIPELINES) as world:
+        world.start_serve()
+        world.wait_for_leader()
+        uploads = _uploader(world, _clip_keys(clips, rng), gap=0.05)
+        killed = 0
+        for _ in range(kills):
+            time.sleep(rng.uniform(0.3, 1.5))
+            victims = _busy_stage_pids(world)
+            if victims:
+                with suppress(ProcessLookupError):
+                    os.kill(rng.choice(victims), signal.SIGKILL)
+                    killed += 1
+        uploads.join()
+        world.wait(timeout=120 + clips)
+        outcome = world.outcome("stage-kill", started)
+        outcome.notes.append(f"{killed} SIGKILLs of fused stage processes mid-stage")
+        return outcome
+
+
 def report(outcomes: list[Outcome]) -> bool:
     print(HEADER)
     for outcome in outcomes:
@@ -474,7 +521,9 @@ def report(outcomes: list[Outcome]) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("scenario", choices=["kill", "replicas", "s3-outage", "sqs-loss", "all"])
+    parser.add_argument(
+        "scenario", choices=["kill", "replicas", "s3-outage", "sqs-loss", "stage-kill", "all"]
+    )
     parser.add_argument("--clips", type=int, default=None)
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--replicas", type=int, default=3)
@@ -494,6 +543,9 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "sqs-loss": lambda: sqs_loss_scenario(
             args.clips or (40 if small else 200), args.drop, args.dup
+        ),
+        "stage-kill": lambda: stage_kill_scenario(
+            args.clips or (30 if small else 100), 4 if small else args.kills
         ),
     }
     chosen = list(plans) if args.scenario == "all" else [args.scenario]

@@ -39,3 +39,12 @@ def test_lost_and_duplicated_notifications_are_covered_by_the_sweep() -> None:
     outcome = chaos.sqs_loss_scenario(clips=24, drop=0.3, dup=0.3)
     _clean(outcome)
     assert outcome.re_executed == 0
+
+
+def test_sigkill_of_fused_stage_processes_loses_and_repeats_nothing() -> None:
+    outcome = chaos.stage_kill_scenario(clips=20, kills=3)
+    _clean(outcome)
+    # Each kill ended one stage mid-run: that stage, and only it, ran again (the one
+    # after it in the process had not started; the one before it was stored).
+    killed = int(outcome.notes[0].split()[0])
+    assert outcome.re_executed == killed
