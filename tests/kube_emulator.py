@@ -824,6 +824,9 @@ class JobRunner:
         self.time_scale = time_scale
         self.placements: dict[str, str] = {}  # job name -> node of its newest pod
         self.runs: dict[str, int] = {}  # job name -> processes started
+        # (job name, container name) -> processes started: a chain Job's pod runs one
+        # container per stage, so this tells how often each stage's program ran.
+        self.container_runs: dict[tuple[str, str], int] = {}
         self._pods: dict[tuple[str, str], _Pod] = {}
         self._jobs: dict[str, _JobState] = {}  # by uid
         self._stop = threading.Event()
@@ -1547,6 +1550,8 @@ class JobRunner:
             command[0] = sys.executable
         job_name = state.job[1]
         self.runs[job_name] = self.runs.get(job_name, 0) + 1
+        ran = (job_name, container["name"])
+        self.container_runs[ran] = self.container_runs.get(ran, 0) + 1
         state.log = self._logs / f"{pod['metadata']['name']}-{container['name']}.log"
         with state.log.open("wb") as log:
             # One log, stdout and stderr together, as the container runtime keeps it.

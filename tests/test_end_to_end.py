@@ -26,7 +26,8 @@ def executor(
     request: pytest.FixtureRequest, settings: Settings, tmp_path: Path, s3_server: EmbeddedS3
 ) -> Iterator[tuple[Settings, Callable[[], list[int]]]]:
     """The same tests on both executors: settings, and how many times each stage
-    attempt's program ran (from the local runner's folders, or the job runner)."""
+    attempt's program ran (from the local runner's folders, or the job runner's
+    container starts)."""
     if request.param == "local":
 
         def local_runs() -> list[int]:
@@ -55,7 +56,7 @@ def executor(
                 "kubernetes": settings.kubernetes.model_copy(update={"clusters": [cluster]}),
             }
         ),
-        lambda: sorted(runner.runs.values()),
+        lambda: sorted(runner.container_runs.values()),
     )
     runner.stop()
     emulator.stop()
