@@ -37,11 +37,15 @@ MANIFEST = {"outputs": {}, "metrics": {}}
 class InstantExecutor:
     """Every attempt succeeds the moment it is submitted, having written the manifest a
     stage writes last: straight into moto's backend, so that the figure holds what
-    camflow does (its store, its decisions, its S3 reads), not what a stage does."""
+    camflow does (its store, its decisions, its S3 reads), not what a stage does. It
+    takes batches and fused chains as both real executors do, so the engine dispatches
+    the way it does in production: each stage still has its own attempt, recorded from
+    start to end."""
 
     name = "instant"
     retries_itself = False
-    batches = False
+    batches = True
+    fuses = True
     durable_before_submit = False
 
     def __init__(self) -> None:
@@ -61,6 +65,7 @@ class InstantExecutor:
         from moto.s3.models import s3_backends
 
         backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+        launches = [member for launch in launches for member in launch.members]
         for launch in launches:
             bucket, prefix = launch.env[ENV_OUTPUT].removeprefix("s3://").split("/", 1)
             key = f"{prefix.rstrip('/')}/{MANIFEST_NAME}"

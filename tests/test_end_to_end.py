@@ -105,6 +105,7 @@ def test_a_batch_with_good_and_bad_clips(executor: Executor, clips: SampleClips)
         assert len(run_ids) == len(batch)
         drive(runtime, run_ids, timeout=300, interval=0.2)
 
+        fused_clips = 0
         for name in ("face", "face2"):
             result = _result(runtime, keys[name])
             assert result["status"] == "succeeded" and result["error"] is None
@@ -128,7 +129,11 @@ def test_a_batch_with_good_and_bad_clips(executor: Executor, clips: SampleClips)
             # than that may read 0 s there, never nothing and never negative.
             assert all(s["seconds"] is not None and s["seconds"] >= 0 for s in result["stages"])
             if settings.executor == "local":
-                assert all(s["seconds"] > 0 for s in result["stages"])
+                assert all(s["seconds"] > 0 for s in result["stages"]), result["stages"]
+            # A stage retried after a transient fault (a loaded machine) runs alone: the
+            # in-process hand-over holds for the clips whose stages each ran once.
+            if settings.executor == "local" and all(s["attempts"] == 1 for s in result["stages"]):
+                fused_clips += 1
                 # Fused in one process: decode's frames and faces' detections were handed
                 # on in memory and never reached S3; the thumbnails customers fetch did.
                 kept = {s["name"]: s["outputs_kept_in_process"] for s in result["stages"]}
@@ -137,7 +142,7 @@ def test_a_batch_with_good_and_bad_clips(executor: Executor, clips: SampleClips)
                     "faces": True,
                     "thumbnails": False,
                     "publish": False,
-                }
+                }, result["stages"]
                 prefix = f"acme/{name}/{result['clip_id']}/faces/"
                 stored = {
                     o.key.removeprefix(prefix)
@@ -146,6 +151,8 @@ def test_a_batch_with_good_and_bad_clips(executor: Executor, clips: SampleClips)
                 assert not any(k.startswith(("decode/", "faces/")) for k in stored), stored
                 assert any(k.startswith("thumbnails/thumbnails/") for k in stored), stored
                 assert "publish/result.json" in stored
+        if settings.executor == "local":
+            assert fused_clips, "both face clips had a stage retried: nothing ran fused"
 
         quiet = _result(runtime, keys["noface"])
         assert quiet["status"] == "succeeded"
