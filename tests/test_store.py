@@ -53,6 +53,12 @@ def test_two_writers_recording_the_same_clip_record_it_once(
     other = _clip("acme/door/2.mp4")
     monkeypatch.setattr(Store, "_new_rows", staticmethod(lambda _s, _t, rows: list(rows)))
     assert [c.id for c in two.record_clips([_clip("acme/door/1.mp4"), other])] == [other.id]
+    # A sweep's page moves its cursor in the same call: reading the cursor's row must
+    # not flush the clashing clip ahead of the retry (the sweep tick failed on it).
+    third = _clip("acme/door/3.mp4")
+    page = [_clip("acme/door/2.mp4"), third]
+    assert [c.id for c in two.record_clips(page, cursor=("sweep", third.key))] == [third.id]
+    assert two.cursor("sweep") == third.key
     one.close()
     two.close()
 

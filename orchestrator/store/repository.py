@@ -526,14 +526,20 @@ class Store:
         same clip at the same moment (a unique key, and a retry row by row)."""
         with self.session() as session:
             new = self._new_rows(session, Clip, clips)
-            session.add_all(new)
-            session.add_all(self._new_rows(session, RejectedObject, rejected))
-            if cursor is not None:
-                name, key = cursor
-                row = session.get(Checkpoint, name) or Checkpoint(id=name, last_key="")
-                row.last_key, row.updated_at = key or "", utcnow()
-                session.add(row)
+            rejects = self._new_rows(session, RejectedObject, rejected)
             try:
+                # Read before anything is added: a read autoflushes the session, and a
+                # clip another writer recorded since would clash there, not at the
+                # commit this retries from.
+                row = None
+                if cursor is not None:
+                    name, key = cursor
+                    row = session.get(Checkpoint, name) or Checkpoint(id=name, last_key="")
+                    row.last_key, row.updated_at = key or "", utcnow()
+                session.add_all(new)
+                session.add_all(rejects)
+                if row is not None:
+                    session.add(row)
                 session.commit()
                 return new
             except IntegrityError:
