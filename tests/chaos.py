@@ -120,6 +120,7 @@ class World:
         store_url: str | None = None,
         events: str = "s3",
         pipelines: Path = PIPELINES,
+        linger: float | None = None,
     ) -> None:
         self.folder = folder
         self.home = folder / "home"
@@ -162,7 +163,8 @@ class World:
                         "retry_backoff_seconds": 2,
                         "retry_backoff_max_seconds": 30,
                     },
-                    "local": {"max_parallel": 4},
+                    "local": {"max_parallel": 4}
+                    | ({} if linger is None else {"batch_linger_seconds": linger}),
                     "api": {"enabled": False},
                     "algorithm_dirs": [str(STAGES)],
                     "pipeline_dirs": [str(pipelines)],
@@ -317,10 +319,13 @@ class World:
 
 @contextmanager
 def _world(
-    store_url: str | None = None, events: str = "s3", pipelines: Path = PIPELINES
+    store_url: str | None = None,
+    events: str = "s3",
+    pipelines: Path = PIPELINES,
+    linger: float | None = None,
 ) -> Iterator[World]:
     with TemporaryDirectory(prefix="camflow-chaos-") as folder:
-        world = World(Path(folder), store_url, events, pipelines)
+        world = World(Path(folder), store_url, events, pipelines, linger)
         try:
             yield world
         finally:
@@ -328,8 +333,9 @@ def _world(
             if os.environ.get("CAMFLOW_CHAOS_KEEP"):
                 keep = Path(os.environ["CAMFLOW_CHAOS_KEEP"])
                 keep.mkdir(parents=True, exist_ok=True)
-                for log in Path(folder).glob("serve-*.log"):
-                    (keep / log.name).write_bytes(log.read_bytes())
+                for log in [*Path(folder).glob("serve-*.log"), world.tally]:
+                    if log.exists():
+                        (keep / log.name).write_bytes(log.read_bytes())
 
 
 def _uploader(
@@ -475,33 +481,64 @@ def sqs_loss_scenario(clips: int, drop: float, dup: float, seed: int = 4) -> Out
         return outcome
 
 
-def _busy_stage_pids(world: World) -> list[int]:
-    """Stage processes in the middle of a stage (a start without its done, per pid)."""
-    open_: Counter[int] = Counter()
-    for line in world.tally.read_text().splitlines():
+def _busy_stage_pids(world: World, killed: dict[int, int]) -> list[int]:
+    """Stage processes in the middle of a stage: a pid whose last line in the log is a
+    start. A pid killed earlier (``killed``: pid -> lines in the log then) counts only
+    with a start written since: its old start stays open forever, and its pid may name
+    another process by now (a supervisor, whose stage would then finish unsupervised
+    and be lost to camflow: a duplicate the scenario did not mean)."""
+    last: dict[int, tuple[int, str]] = {}
+    for n, line in enumerate(world.tally.read_text().splitlines()):
         event, _run, _stage, pid = line.split()
-        open_[int(pid)] += 1 if event == "start" else -1
-    return [pid for pid, n in open_.items() if n > 0 and psutil.pid_exists(pid)]
+        last[int(pid)] = (n, event)
+    return [
+        pid
+        for pid, (n, event) in last.items()
+        if event == "start" and n >= killed.get(pid, 0) and psutil.pid_exists(pid)
+    ]
 
 
-def stage_kill_scenario(clips: int, kills: int, seed: int = 5) -> Outcome:
+def _kill_mid_stage(world: World, rng: random.Random, killed: dict[int, int]) -> bool:
+    """SIGKILLs one stage process that is in the middle of a stage, if one is. It is
+    stopped first and looked at again: between reading the log and the kill, a stage
+    may have finished (this process's threads serve S3 too, and hold it up), and a kill
+    then would land after its last line, before its outcome is stored."""
+    victims = _busy_stage_pids(world, killed)
+    if not victims:
+        return False
+    pid = rng.choice(victims)
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        if pid in _busy_stage_pids(world, killed):
+            os.kill(pid, signal.SIGKILL)
+            killed[pid] = len(world.tally.read_text().splitlines())
+            return True
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+    return False
+
+
+def stage_kill_scenario(
+    clips: int, kills: int, seed: int = 5, linger: float | None = None
+) -> Outcome:
     """(e) SIGKILL the stage processes themselves at random moments: each clip's two
     stages run fused in one process, so a kill ends a stage mid-run and leaves the one
-    after it unstarted. The first must run again; the second must be started, once."""
+    after it unstarted. The first must run again; the second must be started, once.
+    ``linger``: how long a batch process stays warm for more clips (None: camflow's
+    default). With warm processes, a kill also catches clips handed to a warm process
+    of the same stage, and some of those run twice: an open defect (see the README)."""
     rng = random.Random(seed)
     started = time.monotonic()
-    with _world(pipelines=FUSED_PIPELINES) as world:
+    with _world(pipelines=FUSED_PIPELINES, linger=linger) as world:
         world.start_serve()
         world.wait_for_leader()
         uploads = _uploader(world, _clip_keys(clips, rng), gap=0.05)
+        victims: dict[int, int] = {}
         killed = 0
         for _ in range(kills):
             time.sleep(rng.uniform(0.3, 1.5))
-            victims = _busy_stage_pids(world)
-            if victims:
-                with suppress(ProcessLookupError):
-                    os.kill(rng.choice(victims), signal.SIGKILL)
-                    killed += 1
+            killed += _kill_mid_stage(world, rng, victims)
         uploads.join()
         world.wait(timeout=120 + clips)
         outcome = world.outcome("stage-kill", started)
@@ -528,6 +565,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--outage", type=float, default=60)
+    parser.add_argument(
+        "--linger",
+        type=float,
+        default=None,
+        help="stage-kill: seconds a batch process stays warm (default: camflow's)",
+    )
     parser.add_argument("--drop", type=float, default=0.3)
     parser.add_argument("--dup", type=float, default=0.2)
     parser.add_argument("--small", action="store_true", help="CI-sized runs")
@@ -545,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
             args.clips or (40 if small else 200), args.drop, args.dup
         ),
         "stage-kill": lambda: stage_kill_scenario(
-            args.clips or (30 if small else 100), 4 if small else args.kills
+            args.clips or (30 if small else 100), 4 if small else args.kills, linger=args.linger
         ),
     }
     chosen = list(plans) if args.scenario == "all" else [args.scenario]
