@@ -1,6 +1,6 @@
 """The engine's writes together: a batch's chains recorded in one statement, their
 handles and outcomes in one each, a tick's finishing runs ended together with their
-result.json written side by side. On PostgreSQL these are single round trips; each
+result.json written. On PostgreSQL these are single round trips; each
 test runs on SQLite too, where they are statements one by one. What must hold either
 way: a chain another engine started meanwhile ends before it, one run whose write
 fails waits alone, and every run ends once with its result."""
@@ -197,7 +197,7 @@ def test_a_result_that_cannot_be_written_keeps_its_run_active_alone(
     put_json = runtime.s3.put_json
     refused: list[str] = []
 
-    lock = threading.Lock()  # the engine writes results side by side
+    lock = threading.Lock()
 
     def refusing(bucket: str, key: str, payload: Any) -> str:
         with lock:

@@ -11,7 +11,6 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Collection, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -131,11 +130,6 @@ class _Trouble:
                 )
             self.runs.setdefault(view.run.id, (step, exc))
 
-
-#: result.json writes in flight at once when a tick ends many runs: as many as a boto3
-#: client keeps connections (its max_pool_connections), beyond which each would open
-#: and drop a connection of its own.
-RESULT_WRITERS = 10
 
 Item = TypeVar("Item")
 
@@ -1285,9 +1279,7 @@ class Reconciler:
         report: TickReport,
     ) -> None:
         """``_finish`` for a tick's finishing runs together: their attempts read in one
-        query, their result.json written side by side (each a round trip to S3, which
-        one after another would cap a tick at a few dozen runs a second), and the
-        store's writes sent together."""
+        query, their result.json written, then the store's writes sent together."""
         if not finishing:
             return
         now = self.clock()
@@ -1318,30 +1310,17 @@ class Reconciler:
     def _put_results(
         self, endings: list[tuple[RunWithAttempts, _Ending]], trouble: _Trouble
     ) -> list[str | None]:
-        """Writes each ending's result.json, several at once; each one's URI, or None
-        where it could not be written (the run stays active: the next tick tries
-        again)."""
-
-        def put(item: tuple[RunWithAttempts, _Ending]) -> str | Exception:
-            ending = item[1]
-            try:
-                return self.s3.put_json(self.results_bucket, ending.key, ending.result)
-            except Exception as exc:  # handled below, on the engine's thread
-                return exc
-
-        if len(endings) > 1:
-            with ThreadPoolExecutor(min(RESULT_WRITERS, len(endings))) as pool:
-                written = list(pool.map(put, endings))
-        else:
-            written = [put(item) for item in endings]
+        """Writes each ending's result.json; each one's URI, or None where it could not
+        be written (the run stays active: the next tick tries again)."""
         uris: list[str | None] = []
-        for (view, _), answer in zip(endings, written, strict=True):
-            if isinstance(answer, StorageError):
-                self._unwritten(view, answer)
-            elif isinstance(answer, Exception):
-                with trouble.isolate(view, "finishing"):
-                    raise answer
-            uris.append(answer if isinstance(answer, str) else None)
+        for view, ending in endings:
+            uri = None
+            with trouble.isolate(view, "finishing"):
+                try:
+                    uri = self.s3.put_json(self.results_bucket, ending.key, ending.result)
+                except StorageError as exc:
+                    self._unwritten(view, exc)
+            uris.append(uri)
         return uris
 
     def _compose(
