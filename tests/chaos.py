@@ -481,9 +481,9 @@ def sqs_loss_scenario(clips: int, drop: float, dup: float, seed: int = 4) -> Out
         return outcome
 
 
-def _busy_stage_pids(world: World, killed: dict[int, int]) -> list[int]:
+def _busy_stage_pids(world: World, killed_at: dict[int, int]) -> list[int]:
     """Stage processes in the middle of a stage: a pid whose last line in the log is a
-    start. A pid killed earlier (``killed``: pid -> lines in the log then) counts only
+    start. A pid killed earlier (``killed_at``: pid -> lines in the log then) counts only
     with a start written since: its old start stays open forever, and its pid may name
     another process by now (a supervisor, whose stage would then finish unsupervised
     and be lost to camflow: a duplicate the scenario did not mean)."""
@@ -494,24 +494,24 @@ def _busy_stage_pids(world: World, killed: dict[int, int]) -> list[int]:
     return [
         pid
         for pid, (n, event) in last.items()
-        if event == "start" and n >= killed.get(pid, 0) and psutil.pid_exists(pid)
+        if event == "start" and n >= killed_at.get(pid, 0) and psutil.pid_exists(pid)
     ]
 
 
-def _kill_mid_stage(world: World, rng: random.Random, killed: dict[int, int]) -> bool:
+def _kill_mid_stage(world: World, rng: random.Random, killed_at: dict[int, int]) -> bool:
     """SIGKILLs one stage process that is in the middle of a stage, if one is. It is
     stopped first and looked at again: between reading the log and the kill, a stage
     may have finished (this process's threads serve S3 too, and hold it up), and a kill
     then would land after its last line, before its outcome is stored."""
-    victims = _busy_stage_pids(world, killed)
+    victims = _busy_stage_pids(world, killed_at)
     if not victims:
         return False
     pid = rng.choice(victims)
     try:
         os.kill(pid, signal.SIGSTOP)
-        if pid in _busy_stage_pids(world, killed):
+        if pid in _busy_stage_pids(world, killed_at):
             os.kill(pid, signal.SIGKILL)
-            killed[pid] = len(world.tally.read_text().splitlines())
+            killed_at[pid] = len(world.tally.read_text().splitlines())
             return True
         os.kill(pid, signal.SIGCONT)
     except ProcessLookupError:
@@ -534,11 +534,11 @@ def stage_kill_scenario(
         world.start_serve()
         world.wait_for_leader()
         uploads = _uploader(world, _clip_keys(clips, rng), gap=0.05)
-        victims: dict[int, int] = {}
+        killed_at: dict[int, int] = {}
         killed = 0
         for _ in range(kills):
             time.sleep(rng.uniform(0.3, 1.5))
-            killed += _kill_mid_stage(world, rng, victims)
+            killed += _kill_mid_stage(world, rng, killed_at)
         uploads.join()
         world.wait(timeout=120 + clips)
         outcome = world.outcome("stage-kill", started)

