@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -336,6 +337,12 @@ def _world(
                 for log in [*Path(folder).glob("serve-*.log"), world.tally]:
                     if log.exists():
                         (keep / log.name).write_bytes(log.read_bytes())
+                # Each attempt's runner.json, status.json and batch folders: what the
+                # local executor saw, to tell why an attempt ended as it did.
+                attempts = world.home / "attempts"
+                if attempts.is_dir():
+                    shutil.rmtree(keep / "attempts", ignore_errors=True)
+                    shutil.copytree(attempts, keep / "attempts", symlinks=True)
 
 
 def _uploader(
@@ -526,8 +533,8 @@ def stage_kill_scenario(
     stages run fused in one process, so a kill ends a stage mid-run and leaves the one
     after it unstarted. The first must run again; the second must be started, once.
     ``linger``: how long a batch process stays warm for more clips (None: camflow's
-    default). With warm processes, a kill also catches clips handed to a warm process
-    of the same stage, and some of those run twice: an open defect (see the README)."""
+    default). With warm processes, a kill also ends the clips handed to that process
+    since it started, which must run again once."""
     rng = random.Random(seed)
     started = time.monotonic()
     with _world(pipelines=FUSED_PIPELINES, linger=linger) as world:

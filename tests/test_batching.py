@@ -457,3 +457,56 @@ def test_a_run_that_fails_settles_its_other_stage_still_running(
         assert linger.state == AttemptState.FAILED
         assert linger.reason == "cancelled: the run ended"
         assert runtime.store.count_attempts("local", None, None) == 0
+
+
+#: Fused stages in a warm process: reports the first clips' stages, takes the clips
+#: added later, and dies before reporting them (as a stage killed mid-clip does).
+CHAIN_DIES_ON_MORE = """
+import json, os, sys
+from pathlib import Path
+from algorithms.sdk import _more_items
+for item in json.load(open(os.environ["CAMFLOW_BATCH_FILE"])):
+    for stage in item["chain"]:
+        with open(stage["report"] + ".tmp", "w") as out:
+            json.dump({"exit_code": 0, "reason": None}, out)
+        os.replace(stage["report"] + ".tmp", stage["report"])
+for item in _more_items(Path(os.environ["CAMFLOW_BATCH_MORE"]), 30):
+    os._exit(9)
+"""
+
+
+def _fused_launch(n: int, batch: str) -> StageLaunch:
+    first = _launch(n, ["python", "-m", "first"], batch=batch)
+    second = first.model_copy(update={"attempt_id": f"a{n}-second", "stage": "second"})
+    return first.model_copy(update={"chain": [second]})
+
+
+def test_fused_clips_handed_to_a_warm_process_that_dies_end_failed_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A warm process's supervisor once crashed on fused clips added to it (it looked for
+    # one report per item, a chain has one per stage): it died without reporting them,
+    # and they read as lost and were started again while its stage process ran them on.
+    from orchestrator.executors import local as local_module
+
+    monkeypatch.setattr(local_module, "CHAIN_COMMAND", [sys.executable, "-c", CHAIN_DIES_ON_MORE])
+    executor = LocalExecutor(tmp_path / "attempts", batch_linger_seconds=30)
+    executor.submit([_fused_launch(0, "b-warm")])
+    assert {s.state for s in _wait(executor, ["a0", "a0-second"]).values()} == {ExecState.SUCCEEDED}
+    later = executor.submit([_fused_launch(1, "b-later")])
+    assert later["a1"].batch == "b-warm"  # handed to the warm process
+    ended = {ExecState.SUCCEEDED, ExecState.FAILED, ExecState.SKIPPED, ExecState.LOST}
+    deadline = time.monotonic() + 30
+    while True:
+        statuses = executor.poll(["a1", "a1-second"])
+        if {status.state for status in statuses.values()} <= ended:
+            break
+        assert time.monotonic() < deadline, statuses
+        time.sleep(0.1)
+    # The clip's first stage failed with the process; the one after it never began.
+    assert statuses["a1"].state == ExecState.FAILED, statuses
+    assert "its batch's process ended (exit 9)" in (statuses["a1"].reason or "")
+    assert statuses["a1-second"].state == ExecState.SKIPPED, statuses
+    batch = tmp_path / "attempts" / "batches" / "b-warm"
+    assert json.loads((batch / "status.json").read_text())["exit_code"] == 9
+    assert "Traceback" not in (batch / "runner.log").read_text()

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -138,11 +139,16 @@ def supervise(directory: Path) -> int:
             if per_clip:
                 # A batch: each clip has its own timeout, from when it started; the
                 # whole process is bounded too, with the lingers between clips.
-                every = members + [
-                    Path(r).parent for r in (_more_reports(more) if more.is_dir() else [])
-                ]
-                overran = _overrunning(every, per_clip)
-                deadline = begun + (len(every) + 1) * (per_clip + linger)
+                try:
+                    every = members + [
+                        Path(r).parent for r in (_more_reports(more) if more.is_dir() else [])
+                    ]
+                    overran = _overrunning(every, per_clip)
+                    deadline = begun + (len(every) + 1) * (per_clip + linger)
+                except Exception:
+                    # Never fatal: a supervisor gone leaves its stage running unwatched,
+                    # and its clips read as lost and start again beside it.
+                    traceback.print_exc()
             if overran is not None or time.monotonic() >= deadline:
                 timed_out = True
                 _stop(process, grace)
@@ -206,7 +212,9 @@ def _more_reports(more: Path) -> list[str]:
     for path in more.iterdir():
         if path.name.endswith((".json" + contract.BATCH_TAKEN, ".json" + WITHDRAWN)):
             with contextlib.suppress(OSError, ValueError):
-                reports += [item["report"] for item in json.loads(path.read_text())]
+                for item in json.loads(path.read_text()):
+                    # Fused stages come as one item holding each stage's own.
+                    reports += [one["report"] for one in item.get(contract.CHAIN, [item])]
     return reports
 
 
