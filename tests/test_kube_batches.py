@@ -410,17 +410,17 @@ def test_a_batch_job_whose_handles_were_never_recorded_is_adopted_clip_by_clip(
     kube = _kube_settings(settings, [dev], probe=True)
     first = open_runtime(kube)
     runs = _upload(first, "mixed", ["a", "b", "c"])
-    original = first.store.update_attempt
+    original = first.store.update_attempts
 
-    def crash(*args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("state") == AttemptState.RUNNING:
+    def crash(changes: Any) -> Any:
+        if any(change.values.get("state") == AttemptState.RUNNING for change in changes):
             raise Crash  # the orchestrator dies between the create and the record
-        return original(*args, **kwargs)
+        return original(changes)
 
-    first.store.update_attempt = crash  # type: ignore[method-assign]
+    first.store.update_attempts = crash  # type: ignore[method-assign]
     with pytest.raises(Crash):
         first.reconciler.tick()
-    first.store.update_attempt = original  # type: ignore[method-assign]
+    first.store.update_attempts = original  # type: ignore[method-assign]
     first.close()
     [job] = dev.jobs()
     with open_runtime(kube) as second:  # knows nothing of the Job but its batch id

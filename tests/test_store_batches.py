@@ -17,6 +17,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from orchestrator.domain.layout import clip_id, run_id
 from orchestrator.store import Clip, Run, StageAttempt, Store, repository
 from orchestrator.store.models import AttemptState, RunStatus
+from orchestrator.store.repository import AttemptChange, RunFinish
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 LIVE = (AttemptState.PENDING, AttemptState.RUNNING)
@@ -184,6 +185,50 @@ def test_a_run_finishes_once_and_numbers_have_no_gaps(store_url: str) -> None:
     assert store.finish_run(two.id, RunStatus.FAILED, "exit 1", None, None, NOW)
     assert [store.get_run(r.id).finished_seq for r in (one, two)] == [1, 2]
     assert store.get_run(one.id).result == {"n": 1}
+    store.close()
+
+
+def test_runs_finished_together_each_take_their_number_once(store_url: str) -> None:
+    """``finish_runs``: the first finishes of a store (no counter row yet), a run
+    finished twice in one call, and one that is not there, in one batch."""
+    store = Store(store_url)
+    runs = [_planned(store, str(n)) for n in range(4)]
+    ends = [
+        RunFinish(run.id, RunStatus.SUCCEEDED, None, {"n": n}, f"s3://r/{n}", NOW)
+        for n, run in enumerate(runs)
+    ]
+    missing = RunFinish("r-unknown", RunStatus.FAILED, "none", None, None, NOW)
+    with store.batch():
+        done = store.finish_runs([*ends[:2], ends[0], missing, *ends[2:]])
+    assert done == [True, True, False, False, True, True]
+    assert [store.get_run(r.id).finished_seq for r in runs] == [1, 2, 3, 4]
+    assert store.get_run(runs[3].id).result == {"n": 3}
+    store.close()
+
+
+def test_attempt_writes_together_say_which_took_effect(store_url: str) -> None:
+    store = Store(store_url)
+    run = _planned(store)
+    rows = [_attempt(run, stage) for stage in ("decode", "faces", "publish")]
+    with store.batch():
+        assert store.add_attempts(rows[:2]) == [True, True]
+        # One recorded already (a replay): only the other goes in.
+        assert store.add_attempts(rows[1:]) == [False, True]
+        done = store.update_attempts(
+            [
+                AttemptChange(rows[0].id, {"state": AttemptState.RUNNING, "handle": "h0"}, LIVE),
+                AttemptChange(rows[1].id, {"state": AttemptState.SUCCEEDED}, LIVE, "not-its"),
+                AttemptChange(rows[2].id, {"state": AttemptState.RUNNING, "handle": "h2"}, LIVE),
+                AttemptChange("r-none-decode-1", {"state": AttemptState.RUNNING}, LIVE),
+            ]
+        )
+    assert done == [True, False, True, False]
+    states = {a.stage: (a.state, a.handle) for a in store.attempts_of_run(run.id)}
+    assert states == {
+        "decode": (AttemptState.RUNNING, "h0"),
+        "faces": (AttemptState.PENDING, None),
+        "publish": (AttemptState.RUNNING, "h2"),
+    }
     store.close()
 
 

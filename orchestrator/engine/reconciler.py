@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -26,6 +26,7 @@ from orchestrator.engine.batching import Candidate, plan_executions
 from orchestrator.engine.decide import (
     Action,
     CancelAttempts,
+    ChainMember,
     ExpireAttempt,
     FinishRun,
     Resubmit,
@@ -64,7 +65,7 @@ from orchestrator.logs import about
 from orchestrator.storage import S3Gateway
 from orchestrator.store import Clip, Run, StageAttempt, Store
 from orchestrator.store.models import AttemptState, RunStatus, utcnow
-from orchestrator.store.repository import RunWithAttempts
+from orchestrator.store.repository import AttemptChange, RunFinish, RunWithAttempts
 
 log = logging.getLogger("camflow.engine")
 
@@ -128,6 +129,36 @@ class _Trouble:
                     extra=fields,
                 )
             self.runs.setdefault(view.run.id, (step, exc))
+
+
+Item = TypeVar("Item")
+
+
+@dataclass(frozen=True)
+class _Ending:
+    """How a run ends, composed and not written yet."""
+
+    status: RunStatus
+    error: str | None
+    result: dict[str, Any]
+    #: Where its result.json goes in the results bucket.
+    key: str
+    attempts: list[StageAttempt]
+
+
+class _RecordedBefore(Exception):
+    """One of the attempts a batch records together exists already."""
+
+
+@dataclass
+class _Observed:
+    """An attempt's change that an observation calls for, not written yet."""
+
+    view: RunWithAttempts
+    attempt: StageAttempt
+    change: AttemptChange
+    #: It ends the attempt (counted, and its outcome logged, once written).
+    finished: bool
 
 
 #: Attempts observed between two commits of the observe phase.
@@ -329,16 +360,80 @@ class Reconciler:
                 if attempt.state == AttemptState.RUNNING and attempt.handle:
                     running[attempt.handle] = (view, attempt)
         statuses = self._poll(running, trouble) if running else {}
+        observed: list[_Observed] = []
         for n, (handle, (view, attempt)) in enumerate(running.items(), 1):
             status = statuses.get(handle)
             if status is None or view.run.id in trouble:
                 continue  # no answer about it this time: asked again next tick
             with trouble.isolate(view, "observing"):
-                self._observe_attempt(view, attempt, status)
+                seen = self._observe_attempt(view, attempt, status)
+                if seen is not None:
+                    observed.append(seen)
             if n % OBSERVED_PER_COMMIT == 0:
                 # Other writers wait behind an open write (all of them, on SQLite):
                 # never for more than this many attempts' S3 reads.
+                self._record_observed(observed, trouble)
+                observed = []
                 self.store.checkpoint()
+        self._record_observed(observed, trouble)
+
+    def _record_observed(self, observed: list[_Observed], trouble: _Trouble) -> None:
+        """Writes what was observed of the attempts, together, then brings the views
+        in step with what was written."""
+        done = self._write_changes([(o.view, o.change) for o in observed], trouble, "observing")
+        for seen, written in zip(observed, done, strict=True):
+            if not written:
+                continue  # another engine settled it first
+            for key, value in seen.change.values.items():
+                setattr(seen.attempt, key, value)
+            if seen.finished:
+                telemetry.attempt_finished(seen.attempt)
+                self._log_outcome(seen.view, seen.attempt)
+
+    def _write_changes(
+        self,
+        changes: list[tuple[RunWithAttempts, AttemptChange]],
+        trouble: _Trouble | None,
+        step: str,
+    ) -> list[bool]:
+        """Attempt updates of several runs, in one round trip where the store can; what
+        each did. Without ``trouble``, the caller isolates the one run concerned."""
+        if trouble is None:
+            return self.store.update_attempts([change for _, change in changes])
+        return self._together(changes, self.store.update_attempts, trouble, step)
+
+    def _together(
+        self,
+        items: list[tuple[RunWithAttempts, Item]],
+        write: Callable[[list[Item]], list[bool]],
+        trouble: _Trouble,
+        step: str,
+    ) -> list[bool]:
+        """``write`` for the items of several runs at once where the store writes in
+        bulk (one round trip); what each did. Should the store refuse them together,
+        each run's go on their own, so that only the run whose write fails waits for
+        the next tick, as if it had raised alone."""
+        if not items:
+            return []
+        if self.store.writes_in_bulk and len(items) > 1:
+            try:
+                with self.store.savepoint():
+                    return write([item for _, item in items])
+            except Exception as exc:
+                log.warning(
+                    "%d writes together failed while %s runs (%s: %s); writing them run by run",
+                    len(items),
+                    step,
+                    type(exc).__name__,
+                    exc,
+                )
+        done = []
+        for view, item in items:
+            written = False
+            with trouble.isolate(view, step):
+                written = write([item])[0]
+            done.append(written)
+        return done
 
     def _poll(
         self, running: dict[str, tuple[RunWithAttempts, StageAttempt]], trouble: _Trouble
@@ -391,10 +486,12 @@ class Reconciler:
 
     def _observe_attempt(
         self, view: RunWithAttempts, attempt: StageAttempt, status: ExecStatus
-    ) -> None:
+    ) -> _Observed | None:
+        """What the status says to write of the attempt (written with the others'
+        afterwards), or None."""
         if status.requeue:
             self._requeue(view, attempt, status)
-            return
+            return None
         if status.state == ExecState.LOST and self._wrote_manifest(view, attempt.stage):
             # Its Job finished and was removed (by its TTL while the cluster was out of
             # sight): the manifest, written last, says it succeeded. Never run again.
@@ -404,9 +501,9 @@ class Reconciler:
         result = outcome(status)
         if result is None:
             if status.started_at and not attempt.started_at:
-                self.store.update_attempt(attempt.id, started_at=status.started_at)
-                attempt.started_at = status.started_at
-            return
+                started = AttemptChange(attempt.id, {"started_at": status.started_at})
+                return _Observed(view, attempt, started, finished=False)
+            return None
         values: dict[str, Any] = {
             "state": result.state,
             "exit_code": result.exit_code,
@@ -425,12 +522,8 @@ class Reconciler:
                 values.update(state=AttemptState.FAILED, reason=exc.reason, permanent=exc.permanent)
             else:
                 values.update(metrics=manifest.metrics, outputs=manifest.outputs)
-        if not self.store.update_attempt(attempt.id, IN_FLIGHT, attempt.handle, **values):
-            return  # another engine settled it first
-        for key, value in values.items():
-            setattr(attempt, key, value)
-        telemetry.attempt_finished(attempt)
-        self._log_outcome(view, attempt)
+        change = AttemptChange(attempt.id, values, IN_FLIGHT, attempt.handle)
+        return _Observed(view, attempt, change, finished=True)
 
     def _wrote_manifest(self, view: RunWithAttempts, stage: str) -> bool:
         try:
@@ -541,6 +634,7 @@ class Reconciler:
                 plans.append((view, decision.actions))
                 if not any(isinstance(a, FinishRun) for a in decision.actions):
                     starts += decision.starts
+        finishing: list[tuple[RunWithAttempts, FinishRun]] = []
         with self.store.batch():
             for view, actions in plans:
                 if not self.may_act():
@@ -548,7 +642,15 @@ class Reconciler:
                     return report
                 with trouble.isolate(view, "acting on"):
                     for action in actions:
-                        self._apply(action, view, report)
+                        if isinstance(action, FinishRun):  # a run's last action
+                            finishing.append((view, action))
+                        else:
+                            self._apply(action, view, report)
+            self._finish_runs(
+                [(view, action) for view, action in finishing if view.run.id not in trouble],
+                trouble,
+                report,
+            )
         free = capacity.slots - self.store.count_attempts(self.executor.name, None, self.owner)
         free_gpu = capacity.gpu_slots - self.store.count_attempts(
             self.executor.name, "gpu", self.owner
@@ -670,14 +772,6 @@ class Reconciler:
                         for key, value in values.items():
                             setattr(attempt, key, value)
                         telemetry.attempt_finished(attempt)
-        elif isinstance(action, FinishRun):
-            finished = self._finish(view, action)
-            if finished is not None:
-                report.finished.append((action.run_id, finished))
-            # Committed now: the finished-runs counter stays locked until then, and on
-            # SQLite so does every writer (the watcher, the API) behind the S3 work of
-            # the runs finishing after it.
-            self.store.checkpoint()
 
     def _executions(
         self,
@@ -747,14 +841,9 @@ class Reconciler:
         Resubmit starts it on its own."""
         batch = f"b-{uuid.uuid4().hex[:16]}"
         members: list[tuple[RunWithAttempts, StageAttempt, StageLaunch]] = []
-        followers: dict[str, list[StageAttempt]] = {}
-        for start in starts:
-            view = by_id[start.run_id]
+        chains: dict[str, list[StageAttempt]] = {}
+        for view, attempt, chain in self._record_chains(starts, by_id, trouble, batch):
             with trouble.isolate(view, "starting a stage of"):
-                attempt = self._add_attempt(start, view, batch)
-                if attempt is None:
-                    continue
-                chain = followers[attempt.id] = self._add_followers(start, view, attempt)
                 launch = self._launch(view, attempt).model_copy(
                     update={
                         "placement": attempt.placement,
@@ -768,6 +857,7 @@ class Reconciler:
                     }
                 )
                 members.append((view, attempt, launch))
+                chains[attempt.id] = [attempt, *chain]
         if not members:
             return 0
         if getattr(self.executor, "durable_before_submit", True):
@@ -783,12 +873,63 @@ class Reconciler:
             # Their place is recorded: a Resubmit tries there again, and only there.
             log.warning("could not submit batch %s of %d clips: %s", batch, len(members), exc)
             return 0
+        handed: list[tuple[RunWithAttempts, StageAttempt, StageLaunch, Submission]] = []
         for view, attempt, launch in members:
             with trouble.isolate(view, "starting a stage of"):
-                self._record_submission(view, attempt, launch, submissions[attempt.id])
-                for member, follower in zip(followers[attempt.id], launch.chain, strict=True):
-                    self._record_submission(view, member, follower, submissions[member.id])
+                handed += [
+                    (view, member, member_launch, submissions[member.id])
+                    for member, member_launch in zip(
+                        chains[attempt.id], launch.members, strict=True
+                    )
+                ]
+        self._record_submissions(handed, trouble)
         return len(members)
+
+    def _record_chains(
+        self,
+        starts: list[StartAttempt],
+        by_id: dict[str, RunWithAttempts],
+        trouble: _Trouble,
+        batch: str,
+    ) -> list[tuple[RunWithAttempts, StageAttempt, list[StageAttempt]]]:
+        """Records the attempts of a batch's chains, each placed, and returns the
+        chains that start now: each first attempt with those fused after it. Where the
+        store can, all in one round trip; if one was recorded already (a replay,
+        another engine), that is undone and each chain is recorded on its own, which
+        decides where each chain must end."""
+        planned: list[tuple[StartAttempt, RunWithAttempts, StageAttempt, list[StageAttempt]]] = []
+        for start in starts:
+            view = by_id[start.run_id]
+            with trouble.isolate(view, "starting a stage of"):
+                head = self._new_attempt(start, view, batch)
+                if head is not None:
+                    followers = [self._follower(view, member, head) for member in start.chain]
+                    planned.append((start, view, head, followers))
+        if self.store.writes_in_bulk and self.store.in_batch and planned:
+            rows = [row for _, _, head, followers in planned for row in (head, *followers)]
+            try:
+                with self.store.savepoint():
+                    if not all(self.store.add_attempts(rows)):
+                        raise _RecordedBefore
+                return [(view, head, followers) for _, view, head, followers in planned]
+            except _RecordedBefore:
+                pass
+            except Exception as exc:
+                log.warning(
+                    "could not record batch %s's %d attempts together (%s: %s); "
+                    "recording them clip by clip",
+                    batch,
+                    len(rows),
+                    type(exc).__name__,
+                    exc,
+                )
+        chains = []
+        for start, view, head, _ in planned:
+            with trouble.isolate(view, "starting a stage of"):
+                attempt = self._recorded(head, batch)
+                if attempt is not None:
+                    chains.append((view, attempt, self._add_followers(start, view, attempt)))
+        return chains
 
     def _add_attempt(
         self, start: StartAttempt, view: RunWithAttempts, batch: str | None = None
@@ -797,6 +938,13 @@ class Reconciler:
         has no place now (nothing is recorded: the next tick decides afresh, e.g. to fall
         back to CPU) or existed already (another engine, a replay: that one is
         followed)."""
+        new = self._new_attempt(start, view, batch)
+        return None if new is None else self._recorded(new, batch)
+
+    def _new_attempt(
+        self, start: StartAttempt, view: RunWithAttempts, batch: str | None
+    ) -> StageAttempt | None:
+        """The attempt ``start`` asks for, placed, not recorded yet; None: no place now."""
         new = StageAttempt(
             id=attempt_id(view.run.id, start.stage, start.attempt),
             run_id=view.run.id,
@@ -812,12 +960,34 @@ class Reconciler:
         if placed is None:
             return None
         new.placement, new.accelerator = placed.placement, placed.accelerator
+        return new
+
+    def _recorded(self, new: StageAttempt, batch: str | None) -> StageAttempt | None:
+        """Records ``new``: it, or None if it existed already and is not this one to
+        start (handed over, or recorded alone or in another batch)."""
         attempt = self.store.add_attempt(new)
         if attempt.state != AttemptState.PENDING or attempt.handle is not None:
             return None
         if batch is not None and attempt.batch != batch:
             return None  # recorded earlier, alone or in another batch
         return attempt
+
+    def _follower(
+        self, view: RunWithAttempts, member: ChainMember, head: StageAttempt
+    ) -> StageAttempt:
+        """The attempt of a stage fused after ``head``, with its place and batch."""
+        return StageAttempt(
+            id=attempt_id(view.run.id, member.stage, member.attempt),
+            run_id=view.run.id,
+            stage=member.stage,
+            attempt=member.attempt,
+            algorithm=self._pipeline(view).stages[member.stage].algorithm.ref,
+            accelerator=head.accelerator,
+            placement=head.placement,
+            executor=self.executor.name,
+            batch=head.batch,
+            keep_local=member.keep_local,
+        )
 
     def _add_followers(
         self, start: StartAttempt, view: RunWithAttempts, head: StageAttempt
@@ -827,19 +997,7 @@ class Reconciler:
         a stage it feeds is then started again later, with a stage before it."""
         recorded: list[StageAttempt] = []
         for member in start.chain:
-            new = StageAttempt(
-                id=attempt_id(view.run.id, member.stage, member.attempt),
-                run_id=view.run.id,
-                stage=member.stage,
-                attempt=member.attempt,
-                algorithm=self._pipeline(view).stages[member.stage].algorithm.ref,
-                accelerator=head.accelerator,
-                placement=head.placement,
-                executor=self.executor.name,
-                batch=head.batch,
-                keep_local=member.keep_local,
-            )
-            attempt = self.store.add_attempt(new)
+            attempt = self.store.add_attempt(self._follower(view, member, head))
             if (
                 attempt.state != AttemptState.PENDING
                 or attempt.handle is not None
@@ -947,9 +1105,12 @@ class Reconciler:
                 extra=about(view.clip.id, view.run.id, attempt.stage, attempt.attempt),
             )
             return True
-        self._record_submission(view, attempt, launch, submissions[attempt.id])
-        for member, follower in zip(chain, launch.chain, strict=True):
-            self._record_submission(view, member, follower, submissions[member.id])
+        self._record_submissions(
+            [
+                (view, member, member_launch, submissions[member.id])
+                for member, member_launch in zip([attempt, *chain], launch.members, strict=True)
+            ]
+        )
         return True
 
     def _refused(self, view: RunWithAttempts, attempt: StageAttempt, exc: SubmitRefused) -> None:
@@ -991,47 +1152,77 @@ class Reconciler:
         attempt.placement, attempt.accelerator = placed.placement, placed.accelerator
         return True
 
-    def _record_submission(
+    def _record_submissions(
         self,
-        view: RunWithAttempts,
-        attempt: StageAttempt,
-        launch: StageLaunch,
-        submission: Submission,
+        handed: list[tuple[RunWithAttempts, StageAttempt, StageLaunch, Submission]],
+        trouble: _Trouble | None = None,
     ) -> None:
+        """Records the handles the executor gave, together (see ``_write_changes``),
+        and marks each run started at its first stage."""
         now = self.clock()
-        if not self.store.update_attempt(
-            attempt.id,
-            (AttemptState.PENDING,),
-            state=AttemptState.RUNNING,
-            handle=submission.handle,
-            accelerator=submission.accelerator,
-            placement=submission.placement,
-            batch=submission.batch or attempt.batch,
-            submitted_at=now,
-            image=launch.image,
-            reason=None,
-            log_uri=self.executor.log_uri(submission.handle),
-        ):
-            log.warning(
-                "attempt %s moved on while it was submitted: left as it is",
-                attempt.id,
-                extra=about(view.clip.id, view.run.id, attempt.stage, attempt.attempt),
+        changes = [
+            (
+                view,
+                AttemptChange(
+                    attempt.id,
+                    {
+                        "state": AttemptState.RUNNING,
+                        "handle": submission.handle,
+                        "accelerator": submission.accelerator,
+                        "placement": submission.placement,
+                        "batch": submission.batch or attempt.batch,
+                        "submitted_at": now,
+                        "image": launch.image,
+                        "reason": None,
+                        "log_uri": self.executor.log_uri(submission.handle),
+                    },
+                    (AttemptState.PENDING,),
+                ),
             )
+            for view, attempt, launch, submission in handed
+        ]
+        started: dict[str, RunWithAttempts] = {}
+        step = "starting a stage of"
+        for (view, attempt, launch, submission), written in zip(
+            handed, self._write_changes(changes, trouble, step), strict=True
+        ):
+            fields = about(view.clip.id, view.run.id, attempt.stage, attempt.attempt)
+            if not written:
+                if trouble is None or view.run.id not in trouble:
+                    log.warning(
+                        "attempt %s moved on while it was submitted: left as it is",
+                        attempt.id,
+                        extra=fields,
+                    )
+                continue
+            if view.run.status == RunStatus.PENDING:  # its first stage: one write per run
+                started[view.run.id] = view
+            log.info(
+                "clip %s run %s: stage %s attempt %d submitted on %s (%s)%s",
+                _clip_name(view.clip),
+                view.run.id,
+                attempt.stage,
+                attempt.attempt,
+                submission.accelerator,
+                submission.placement,
+                f" in batch {launch.batch}" if launch.batch else "",
+                extra=fields,
+            )
+        if not started:
             return
-        if view.run.status == RunStatus.PENDING:  # its first stage: one write per run
-            self.store.mark_run_started(view.run.id, now)
+        try:
+            with self.store.savepoint():
+                self.store.mark_runs_started(list(started), now)
+        except Exception:
+            if trouble is None:
+                raise
+            for view in list(started.values()):
+                with trouble.isolate(view, step):
+                    self.store.mark_run_started(view.run.id, now)
+                if view.run.id in trouble:
+                    del started[view.run.id]
+        for view in started.values():
             view.run.status, view.run.started_at = RunStatus.RUNNING, now
-        log.info(
-            "clip %s run %s: stage %s attempt %d submitted on %s (%s)%s",
-            _clip_name(view.clip),
-            view.run.id,
-            attempt.stage,
-            attempt.attempt,
-            submission.accelerator,
-            submission.placement,
-            f" in batch {launch.batch}" if launch.batch else "",
-            extra=about(view.clip.id, view.run.id, attempt.stage, attempt.attempt),
-        )
 
     def _pipeline(self, view: RunWithAttempts) -> Pipeline:
         pipeline = self.pipeline_of(view.run)
@@ -1067,38 +1258,111 @@ class Reconciler:
     def _finish(self, view: RunWithAttempts, action: FinishRun) -> RunStatus | None:
         """Writes result.json and ends the run; the status it ended with, or None if it
         stays active (S3 away: the next tick tries again) or was ended already."""
-        attempts = self.store.attempts_of_run(view.run.id)
         now = self.clock()
-        status, error = action.status, action.error
         try:
-            payload: dict[str, Any] = {}
-            if status == RunStatus.SUCCEEDED:
-                try:
-                    payload = self._payload(view, attempts)
-                except BrokenContract as exc:
-                    status, error = RunStatus.FAILED, exc.reason
-                    attempts = self.store.attempts_of_run(view.run.id)
-            result = compose_result(view.run, view.clip, attempts, status, error, payload, now)
-            key = result_key(view.clip.tenant, view.clip.camera, view.clip.id, view.run.pipeline)
-            uri = self.s3.put_json(self.results_bucket, key, result)
+            ending = self._compose(view, action, self.store.attempts_of_run(view.run.id), now)
+            uri = self.s3.put_json(self.results_bucket, ending.key, ending.result)
         except StorageError as exc:
-            # The run stays active; the next tick writes the result again.
-            log.warning(
-                "clip %s run %s: could not write result.json: %s",
-                _clip_name(view.clip),
-                view.run.id,
-                exc,
-                extra=about(view.clip.id, view.run.id),
-            )
+            self._unwritten(view, exc)
             return None
-        if not self.store.finish_run(view.run.id, status, error, result, uri, now):
+        if not self.store.finish_run(
+            view.run.id, ending.status, ending.error, ending.result, uri, now
+        ):
             return None
-        # Stages still in flight were cancelled with the run: they no longer hold slots.
-        if any(a.state in (AttemptState.PENDING, AttemptState.RUNNING) for a in attempts):
-            self.store.settle_attempts(view.run.id, "cancelled: the run ended", now)
-        telemetry.run_finished(view.run.pipeline, status)
-        fields = about(view.clip.id, view.run.id)
+        self._ended(view, ending, uri)
+        return ending.status
+
+    def _finish_runs(
+        self,
+        finishing: list[tuple[RunWithAttempts, FinishRun]],
+        trouble: _Trouble,
+        report: TickReport,
+    ) -> None:
+        """``_finish`` for a tick's finishing runs together: their attempts read in one
+        query, their result.json written, then the store's writes sent together."""
+        if not finishing:
+            return
+        now = self.clock()
+        attempts = self.store.attempts_of_runs([view.run.id for view, _ in finishing])
+        endings: list[tuple[RunWithAttempts, _Ending]] = []
+        for view, action in finishing:
+            with trouble.isolate(view, "finishing"):
+                try:
+                    endings.append((view, self._compose(view, action, attempts[view.run.id], now)))
+                except StorageError as exc:
+                    self._unwritten(view, exc)
+        # What acting wrote is committed first: on SQLite it would hold every other
+        # writer (the watcher, the API) behind the S3 writes.
+        self.store.checkpoint()
+        uris = self._put_results(endings, trouble)
+        stored = [
+            (view, RunFinish(view.run.id, ending.status, ending.error, ending.result, uri, now))
+            for (view, ending), uri in zip(endings, uris, strict=True)
+            if uri is not None
+        ]
+        ended = self._together(stored, self.store.finish_runs, trouble, "finishing")
+        by_run = {view.run.id: ending for view, ending in endings}
+        for (view, finish), done in zip(stored, ended, strict=True):
+            if done:
+                self._ended(view, by_run[view.run.id], finish.result_uri)
+                report.finished.append((view.run.id, finish.status))
+
+    def _put_results(
+        self, endings: list[tuple[RunWithAttempts, _Ending]], trouble: _Trouble
+    ) -> list[str | None]:
+        """Writes each ending's result.json; each one's URI, or None where it could not
+        be written (the run stays active: the next tick tries again)."""
+        uris: list[str | None] = []
+        for view, ending in endings:
+            uri = None
+            with trouble.isolate(view, "finishing"):
+                try:
+                    uri = self.s3.put_json(self.results_bucket, ending.key, ending.result)
+                except StorageError as exc:
+                    self._unwritten(view, exc)
+            uris.append(uri)
+        return uris
+
+    def _compose(
+        self,
+        view: RunWithAttempts,
+        action: FinishRun,
+        attempts: list[StageAttempt],
+        now: datetime,
+    ) -> _Ending:
+        """The run's result.json, from what its stages published; StorageError if S3
+        could not be read."""
+        status, error = action.status, action.error
+        payload: dict[str, Any] = {}
         if status == RunStatus.SUCCEEDED:
+            try:
+                payload = self._payload(view, attempts)
+            except BrokenContract as exc:
+                status, error = RunStatus.FAILED, exc.reason
+                attempts = self.store.attempts_of_run(view.run.id)
+        result = compose_result(view.run, view.clip, attempts, status, error, payload, now)
+        key = result_key(view.clip.tenant, view.clip.camera, view.clip.id, view.run.pipeline)
+        return _Ending(status, error, result, key, attempts)
+
+    def _unwritten(self, view: RunWithAttempts, exc: StorageError) -> None:
+        # The run stays active; the next tick writes the result again.
+        log.warning(
+            "clip %s run %s: could not write result.json: %s",
+            _clip_name(view.clip),
+            view.run.id,
+            exc,
+            extra=about(view.clip.id, view.run.id),
+        )
+
+    def _ended(self, view: RunWithAttempts, ending: _Ending, uri: str | None) -> None:
+        """What follows a run's end in the store: its stages still in flight are
+        settled (cancelled with the run, they no longer hold slots), and it is counted
+        and logged."""
+        if any(a.state in IN_FLIGHT for a in ending.attempts):
+            self.store.settle_attempts(view.run.id, "cancelled: the run ended", self.clock())
+        telemetry.run_finished(view.run.pipeline, ending.status)
+        fields = about(view.clip.id, view.run.id)
+        if ending.status == RunStatus.SUCCEEDED:
             log.info(
                 "clip %s run %s: succeeded, result at %s",
                 _clip_name(view.clip),
@@ -1111,7 +1375,6 @@ class Reconciler:
                 "clip %s run %s: failed: %s",
                 _clip_name(view.clip),
                 view.run.id,
-                error,
+                ending.error,
                 extra=fields,
             )
-        return status

@@ -9,7 +9,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import (
     ARRAY,
@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Dialect, Engine, make_url
-from sqlalchemy.exc import DisconnectionError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.expression import Executable
 from sqlmodel import Session, col, create_engine, select
@@ -51,12 +51,43 @@ from orchestrator.store.models import (
     utcnow,
 )
 from orchestrator.store.tenancy import SkippedRun
-from orchestrator.store.webhooks import enqueue_run_event
+from orchestrator.store.webhooks import enqueue_run_event, enqueue_run_events
 
 ACTIVE = (RunStatus.PENDING, RunStatus.RUNNING)
 #: The counter behind ``Run.finished_seq``, the event stream's cursor.
 FINISHED_RUNS = "finished_runs"
 Row = TypeVar("Row", StageAttempt, AlgorithmVersion)
+
+
+class RunFinish(NamedTuple):
+    """How one run ends (``Store.finish_runs``)."""
+
+    run_id: str
+    status: RunStatus
+    error: str | None
+    result: dict[str, Any] | None
+    result_uri: str | None
+    at: datetime
+
+    def values(self) -> dict[str, Any]:
+        """The run's columns it sets."""
+        return {
+            "status": self.status,
+            "error": self.error,
+            "result": self.result,
+            "result_uri": self.result_uri,
+            "finished_at": self.at,
+        }
+
+
+class AttemptChange(NamedTuple):
+    """One ``update_attempt``: ``values`` set on the attempt, only while it is in one of
+    the ``expect`` states (None: any) and, with ``expect_handle``, has that handle."""
+
+    attempt_id: str
+    values: dict[str, Any]
+    expect: Collection[AttemptState] | None = None
+    expect_handle: str | None = None
 
 
 @dataclass(frozen=True)
@@ -93,14 +124,53 @@ class _Prepared:
             fixed = _GIVEN if bind.required else bind.effective_value
             self._binds.append((name, bind.key, fixed, processor))
 
-    def run(self, connection: Connection, params: dict[str, Any]) -> CursorResult[Any]:
+    def _bound(self, params: dict[str, Any]) -> Any:
         values: dict[str, Any] = {}
         for name, key, fixed, processor in self._binds:
             value = params[key] if fixed is _GIVEN else fixed
             values[name] = value if processor is None else processor(value)
         if self._positions is None:
-            return connection.exec_driver_sql(self.sql, values)
-        return connection.exec_driver_sql(self.sql, tuple(values[n] for n in self._positions))
+            return values
+        return tuple(values[n] for n in self._positions)
+
+    def run(self, connection: Connection, params: dict[str, Any]) -> CursorResult[Any]:
+        return connection.exec_driver_sql(self.sql, self._bound(params))
+
+    def many(self, connection: Connection, params: Sequence[dict[str, Any]]) -> list[int]:
+        """The statement once per parameter set, and the rows each changed. PostgreSQL
+        takes them all in one round trip (psycopg's pipeline: SQLAlchemy's executemany
+        sums the counts, and each is needed to know which rows moved)."""
+        if connection.dialect.driver != "psycopg" or len(params) < 2:
+            return [int(self.run(connection, p).rowcount or 0) for p in params]
+        return [count for count, _ in self._pipelined(connection, params)]
+
+    def first_rows(self, connection: Connection, params: Sequence[dict[str, Any]]) -> list[Any]:
+        """``many`` for a statement that answers a row: each one's first row."""
+        if connection.dialect.driver != "psycopg" or len(params) < 2:
+            return [self.run(connection, p).one() for p in params]
+        return [row for _, row in self._pipelined(connection, params)]
+
+    def _pipelined(
+        self, connection: Connection, params: Sequence[dict[str, Any]]
+    ) -> list[tuple[int, Any]]:
+        dialect = connection.dialect
+        raw = connection.connection.driver_connection
+        assert raw is not None
+        try:
+            with raw.cursor() as cursor:
+                cursor.executemany(self.sql, [self._bound(p) for p in params], returning=True)
+                counts = [(cursor.rowcount, cursor.fetchone() if cursor.description else None)]
+                while cursor.nextset():
+                    row = cursor.fetchone() if cursor.description else None
+                    counts.append((cursor.rowcount, row))
+        except dialect.loaded_dbapi.Error as exc:
+            # Raised as SQLAlchemy raises it, so callers tell an outage from a refusal.
+            if dialect.is_disconnect(exc, raw, None):
+                connection.invalidate(exc)
+            raise DBAPIError.instance(
+                self.sql, None, exc, dialect.loaded_dbapi.Error, dialect=dialect
+            ) from exc
+        return counts
 
 
 def _table(model: Any) -> Table:
@@ -794,21 +864,68 @@ class Store:
         attempt backwards. False when nothing was updated. One prepared statement per
         shape (the columns set, the states expected, whether the handle is): the
         engine's most frequent write, a few per attempt."""
-        keys = tuple(sorted(values))
-        states = None if expect is None else tuple(sorted(expect))
         # With expect_handle, the status read was of this handle, not a newer one.
-        by_handle = expect_handle is not None
-        statement = self._prepared(
-            ("update_attempt", keys, states, by_handle),
-            lambda: _attempt_update(keys, states, by_handle),
-        )
-        params = {f"new_{key}": value for key, value in values.items()}
-        params["attempt_id"], params["expect_handle"] = attempt_id, expect_handle
+        return self.update_attempts([AttemptChange(attempt_id, values, expect, expect_handle)])[0]
+
+    @property
+    def in_batch(self) -> bool:
+        """Whether this thread writes in a ``batch`` (whose savepoints can undo)."""
+        return self._batch.session is not None
+
+    @property
+    def writes_in_bulk(self) -> bool:
+        """Whether ``update_attempts`` and ``add_attempts`` cost one round trip however
+        many rows (PostgreSQL); elsewhere each row is a statement of its own."""
+        return self.engine.dialect.driver == "psycopg"
+
+    def update_attempts(self, changes: Sequence[AttemptChange]) -> list[bool]:
+        """``update_attempt`` for each change, in one round trip per shape of change
+        on PostgreSQL; what each did, in order. A statement that fails fails them all
+        (on PostgreSQL, call it in a savepoint and go one by one after)."""
+        done = [False] * len(changes)
+        shapes: dict[tuple[Any, ...], list[int]] = {}
+        for n, change in enumerate(changes):
+            states = None if change.expect is None else tuple(sorted(change.expect))
+            shape = (tuple(sorted(change.values)), states, change.expect_handle is not None)
+            shapes.setdefault(shape, []).append(n)
         with self._connection() as connection:
-            done = bool(statement.run(connection, params).rowcount)
-        if done:
-            self._held(StageAttempt, attempt_id, values)
+            for (keys, states, by_handle), indexes in shapes.items():
+                statement = self._prepared(
+                    ("update_attempt", keys, states, by_handle),
+                    lambda k=keys, s=states, h=by_handle: _attempt_update(k, s, h),
+                )
+                params = []
+                for n in indexes:
+                    change = changes[n]
+                    values = {f"new_{key}": value for key, value in change.values.items()}
+                    values["attempt_id"] = change.attempt_id
+                    values["expect_handle"] = change.expect_handle
+                    params.append(values)
+                for n, count in zip(indexes, statement.many(connection, params), strict=True):
+                    done[n] = bool(count)
+        for change, ok in zip(changes, done, strict=True):
+            if ok:
+                self._held(StageAttempt, change.attempt_id, change.values)
         return done
+
+    def add_attempts(self, attempts: Sequence[StageAttempt]) -> list[bool]:
+        """Inserts the attempts, in one round trip on PostgreSQL; False for each that
+        was not inserted because one with its key exists already (a replay)."""
+        table = _table(StageAttempt)
+        dialect = self.engine.dialect.name
+        statement = self._prepared(("insert", table.name), lambda: _insert_ignoring(table, dialect))
+        params = [{f"new_{c.name}": getattr(a, c.name) for c in table.columns} for a in attempts]
+        with self._connection() as connection:
+            return [bool(count) for count in statement.many(connection, params)]
+
+    def mark_runs_started(self, run_ids: Sequence[str], at: datetime) -> None:
+        """``mark_run_started`` for many, in one round trip on PostgreSQL."""
+        statement = self._prepared(("run_started",), _run_started)
+        with self._connection() as connection:
+            counts = statement.many(connection, [{"run_id": r, "at": at} for r in run_ids])
+        for run_id, count in zip(run_ids, counts, strict=True):
+            if count:
+                self._held(Run, run_id, {"status": RunStatus.RUNNING, "started_at": at})
 
     def delete_attempt(self, attempt_id: str) -> None:
         """Withdraws an attempt no executor took, so the engine may decide afresh."""
@@ -819,11 +936,7 @@ class Store:
                 session.commit()
 
     def mark_run_started(self, run_id: str, at: datetime) -> None:
-        statement = self._prepared(("run_started",), _run_started)
-        with self._connection() as connection:
-            done = statement.run(connection, {"run_id": run_id, "at": at}).rowcount
-        if done:
-            self._held(Run, run_id, {"status": RunStatus.RUNNING, "started_at": at})
+        self.mark_runs_started([run_id], at)
 
     def finish_run(
         self,
@@ -837,45 +950,69 @@ class Store:
         """Moves an active run to its terminal status exactly once; False if it was
         already finished (a replayed tick after a crash). It takes the next number of
         the finished-runs sequence in the same transaction (the event stream's cursor)."""
-        values = {
-            "status": status,
-            "error": error,
-            "result": result,
-            "result_uri": result_uri,
-            "finished_at": at,
-        }
+        return self.finish_runs([RunFinish(run_id, status, error, result, result_uri, at)])[0]
+
+    def finish_runs(self, finishes: Sequence[RunFinish]) -> list[bool]:
+        """``finish_run`` for each, in order, with the run's webhooks queued in the same
+        transaction (a run never ends without them); on PostgreSQL in two round trips
+        however many runs."""
+        done = [False] * len(finishes)
+        todo = list(range(len(finishes)))
         for _ in range(2):
             if self.engine.dialect.name == "postgresql":
                 with self._connection() as connection:
-                    done = self._finish_on_postgres(connection, run_id, values)
+                    outcomes = self._finish_on_postgres(connection, [finishes[n] for n in todo])
             else:
-                with self.session() as session:
-                    done = _all_or_nothing(
-                        session, lambda: self._finish_once(session, run_id, values)
-                    )
-            if done is not None:
-                if done:
-                    self._held(Run, run_id, values)
+                outcomes = []
+                for n in todo:
+                    with self.session() as session:
+                        outcomes.append(
+                            _all_or_nothing(
+                                session, lambda f=finishes[n]: self._finish_once(session, f)
+                            )
+                        )
+            again = []
+            for n, outcome in zip(todo, outcomes, strict=True):
+                if outcome is None:
+                    again.append(n)  # the first run to finish in this store
+                    continue
+                done[n] = outcome
+                if outcome:
+                    self._held(Run, finishes[n].run_id, finishes[n].values())
+            if not again:
                 return done
-            self._create_counter(FINISHED_RUNS)  # the first run to finish in this store
+            todo = again
+            self._create_counter(FINISHED_RUNS)
         raise StorageError(f"counter {FINISHED_RUNS!r} vanished while in use")
 
     def _finish_on_postgres(
-        self, connection: Connection, run_id: str, values: dict[str, Any]
-    ) -> bool | None:
-        """``_finish_once`` in one prepared statement (and the webhooks' one)."""
+        self, connection: Connection, finishes: Sequence[RunFinish]
+    ) -> list[bool | None]:
+        """``_finish_once`` for each, as prepared statements sent together: the runs'
+        and then their webhooks'."""
         statement = self._prepared(("finish_run",), _finish_on_postgres)
-        params = {**values, "run_id": run_id, "counter": FINISHED_RUNS}
-        active, finished = statement.run(connection, params).one()
-        if not finished:
-            return None if active else False
-        # Its webhooks, in the same transaction: a run never ends without them.
-        enqueue = enqueue_run_event(run_id, values["status"], values["finished_at"])
-        if enqueue is not None:
-            connection.execute(enqueue)
-        return True
+        params = [
+            {**finish.values(), "run_id": finish.run_id, "counter": FINISHED_RUNS}
+            for finish in finishes
+        ]
+        outcomes: list[bool | None] = []
+        events: dict[RunStatus, list[dict[str, Any]]] = {}
+        for finish, (active, finished) in zip(
+            finishes, statement.first_rows(connection, params), strict=True
+        ):
+            outcomes.append(True if finished else None if active else False)
+            if finished:
+                events.setdefault(finish.status, []).append(
+                    {"run_id": finish.run_id, "at": finish.at}
+                )
+        for status, runs in events.items():
+            enqueue = enqueue_run_events(status)
+            if enqueue is not None:
+                queued = self._prepared(("enqueue_run_events", status), lambda e=enqueue: e)
+                queued.many(connection, runs)
+        return outcomes
 
-    def _finish_once(self, session: Session, run_id: str, values: dict[str, Any]) -> bool | None:
+    def _finish_once(self, session: Session, finish: RunFinish) -> bool | None:
         """None: no counter yet; False: not active (and the number is given back, so a
         replay leaves no gap)."""
         seq = self._bump(session, FINISHED_RUNS)
@@ -883,13 +1020,13 @@ class Store:
             return None
         changed = session.exec(
             update(Run)
-            .where(col(Run.id) == run_id, col(Run.status).in_(ACTIVE))
-            .values(**values, finished_seq=seq)
+            .where(col(Run.id) == finish.run_id, col(Run.status).in_(ACTIVE))
+            .values(**finish.values(), finished_seq=seq)
         )
         if not changed.rowcount:
             return False
         # Its webhooks, in the same transaction: a run never ends without them.
-        enqueue = enqueue_run_event(run_id, values["status"], values["finished_at"])
+        enqueue = enqueue_run_event(finish.run_id, finish.status, finish.at)
         if enqueue is not None:
             session.exec(enqueue)  # type: ignore[call-overload]
         return True
@@ -987,6 +1124,18 @@ class Store:
     def attempts_of_run(self, run_id: str) -> list[StageAttempt]:
         with self.session() as session:
             return list(session.exec(_ATTEMPTS_OF_RUN, params={"run_id": run_id}).all())
+
+    def attempts_of_runs(self, run_ids: Sequence[str]) -> dict[str, list[StageAttempt]]:
+        """``attempts_of_run`` for each, in one query (or one per 500 on SQLite)."""
+        attempts: dict[str, list[StageAttempt]] = {run_id: [] for run_id in run_ids}
+        with self.session() as session:
+            for among in self._among(col(StageAttempt.run_id), list(attempts)):
+                query = select(StageAttempt).where(among)
+                for attempt in session.exec(
+                    query.order_by(col(StageAttempt.created_at), col(StageAttempt.attempt))
+                ).all():
+                    attempts[attempt.run_id].append(attempt)
+        return attempts
 
     def get_run(self, run_id: str) -> Run:
         with self.session() as session:
