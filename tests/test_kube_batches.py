@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -651,3 +652,58 @@ def test_a_clip_resubmitted_alone_takes_its_batch_name_so_a_late_batch_create_ru
     finally:
         fresh.close()
         api.stop()
+
+
+def test_a_job_whose_clips_ended_before_it_completed_gives_its_budget_back(
+    settings: Settings,
+    made: list[Cluster],
+    tmp_path: Path,
+    s3_server: EmbeddedS3,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Since 1.31 a Job is Complete only once its pods have stopped, a moment after its
+    # last index succeeded (SuccessCriteriaMet). An engine that saw every clip end in
+    # that moment stopped looking at the Job, and with a budget of one Job it waited for
+    # ever for that Job to finish: the next stage never started.
+    from tests import kube_emulator
+
+    complete = threading.Event()
+    condition = kube_emulator.JobRunner._condition
+
+    def held(runner: Any, job: dict[str, Any], kind: str, *args: Any) -> None:
+        if kind == "Complete" and not complete.is_set():
+            return  # its pods are still stopping
+        condition(runner, job, kind, *args)
+
+    monkeypatch.setattr(kube_emulator.JobRunner, "_condition", held)
+    pipelines = tmp_path / "pipelines"
+    pipelines.mkdir()
+    (pipelines / "two.yaml").write_text(
+        "name: two\ntrigger: {prefix: two/, suffix: .mp4}\nstages:\n"
+        "  - {name: first, algorithm: probe@1.0.0, params: {mode: ok}, fuse: false}\n"
+        "  - {name: second, algorithm: probe@1.0.0, params: {mode: ok}, needs: [first]}\n"
+    )
+    dev = _make(made, tmp_path, s3_server, "dev")
+    kube = _kube_settings(settings, [dev], probe=True).model_copy(
+        update={"pipeline_dirs": [pipelines]}
+    )
+    with open_runtime(kube) as runtime:
+        # Two clips: one Indexed Job, whose clips end with their indexes.
+        runs = list(_upload(runtime, "two", ["cam1", "cam2"]).values())
+
+        def attempts() -> list[Any]:
+            return [a for run_id in runs for a in runtime.store.attempts_of_run(run_id)]
+
+        def first_ended() -> bool:
+            runtime.reconciler.tick()
+            return all(a.state == AttemptState.SUCCEEDED for a in attempts())
+
+        _until(first_ended, timeout=60, every=0.1)
+        [job] = dev.jobs()
+        assert job["spec"]["completionMode"] == "Indexed"
+        for _ in range(3):  # nothing runs: the engine has no clip of that Job to poll
+            runtime.reconciler.tick()
+        assert {a.stage for a in attempts()} == {"first"}  # the Job holds the budget
+        complete.set()
+        drive(runtime, runs, timeout=30, interval=0.1)
+        assert {runtime.store.get_run(run_id).status for run_id in runs} == {RunStatus.SUCCEEDED}

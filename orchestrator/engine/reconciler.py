@@ -359,7 +359,9 @@ class Reconciler:
                     continue
                 if attempt.state == AttemptState.RUNNING and attempt.handle:
                     running[attempt.handle] = (view, attempt)
-        statuses = self._poll(running, trouble) if running else {}
+        # Polled with nothing running too: an executor follows what holds its
+        # capacity (a Kubernetes Job whose clips all ended, not yet complete) there.
+        statuses = self._poll(running, trouble)
         observed: list[_Observed] = []
         for n, (handle, (view, attempt)) in enumerate(running.items(), 1):
             status = statuses.get(handle)

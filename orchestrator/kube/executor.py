@@ -275,13 +275,18 @@ class KubernetesExecutor:
     # --- observing ----------------------------------------------------------------------
 
     def _look(self, cluster: ClusterSettings, names: Sequence[str]) -> None:
-        """Lists the named Jobs and their pods: two requests per chunk of names."""
+        """Lists the named Jobs and their pods: two requests per chunk of names. Jobs
+        last seen unfinished are looked at too, polled or not: they hold the cluster's
+        budget until they finish, and a Job's clips can all have ended (its completed
+        indexes) before its Complete condition is set; followed only through its clips'
+        handles, it would hold that budget for ever once none is polled any more."""
         view = self.views[cluster.name]
         api = self.apis[cluster.name]
         attempts = None if view.reachable else 1
         jobs: dict[str, dict[str, Any]] = {}
         pods: dict[str, list[dict[str, Any]]] = {}
-        for chunk in _chunks(sorted(set(names)), NAMES_PER_LIST):
+        unfinished = [name for name, job in view.jobs.items() if not finished(job)]
+        for chunk in _chunks(sorted({*names, *unfinished}), NAMES_PER_LIST):
             wanted = ",".join(chunk)
             for job in api.list_jobs(f"{SELECTOR},{LABEL_JOB} in ({wanted})", attempts):
                 jobs[job["metadata"]["name"]] = job
