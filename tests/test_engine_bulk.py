@@ -219,3 +219,36 @@ def test_a_result_that_cannot_be_written_keeps_its_run_active_alone(
     runs = _until_done(runtime, clip_ids)
     assert all(r.status == RunStatus.SUCCEEDED for r in runs)
     assert sorted(r.finished_seq for r in runs) == list(range(1, len(runs) + 1))
+
+
+def test_a_ticks_batches_are_recorded_together_and_submitted_one_by_one(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clip_ids = _record(runtime, 24)
+    adds: list[int] = []
+    submits: list[int] = []
+    add_attempts, submit = runtime.store.add_attempts, runtime.executor.submit
+
+    def counted_adds(rows: Any) -> Any:
+        adds.append(len(rows))
+        return add_attempts(rows)
+
+    def counted_submits(launches: Any) -> Any:
+        submits.append(len(launches))
+        return submit(launches)
+
+    monkeypatch.setattr(runtime.store, "add_attempts", counted_adds)
+    monkeypatch.setattr(runtime.executor, "submit", counted_submits)
+    for _ in range(3):
+        runtime.reconciler.tick()
+        if submits:
+            break
+    # Four slots: four batches of six clips, each its own submit (one process, one Job).
+    assert submits == [6, 6, 6, 6]
+    if runtime.store.writes_in_bulk:
+        # Their 24 chains of four fused stages went to the store in one round trip.
+        assert adds == [24 * len(STAGES)]
+    runs = _until_done(runtime, clip_ids)
+    assert all(r.status == RunStatus.SUCCEEDED for r in runs)
+    for run in runs:
+        _each_stage_once(runtime, run)

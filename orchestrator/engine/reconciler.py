@@ -11,6 +11,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -130,6 +131,11 @@ class _Trouble:
                 )
             self.runs.setdefault(view.run.id, (step, exc))
 
+
+#: result.json writes in flight at once when a tick ends many runs: as many as a boto3
+#: client keeps connections (its max_pool_connections), beyond which each would open
+#: and drop a connection of its own.
+RESULT_WRITERS = 10
 
 Item = TypeVar("Item")
 
@@ -657,7 +663,11 @@ class Reconciler:
         free_gpu = capacity.gpu_slots - self.store.count_attempts(
             self.executor.name, "gpu", self.owner
         )
+        # An executor that places each batch by what was submitted before it (the
+        # Kubernetes budgets) gets its batches one by one; another, together.
+        together = not getattr(self.executor, "durable_before_submit", True)
         with self.store.batch():
+            grouped: list[list[StartAttempt]] = []
             for execution, batchable in self._executions(starts, by_id, free, free_gpu, now):
                 if not self.may_act():
                     log.warning("no longer the leader: this tick stops before starting stages")
@@ -669,8 +679,11 @@ class Reconciler:
                     with trouble.isolate(view, "starting a stage of"):
                         self._start(start, view)
                         report.started += 1
+                elif execution and together:
+                    grouped.append(execution)
                 elif execution:
-                    report.started += self._start_batch(execution, by_id, trouble)
+                    report.started += self._start_batches([execution], by_id, trouble)
+            report.started += self._start_batches(grouped, by_id, trouble)
         self._settle(views, trouble, report)
         report.active = len(views) - len(report.finished)
         return report
@@ -835,16 +848,47 @@ class Reconciler:
             for chunk in executions
         ]
 
-    def _start_batch(
-        self, starts: list[StartAttempt], by_id: dict[str, RunWithAttempts], trouble: _Trouble
+    def _start_batches(
+        self,
+        executions: list[list[StartAttempt]],
+        by_id: dict[str, RunWithAttempts],
+        trouble: _Trouble,
     ) -> int:
-        """Records the attempts of one batch, then starts them in one submit. One that
-        cannot be handed over stays recorded where it was placed, and a later tick's
-        Resubmit starts it on its own."""
-        batch = f"b-{uuid.uuid4().hex[:16]}"
+        """Records the attempts of batches (all of them in one round trip where the
+        store can), starts each batch in one submit, then records every handle the
+        executor gave in one round trip. A clip that cannot be handed over stays
+        recorded where it was placed, and a later tick's Resubmit starts it on its own."""
+        if not executions:
+            return 0
+        batches = [f"b-{uuid.uuid4().hex[:16]}" for _ in executions]
+        planned = [
+            self._plan_chains(starts, by_id, trouble, batch)
+            for starts, batch in zip(executions, batches, strict=True)
+        ]
+        recorded = self._record_chains(list(zip(batches, planned, strict=True)), trouble)
+        if getattr(self.executor, "durable_before_submit", True) and any(recorded):
+            self.store.checkpoint()
+        handed: list[tuple[RunWithAttempts, StageAttempt, StageLaunch, Submission]] = []
+        started = 0
+        for batch, chains in zip(batches, recorded, strict=True):
+            given, count = self._submit_batch(batch, chains, trouble)
+            handed += given
+            started += count
+        self._record_submissions(handed, trouble)
+        return started
+
+    def _submit_batch(
+        self,
+        batch: str,
+        chains: list[tuple[RunWithAttempts, StageAttempt, list[StageAttempt]]],
+        trouble: _Trouble,
+    ) -> tuple[list[tuple[RunWithAttempts, StageAttempt, StageLaunch, Submission]], int]:
+        """Starts one batch's recorded chains in one submit: each attempt with the
+        launch and the submission the executor gave it (none if it refused them), and
+        how many chains started."""
         members: list[tuple[RunWithAttempts, StageAttempt, StageLaunch]] = []
-        chains: dict[str, list[StageAttempt]] = {}
-        for view, attempt, chain in self._record_chains(starts, by_id, trouble, batch):
+        whole: dict[str, list[StageAttempt]] = {}
+        for view, attempt, chain in chains:
             with trouble.isolate(view, "starting a stage of"):
                 launch = self._launch(view, attempt).model_copy(
                     update={
@@ -859,47 +903,39 @@ class Reconciler:
                     }
                 )
                 members.append((view, attempt, launch))
-                chains[attempt.id] = [attempt, *chain]
+                whole[attempt.id] = [attempt, *chain]
         if not members:
-            return 0
-        if getattr(self.executor, "durable_before_submit", True):
-            self.store.checkpoint()
+            return [], 0
         try:
             submissions = self.executor.submit([launch for _, _, launch in members])
         except SubmitRefused as exc:  # the same refusal for each of its clips
             for view, attempt, _ in members:
                 with trouble.isolate(view, "starting a stage of"):
                     self._refused(view, attempt, exc)
-            return 0
+            return [], 0
         except CamflowError as exc:
             # Their place is recorded: a Resubmit tries there again, and only there.
             log.warning("could not submit batch %s of %d clips: %s", batch, len(members), exc)
-            return 0
+            return [], 0
         handed: list[tuple[RunWithAttempts, StageAttempt, StageLaunch, Submission]] = []
         for view, attempt, launch in members:
             with trouble.isolate(view, "starting a stage of"):
                 handed += [
                     (view, member, member_launch, submissions[member.id])
-                    for member, member_launch in zip(
-                        chains[attempt.id], launch.members, strict=True
-                    )
+                    for member, member_launch in zip(whole[attempt.id], launch.members, strict=True)
                 ]
-        self._record_submissions(handed, trouble)
-        return len(members)
+        return handed, len(members)
 
-    def _record_chains(
+    def _plan_chains(
         self,
         starts: list[StartAttempt],
         by_id: dict[str, RunWithAttempts],
         trouble: _Trouble,
         batch: str,
-    ) -> list[tuple[RunWithAttempts, StageAttempt, list[StageAttempt]]]:
-        """Records the attempts of a batch's chains, each placed, and returns the
-        chains that start now: each first attempt with those fused after it. Where the
-        store can, all in one round trip; if one was recorded already (a replay,
-        another engine), that is undone and each chain is recorded on its own, which
-        decides where each chain must end."""
-        planned: list[tuple[StartAttempt, RunWithAttempts, StageAttempt, list[StageAttempt]]] = []
+    ) -> list[tuple[StartAttempt, RunWithAttempts, StageAttempt, list[StageAttempt]]]:
+        """The attempts a batch's chains ask for, placed, not recorded yet: each first
+        attempt with those fused after it."""
+        planned = []
         for start in starts:
             view = by_id[start.run_id]
             with trouble.isolate(view, "starting a stage of"):
@@ -907,31 +943,55 @@ class Reconciler:
                 if head is not None:
                     followers = [self._follower(view, member, head) for member in start.chain]
                     planned.append((start, view, head, followers))
-        if self.store.writes_in_bulk and self.store.in_batch and planned:
-            rows = [row for _, _, head, followers in planned for row in (head, *followers)]
+        return planned
+
+    def _record_chains(
+        self,
+        batches: list[
+            tuple[str, list[tuple[StartAttempt, RunWithAttempts, StageAttempt, list[StageAttempt]]]]
+        ],
+        trouble: _Trouble,
+    ) -> list[list[tuple[RunWithAttempts, StageAttempt, list[StageAttempt]]]]:
+        """Records the planned chains of each batch and returns, for each batch, the
+        chains that start now. Where the store can, all in one round trip; if one was
+        recorded already (a replay, another engine), that is undone and each chain is
+        recorded on its own, which decides where each chain must end."""
+        rows = [
+            row
+            for _, planned in batches
+            for _, _, head, followers in planned
+            for row in (head, *followers)
+        ]
+        if self.store.writes_in_bulk and self.store.in_batch and rows:
             try:
                 with self.store.savepoint():
                     if not all(self.store.add_attempts(rows)):
                         raise _RecordedBefore
-                return [(view, head, followers) for _, view, head, followers in planned]
+                return [
+                    [(view, head, followers) for _, view, head, followers in planned]
+                    for _, planned in batches
+                ]
             except _RecordedBefore:
                 pass
             except Exception as exc:
                 log.warning(
-                    "could not record batch %s's %d attempts together (%s: %s); "
+                    "could not record %d attempts of %d batches together (%s: %s); "
                     "recording them clip by clip",
-                    batch,
                     len(rows),
+                    len(batches),
                     type(exc).__name__,
                     exc,
                 )
-        chains = []
-        for start, view, head, _ in planned:
-            with trouble.isolate(view, "starting a stage of"):
-                attempt = self._recorded(head, batch)
-                if attempt is not None:
-                    chains.append((view, attempt, self._add_followers(start, view, attempt)))
-        return chains
+        recorded = []
+        for batch, planned in batches:
+            chains = []
+            for start, view, head, _ in planned:
+                with trouble.isolate(view, "starting a stage of"):
+                    attempt = self._recorded(head, batch)
+                    if attempt is not None:
+                        chains.append((view, attempt, self._add_followers(start, view, attempt)))
+            recorded.append(chains)
+        return recorded
 
     def _add_attempt(
         self, start: StartAttempt, view: RunWithAttempts, batch: str | None = None
@@ -1281,7 +1341,9 @@ class Reconciler:
         report: TickReport,
     ) -> None:
         """``_finish`` for a tick's finishing runs together: their attempts read in one
-        query, their result.json written, then the store's writes sent together."""
+        query, their result.json written side by side (each a round trip to S3, which
+        one after another would cap a tick at a few dozen runs a second), and the
+        store's writes sent together."""
         if not finishing:
             return
         now = self.clock()
@@ -1312,17 +1374,30 @@ class Reconciler:
     def _put_results(
         self, endings: list[tuple[RunWithAttempts, _Ending]], trouble: _Trouble
     ) -> list[str | None]:
-        """Writes each ending's result.json; each one's URI, or None where it could not
-        be written (the run stays active: the next tick tries again)."""
+        """Writes each ending's result.json, several at once; each one's URI, or None
+        where it could not be written (the run stays active: the next tick tries
+        again)."""
+
+        def put(item: tuple[RunWithAttempts, _Ending]) -> str | Exception:
+            ending = item[1]
+            try:
+                return self.s3.put_json(self.results_bucket, ending.key, ending.result)
+            except Exception as exc:  # handled below, on the engine's thread
+                return exc
+
+        if len(endings) > 1:
+            with ThreadPoolExecutor(min(RESULT_WRITERS, len(endings))) as pool:
+                written = list(pool.map(put, endings))
+        else:
+            written = [put(item) for item in endings]
         uris: list[str | None] = []
-        for view, ending in endings:
-            uri = None
-            with trouble.isolate(view, "finishing"):
-                try:
-                    uri = self.s3.put_json(self.results_bucket, ending.key, ending.result)
-                except StorageError as exc:
-                    self._unwritten(view, exc)
-            uris.append(uri)
+        for (view, _), answer in zip(endings, written, strict=True):
+            if isinstance(answer, StorageError):
+                self._unwritten(view, answer)
+            elif isinstance(answer, Exception):
+                with trouble.isolate(view, "finishing"):
+                    raise answer
+            uris.append(answer if isinstance(answer, str) else None)
         return uris
 
     def _compose(
