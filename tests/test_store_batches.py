@@ -302,3 +302,30 @@ def test_a_connection_given_back_a_moment_ago_is_lent_without_a_ping(
         store.ping()
     store.ping()
     store.close()
+
+
+def test_clips_planned_together_get_their_runs_once_and_are_marked_planned(
+    store_url: str,
+) -> None:
+    store = Store(store_url)
+    clips = [
+        Clip(
+            id=clip_id("b", f"acme/door/{n}.mp4", "e"),
+            bucket="b",
+            key=f"acme/door/{n}.mp4",
+            etag="e",
+            size=10,
+            tenant="acme",
+            camera="door",
+        )
+        for n in range(3)
+    ]
+    store.record_clips(clips)
+    runs = [Run(id=run_id(c.id, "faces"), clip_id=c.id, pipeline="faces") for c in clips]
+    # The first clip's run exists already (another engine planned it meanwhile).
+    assert store.plan(clips[0].id, [runs[0]]) == [runs[0]]
+    plans = [repository.ClipPlan(c.id, [r], []) for c, r in zip(clips, runs, strict=True)]
+    created = store.plan_many(plans)
+    assert [[r.id for r in made] for made in created] == [[], [runs[1].id], [runs[2].id]]
+    assert store.unplanned_clips() == []
+    assert sorted(r.id for r in store.runs_of_clip(clips[1].id)) == [runs[1].id]

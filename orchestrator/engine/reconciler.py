@@ -66,7 +66,7 @@ from orchestrator.logs import about
 from orchestrator.storage import S3Gateway
 from orchestrator.store import Clip, Run, StageAttempt, Store
 from orchestrator.store.models import AttemptState, RunStatus, utcnow
-from orchestrator.store.repository import AttemptChange, RunFinish, RunWithAttempts
+from orchestrator.store.repository import AttemptChange, ClipPlan, RunFinish, RunWithAttempts
 
 log = logging.getLogger("camflow.engine")
 
@@ -231,22 +231,50 @@ class Reconciler:
     # --- plan ---------------------------------------------------------------------------
 
     def plan_new_clips(self, report: TickReport | None = None) -> int:
-        planned = 0
-        for clip in self.store.unplanned_clips():
+        clips = self.store.unplanned_clips()
+        plans: list[tuple[Clip, ClipPlan]] = []
+        for clip in clips:
             try:
-                planned += self._plan_clip(clip)
+                plans.append((clip, self._clip_plan(clip)))
+            except Exception:
+                self._unplanned(clip, report)
+        if len(plans) > 1:
+            try:
+                created = self.store.plan_many([plan for _, plan in plans])
             except UNAVAILABLE:
                 raise  # the store is away: so is the rest of this tick
-            except Exception:
-                # Left unplanned, so it is tried again next tick; the others go on.
-                log.exception(
-                    "clip %s: could not plan its runs", _clip_name(clip), extra=about(clip.id)
+            except Exception as exc:
+                log.warning(
+                    "could not plan %d clips together (%s: %s); planning them one by one",
+                    len(plans),
+                    type(exc).__name__,
+                    exc,
                 )
-                if report is not None:
-                    report.errors += 1
+            else:
+                for (clip, plan), runs in zip(plans, created, strict=True):
+                    self._log_plan(clip, plan, runs)
+                return sum(len(runs) for runs in created)
+        planned = 0
+        for clip, plan in plans:
+            try:
+                runs = self.store.plan(clip.id, plan.runs, plan.skipped)
+            except UNAVAILABLE:
+                raise
+            except Exception:
+                self._unplanned(clip, report)
+                continue
+            self._log_plan(clip, plan, runs)
+            planned += len(runs)
         return planned
 
-    def _plan_clip(self, clip: Clip) -> int:
+    def _unplanned(self, clip: Clip, report: TickReport | None) -> None:
+        # Left unplanned, so it is tried again next tick; the others go on.
+        log.exception("clip %s: could not plan its runs", _clip_name(clip), extra=about(clip.id))
+        if report is not None:
+            report.errors += 1
+
+    def _clip_plan(self, clip: Clip) -> ClipPlan:
+        """The runs the clip gets (and the pipelines tenancy keeps off it), not written."""
         pipelines = [
             p
             for p in self.catalog.pipelines.values()
@@ -257,8 +285,10 @@ class Reconciler:
             Run(id=run_id(clip.id, p.name), clip_id=clip.id, pipeline=p.name, algorithms=p.pins)
             for p in allowed
         ]
-        created = self.store.plan(clip.id, runs, skipped)
-        for row in skipped:
+        return ClipPlan(clip.id, runs, list(skipped))
+
+    def _log_plan(self, clip: Clip, plan: ClipPlan, created: list[Run]) -> None:
+        for row in plan.skipped:
             # A pipeline scoped to other tenants is routine; an algorithm refused is not.
             served = self.catalog.pipelines[row.pipeline].spec.serves(clip.tenant)
             (log.warning if served else log.info)(
@@ -272,11 +302,10 @@ class Reconciler:
                 run.pipeline,
                 extra=about(clip.id, run.id),
             )
-        if not pipelines:
+        if not plan.runs and not plan.skipped:
             log.info(
                 "clip %s: no pipeline's trigger matches it", _clip_name(clip), extra=about(clip.id)
             )
-        return len(created)
 
     def plan_run(self, clip: Clip, pipeline: Pipeline) -> Run:
         """Creates one run of ``pipeline`` for ``clip`` (the one-shot ``process`` path)."""

@@ -80,6 +80,15 @@ class RunFinish(NamedTuple):
         }
 
 
+@dataclass(frozen=True)
+class ClipPlan:
+    """A clip's runs to create and the pipelines tenancy refused it (see ``plan``)."""
+
+    clip_id: str
+    runs: list[Run]
+    skipped: list[SkippedRun]
+
+
 class AttemptChange(NamedTuple):
     """One ``update_attempt``: ``values`` set on the attempt, only while it is in one of
     the ``expect`` states (None: any) and, with ``expect_handle``, has that handle."""
@@ -772,6 +781,30 @@ class Store:
             session.commit()
             return created
 
+    def plan_many(self, plans: Sequence[ClipPlan]) -> list[list[Run]]:
+        """``plan`` for several clips in one transaction (one round trip per kind of
+        row on PostgreSQL); each clip's runs created. All or none: a caller whose group
+        is refused plans the clips one by one, so that only the one at fault waits."""
+        if self.engine.dialect.name not in ("postgresql", "sqlite"):
+            return [self.plan(p.clip_id, p.runs, p.skipped) for p in plans]
+        planned = self._prepared(("clip_planned",), _clip_planned)
+        with self._connection() as connection:
+            created = self._insert_many(connection, [run for p in plans for run in p.runs])
+            self._insert_many(connection, [row for p in plans for row in p.skipped])
+            planned.many(connection, [{"clip_id": p.clip_id} for p in plans])
+        made = iter(created)
+        return [[run for run in p.runs if next(made)] for p in plans]
+
+    def _insert_many(self, connection: Connection, rows: Sequence[Any]) -> list[bool]:
+        """``_insert_row`` for rows of one table, in one round trip on PostgreSQL."""
+        if not rows:
+            return []
+        table = _table(type(rows[0]))
+        dialect = self.engine.dialect.name
+        statement = self._prepared(("insert", table.name), lambda: _insert_ignoring(table, dialect))
+        params = [{f"new_{c.name}": getattr(row, c.name) for c in table.columns} for row in rows]
+        return [bool(count) for count in statement.many(connection, params)]
+
     # --- engine -----------------------------------------------------------------------
 
     def active_runs(self, owner: str | None = None, limit: int = 10_000) -> list[RunWithAttempts]:
@@ -911,12 +944,8 @@ class Store:
     def add_attempts(self, attempts: Sequence[StageAttempt]) -> list[bool]:
         """Inserts the attempts, in one round trip on PostgreSQL; False for each that
         was not inserted because one with its key exists already (a replay)."""
-        table = _table(StageAttempt)
-        dialect = self.engine.dialect.name
-        statement = self._prepared(("insert", table.name), lambda: _insert_ignoring(table, dialect))
-        params = [{f"new_{c.name}": getattr(a, c.name) for c in table.columns} for a in attempts]
         with self._connection() as connection:
-            return [bool(count) for count in statement.many(connection, params)]
+            return self._insert_many(connection, attempts)
 
     def mark_runs_started(self, run_ids: Sequence[str], at: datetime) -> None:
         """``mark_run_started`` for many, in one round trip on PostgreSQL."""
