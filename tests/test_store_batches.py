@@ -23,8 +23,8 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 LIVE = (AttemptState.PENDING, AttemptState.RUNNING)
 
 
-def _planned(store: Store, name: str = "1") -> Run:
-    clip = Clip(
+def _clip(name: str) -> Clip:
+    return Clip(
         id=clip_id("b", f"acme/door/{name}.mp4", "e"),
         bucket="b",
         key=f"acme/door/{name}.mp4",
@@ -33,6 +33,10 @@ def _planned(store: Store, name: str = "1") -> Run:
         tenant="acme",
         camera="door",
     )
+
+
+def _planned(store: Store, name: str = "1") -> Run:
+    clip = _clip(name)
     store.record_clips([clip])
     run = Run(id=run_id(clip.id, "faces"), clip_id=clip.id, pipeline="faces")
     assert store.plan(clip.id, [run]) == [run]
@@ -308,18 +312,7 @@ def test_clips_planned_together_get_their_runs_once_and_are_marked_planned(
     store_url: str,
 ) -> None:
     store = Store(store_url)
-    clips = [
-        Clip(
-            id=clip_id("b", f"acme/door/{n}.mp4", "e"),
-            bucket="b",
-            key=f"acme/door/{n}.mp4",
-            etag="e",
-            size=10,
-            tenant="acme",
-            camera="door",
-        )
-        for n in range(3)
-    ]
+    clips = [_clip(str(n)) for n in range(3)]
     store.record_clips(clips)
     runs = [Run(id=run_id(c.id, "faces"), clip_id=c.id, pipeline="faces") for c in clips]
     # The first clip's run exists already (another engine planned it meanwhile).
