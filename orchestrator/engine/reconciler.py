@@ -464,12 +464,16 @@ class Reconciler:
                     type(exc).__name__,
                     exc,
                 )
-        done = []
-        for view, item in items:
-            written = False
-            with trouble.isolate(view, step):
-                written = write([item])[0]
-            done.append(written)
+        # Run by run, each run's items in one write: all of them or none (a fused
+        # chain's handles, say, never half recorded).
+        positions: dict[str, list[int]] = {}
+        for n, (view, _) in enumerate(items):
+            positions.setdefault(view.run.id, []).append(n)
+        done = [False] * len(items)
+        for indexes in positions.values():
+            with trouble.isolate(items[indexes[0]][0], step):
+                for n, written in zip(indexes, write([items[n][1] for n in indexes]), strict=True):
+                    done[n] = written
         return done
 
     def _poll(

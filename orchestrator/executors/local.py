@@ -411,6 +411,9 @@ class LocalExecutor:
         ):
             return False
         runner = json.loads((warm.directory / files.RUNNER).read_text())
+        # Minted before any clip points at that process: a failure leaves none of them
+        # waiting on a process that never heard of it.
+        credentials = self._issue(claimed)
         added = [member for launch in claimed for member in launch.members]
         for launch in added:
             # They read as running in that process, with its log as theirs.
@@ -419,7 +422,6 @@ class LocalExecutor:
                 (folder / files.STDOUT).symlink_to(warm.directory / files.STDOUT)
             write_json_atomic(folder / files.RUNNER, runner | {"batch": warm.batch})
         name = f"{time.time_ns():020d}-{os.getpid()}.json"
-        credentials = self._issue(claimed)
         write_private(more / name, json.dumps(self._items(claimed, credentials)))
         if credentials is not None:
             self._issued.append((warm.child, credentials))

@@ -211,7 +211,9 @@ def _more_reports(more: Path) -> list[str]:
     reports = []
     for path in more.iterdir():
         if path.name.endswith((".json" + contract.BATCH_TAKEN, ".json" + WITHDRAWN)):
-            with contextlib.suppress(OSError, ValueError):
+            # A file it cannot read names no clip it could report (never fatal: the
+            # supervisor must live to report the others).
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
                 for item in json.loads(path.read_text()):
                     # Fused stages come as one item holding each stage's own.
                     reports += [one["report"] for one in item.get(contract.CHAIN, [item])]
