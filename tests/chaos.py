@@ -23,6 +23,9 @@ Scenarios (each prints one row; exit status 1 if anything was lost or duplicated
     python -m tests.chaos stage-kill --clips 100 --kills 20   # SIGKILL fused stage
                                                            # processes mid-chain
     python -m tests.chaos all --small                      # all five, small (CI-sized)
+
+CAMFLOW_CHAOS_KEEP=FOLDER keeps each run's serve logs, the tally log and the local
+executor's attempt folders there.
 """
 
 from __future__ import annotations
