@@ -366,16 +366,19 @@ def test_a_failed_runs_stages_in_flight_stop_holding_slots(settings: Settings) -
         runtime.reconciler.tick()
         [attempt] = runtime.store.attempts_of_run(run_ids[0])
         assert runtime.store.count_attempts("local", None, None) == 1
-        runtime.store.finish_run(
-            run_ids[0], RunStatus.FAILED, "given up", None, None, attempt.created_at
-        )
-        assert (
-            runtime.store.settle_attempts(
-                run_ids[0], "cancelled: the run ended", attempt.created_at
-            )
-            == 1
+        # Settled with the run's end, in its transaction.
+        assert runtime.store.finish_run(
+            run_ids[0],
+            RunStatus.FAILED,
+            "given up",
+            None,
+            None,
+            attempt.created_at,
+            settle="cancelled: the run ended",
         )
         assert runtime.store.count_attempts("local", None, None) == 0
+        [settled] = runtime.store.attempts_of_run(run_ids[0])
+        assert (settled.state, settled.reason) == (AttemptState.FAILED, "cancelled: the run ended")
         runtime.executor.cancel([runtime.store.attempts_of_run(run_ids[0])[0].handle or ""])
 
 

@@ -322,3 +322,26 @@ def test_clips_planned_together_get_their_runs_once_and_are_marked_planned(
     assert [[r.id for r in made] for made in created] == [[], [runs[1].id], [runs[2].id]]
     assert store.unplanned_clips() == []
     assert sorted(r.id for r in store.runs_of_clip(clips[1].id)) == [runs[1].id]
+
+
+def test_a_run_ends_with_its_attempts_in_flight_settled_and_only_once(store_url: str) -> None:
+    store = Store(store_url)
+    runs = [_planned(store, str(n)) for n in range(2)]
+    for run in runs:
+        store.add_attempt(_attempt(run, "decode", AttemptState.SUCCEEDED))
+        store.add_attempt(_attempt(run, "faces", AttemptState.RUNNING))
+    finishes = [
+        RunFinish(run.id, RunStatus.FAILED, "given up", None, None, NOW, "cancelled: the run ended")
+        for run in runs
+    ]
+    assert store.finish_runs(finishes[:1]) == [True]
+    # A replay finishes nothing, and settles nothing of a run it did not finish.
+    store.add_attempt(_attempt(runs[0], "thumbnails", AttemptState.PENDING))
+    assert store.finish_runs(finishes) == [False, True]
+    for run in runs:
+        states = {a.stage: (a.state, a.reason) for a in store.attempts_of_run(run.id)}
+        assert states["decode"] == (AttemptState.SUCCEEDED, None)
+        assert states["faces"] == (AttemptState.FAILED, "cancelled: the run ended")
+    assert {a.stage: a.state for a in store.attempts_of_run(runs[0].id)}["thumbnails"] == (
+        AttemptState.PENDING
+    )

@@ -175,6 +175,14 @@ def _clip_name(clip: Clip) -> str:
     return f"{clip.id} ({clip.key})"
 
 
+def _settle(ending: _Ending) -> str | None:
+    """Why the run's stages still in flight end with it (cancelled, they no longer hold
+    slots), written with its end; None when none is."""
+    if any(a.state in IN_FLIGHT for a in ending.attempts):
+        return "cancelled: the run ended"
+    return None
+
+
 class Reconciler:
     def __init__(
         self,
@@ -1361,7 +1369,7 @@ class Reconciler:
             self._unwritten(view, exc)
             return None
         if not self.store.finish_run(
-            view.run.id, ending.status, ending.error, ending.result, uri, now
+            view.run.id, ending.status, ending.error, ending.result, uri, now, _settle(ending)
         ):
             return None
         self._ended(view, ending, uri)
@@ -1393,7 +1401,18 @@ class Reconciler:
         self.store.checkpoint()
         uris = self._put_results(endings, trouble)
         stored = [
-            (view, RunFinish(view.run.id, ending.status, ending.error, ending.result, uri, now))
+            (
+                view,
+                RunFinish(
+                    view.run.id,
+                    ending.status,
+                    ending.error,
+                    ending.result,
+                    uri,
+                    now,
+                    _settle(ending),
+                ),
+            )
             for (view, ending), uri in zip(endings, uris, strict=True)
             if uri is not None
         ]
@@ -1465,11 +1484,8 @@ class Reconciler:
         )
 
     def _ended(self, view: RunWithAttempts, ending: _Ending, uri: str | None) -> None:
-        """What follows a run's end in the store: its stages still in flight are
-        settled (cancelled with the run, they no longer hold slots), and it is counted
-        and logged."""
-        if any(a.state in IN_FLIGHT for a in ending.attempts):
-            self.store.settle_attempts(view.run.id, "cancelled: the run ended", self.clock())
+        """What follows a run's end: it is counted and logged (its stages still in
+        flight were settled with it, see ``_settle``)."""
         telemetry.run_finished(view.run.pipeline, ending.status)
         fields = about(view.clip.id, view.run.id)
         if ending.status == RunStatus.SUCCEEDED:

@@ -54,6 +54,8 @@ from orchestrator.store.tenancy import SkippedRun
 from orchestrator.store.webhooks import enqueue_run_event, enqueue_run_events
 
 ACTIVE = (RunStatus.PENDING, RunStatus.RUNNING)
+#: Attempts not ended yet: they hold an executor's slots.
+IN_FLIGHT_STATES = (AttemptState.PENDING, AttemptState.RUNNING)
 #: The counter behind ``Run.finished_seq``, the event stream's cursor.
 FINISHED_RUNS = "finished_runs"
 Row = TypeVar("Row", StageAttempt, AlgorithmVersion)
@@ -68,6 +70,9 @@ class RunFinish(NamedTuple):
     result: dict[str, Any] | None
     result_uri: str | None
     at: datetime
+    #: Ends its attempts still in flight with this reason, in the same transaction:
+    #: a finished run's leftovers must not hold the executor's slots.
+    settle: str | None = None
 
     def values(self) -> dict[str, Any]:
         """The run's columns it sets."""
@@ -220,6 +225,35 @@ def _run_started() -> Executable:
             started_at=bindparam("at", type_=table.c.started_at.type),
         )
     )
+
+
+def _settle_in_flight() -> Executable:
+    """A run's attempts still pending or running, ended with a reason."""
+    table = _table(StageAttempt)
+    live = [literal(state, table.c.state.type) for state in IN_FLIGHT_STATES]
+    return (
+        update(table)
+        .where(
+            table.c.run_id == bindparam("of_run", type_=table.c.run_id.type),
+            table.c.state.in_(live),
+        )
+        .values(
+            {
+                table.c.state: bindparam("new_state", type_=table.c.state.type),
+                table.c.reason: bindparam("new_reason", type_=table.c.reason.type),
+                table.c.finished_at: bindparam("new_finished_at", type_=table.c.finished_at.type),
+            }
+        )
+    )
+
+
+def _settle_params(finish: RunFinish) -> dict[str, Any]:
+    return {
+        "of_run": finish.run_id,
+        "new_state": AttemptState.FAILED,
+        "new_reason": finish.settle,
+        "new_finished_at": finish.at,
+    }
 
 
 def _clip_planned() -> Executable:
@@ -544,7 +578,7 @@ class Store:
                 update(StageAttempt)
                 .where(
                     col(StageAttempt.run_id) == run_id,
-                    col(StageAttempt.state).in_((AttemptState.PENDING, AttemptState.RUNNING)),
+                    col(StageAttempt.state).in_(IN_FLIGHT_STATES),
                 )
                 .values(state=AttemptState.FAILED, reason=reason, finished_at=at)
             )
@@ -975,11 +1009,13 @@ class Store:
         result: dict[str, Any] | None,
         result_uri: str | None,
         at: datetime,
+        settle: str | None = None,
     ) -> bool:
         """Moves an active run to its terminal status exactly once; False if it was
         already finished (a replayed tick after a crash). It takes the next number of
         the finished-runs sequence in the same transaction (the event stream's cursor)."""
-        return self.finish_runs([RunFinish(run_id, status, error, result, result_uri, at)])[0]
+        finish = RunFinish(run_id, status, error, result, result_uri, at, settle)
+        return self.finish_runs([finish])[0]
 
     def finish_runs(self, finishes: Sequence[RunFinish]) -> list[bool]:
         """``finish_run`` for each, in order, with the run's webhooks queued in the same
@@ -1026,6 +1062,7 @@ class Store:
         ]
         outcomes: list[bool | None] = []
         events: dict[RunStatus, list[dict[str, Any]]] = {}
+        settles: list[dict[str, Any]] = []
         for finish, (active, finished) in zip(
             finishes, statement.first_rows(connection, params), strict=True
         ):
@@ -1034,6 +1071,10 @@ class Store:
                 events.setdefault(finish.status, []).append(
                     {"run_id": finish.run_id, "at": finish.at}
                 )
+                if finish.settle is not None:
+                    settles.append(_settle_params(finish))
+        if settles:
+            self._prepared(("settle_in_flight",), _settle_in_flight).many(connection, settles)
         for status, runs in events.items():
             enqueue = enqueue_run_events(status)
             if enqueue is not None:
@@ -1058,6 +1099,8 @@ class Store:
         enqueue = enqueue_run_event(finish.run_id, finish.status, finish.at)
         if enqueue is not None:
             session.exec(enqueue)  # type: ignore[call-overload]
+        if finish.settle is not None:
+            session.connection().execute(_settle_in_flight(), _settle_params(finish))
         return True
 
     @staticmethod
