@@ -1048,16 +1048,8 @@ class Reconciler:
         self, start: StartAttempt, view: RunWithAttempts, batch: str | None
     ) -> StageAttempt | None:
         """The attempt ``start`` asks for, placed, not recorded yet; None: no place now."""
-        new = StageAttempt(
-            id=attempt_id(view.run.id, start.stage, start.attempt),
-            run_id=view.run.id,
-            stage=start.stage,
-            attempt=start.attempt,
-            algorithm=self._pipeline(view).stages[start.stage].algorithm.ref,
-            accelerator=start.accelerator,
-            executor=self.executor.name,
-            batch=batch,
-            keep_local=start.keep_local,
+        new = self._attempt_row(
+            view, start.stage, start.attempt, start.accelerator, batch, start.keep_local
         )
         placed = self.executor.place([self._launch(view, new, start.fallback)]).get(new.id)
         if placed is None:
@@ -1079,17 +1071,32 @@ class Reconciler:
         self, view: RunWithAttempts, member: ChainMember, head: StageAttempt
     ) -> StageAttempt:
         """The attempt of a stage fused after ``head``, with its place and batch."""
+        follower = self._attempt_row(
+            view, member.stage, member.attempt, head.accelerator, head.batch, member.keep_local
+        )
+        follower.placement = head.placement
+        return follower
+
+    def _attempt_row(
+        self,
+        view: RunWithAttempts,
+        stage: str,
+        number: int,
+        accelerator: str,
+        batch: str | None,
+        keep_local: bool,
+    ) -> StageAttempt:
+        """A new attempt of ``stage`` for this executor, not placed or recorded yet."""
         return StageAttempt(
-            id=attempt_id(view.run.id, member.stage, member.attempt),
+            id=attempt_id(view.run.id, stage, number),
             run_id=view.run.id,
-            stage=member.stage,
-            attempt=member.attempt,
-            algorithm=self._pipeline(view).stages[member.stage].algorithm.ref,
-            accelerator=head.accelerator,
-            placement=head.placement,
+            stage=stage,
+            attempt=number,
+            algorithm=self._pipeline(view).stages[stage].algorithm.ref,
+            accelerator=accelerator,
             executor=self.executor.name,
-            batch=head.batch,
-            keep_local=member.keep_local,
+            batch=batch,
+            keep_local=keep_local,
         )
 
     def _add_followers(

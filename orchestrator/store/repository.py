@@ -570,21 +570,6 @@ class Store:
             raise
         state.leave(failed=False)
 
-    def settle_attempts(self, run_id: str, reason: str, at: datetime) -> int:
-        """Ends the attempts of a finished run that are still in flight (cancelled with
-        it), so that they stop counting against the executor's slots."""
-        with self.session() as session:
-            changed = session.exec(
-                update(StageAttempt)
-                .where(
-                    col(StageAttempt.run_id) == run_id,
-                    col(StageAttempt.state).in_(IN_FLIGHT_STATES),
-                )
-                .values(state=AttemptState.FAILED, reason=reason, finished_at=at)
-            )
-            session.commit()
-            return int(changed.rowcount or 0)
-
     @contextmanager
     def batch(self) -> Iterator[None]:
         """The store writes of this thread, until the block ends, in one transaction:
@@ -670,7 +655,7 @@ class Store:
         if self.engine.dialect.name in ("postgresql", "sqlite"):
             try:
                 with self._connection() as connection:
-                    return self._insert_row(connection, row)
+                    return self._insert_many(connection, [row])[0]
             except IntegrityError:
                 if self._batch.session is not None:
                     raise
@@ -691,15 +676,6 @@ class Store:
             except IntegrityError:
                 session.rollback()
                 return False
-
-    def _insert_row(self, connection: Connection, row: Any) -> bool:
-        """Inserts ``row`` with one prepared statement that inserts nothing on a clash
-        (PostgreSQL and SQLite); False if a row with one of its keys exists already."""
-        table = _table(type(row))
-        dialect = self.engine.dialect.name
-        statement = self._prepared(("insert", table.name), lambda: _insert_ignoring(table, dialect))
-        params = {f"new_{c.name}": getattr(row, c.name) for c in table.columns}
-        return bool(statement.run(connection, params).rowcount)
 
     @staticmethod
     def _new_rows(session: Session, table: Any, rows: Sequence[Any]) -> list[Any]:
@@ -797,30 +773,15 @@ class Store:
     ) -> list[Run]:
         """Creates the clip's runs (unless they exist), records the pipelines tenancy
         refused (``skipped``) and marks the clip planned, atomically."""
-        if self.engine.dialect.name in ("postgresql", "sqlite"):
-            # Prepared statements, one per row: a clash (planned before) inserts nothing.
-            planned = self._prepared(("clip_planned",), _clip_planned)
-            with self._connection() as connection:
-                created = [run for run in runs if self._insert_row(connection, run)]
-                for row in skipped:
-                    self._insert_row(connection, row)
-                planned.run(connection, {"clip_id": clip_id})
-            return created
-        with self.session() as session:
-            existing = set(session.exec(select(Run.pipeline).where(Run.clip_id == clip_id)).all())
-            created = [run for run in runs if run.pipeline not in existing]
-            session.add_all(created)
-            session.add_all(self._new_rows(session, SkippedRun, list(skipped)))
-            session.exec(update(Clip).where(col(Clip.id) == clip_id).values(planned=True))
-            session.commit()
-            return created
+        return self.plan_many([ClipPlan(clip_id, list(runs), list(skipped))])[0]
 
     def plan_many(self, plans: Sequence[ClipPlan]) -> list[list[Run]]:
         """``plan`` for several clips in one transaction (one round trip per kind of
         row on PostgreSQL); each clip's runs created. All or none: a caller whose group
         is refused plans the clips one by one, so that only the one at fault waits."""
         if self.engine.dialect.name not in ("postgresql", "sqlite"):
-            return [self.plan(p.clip_id, p.runs, p.skipped) for p in plans]
+            return [self._plan_in_session(plan) for plan in plans]
+        # Prepared statements: a clash (planned before) inserts nothing.
         planned = self._prepared(("clip_planned",), _clip_planned)
         with self._connection() as connection:
             created = self._insert_many(connection, [run for p in plans for run in p.runs])
@@ -829,8 +790,21 @@ class Store:
         made = iter(created)
         return [[run for run in p.runs if next(made)] for p in plans]
 
+    def _plan_in_session(self, plan: ClipPlan) -> list[Run]:
+        with self.session() as session:
+            existing = set(
+                session.exec(select(Run.pipeline).where(Run.clip_id == plan.clip_id)).all()
+            )
+            created = [run for run in plan.runs if run.pipeline not in existing]
+            session.add_all(created)
+            session.add_all(self._new_rows(session, SkippedRun, plan.skipped))
+            session.exec(update(Clip).where(col(Clip.id) == plan.clip_id).values(planned=True))
+            session.commit()
+            return created
+
     def _insert_many(self, connection: Connection, rows: Sequence[Any]) -> list[bool]:
-        """``_insert_row`` for rows of one table, in one round trip on PostgreSQL."""
+        """Inserts rows of one table, each with a prepared statement that inserts
+        nothing on a clash (in one round trip on PostgreSQL); which were inserted."""
         if not rows:
             return []
         table = _table(type(rows[0]))
@@ -1100,7 +1074,8 @@ class Store:
         if enqueue is not None:
             session.exec(enqueue)  # type: ignore[call-overload]
         if finish.settle is not None:
-            session.connection().execute(_settle_in_flight(), _settle_params(finish))
+            settle = self._prepared(("settle_in_flight",), _settle_in_flight)
+            settle.run(session.connection(), _settle_params(finish))
         return True
 
     @staticmethod
