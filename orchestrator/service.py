@@ -15,6 +15,7 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from orchestrator import gc_tuning
 from orchestrator.domain.catalog import Catalog, load_pipeline_specs
 from orchestrator.embedded_s3 import EmbeddedS3, choose_s3
 from orchestrator.engine.decide import RetryPolicy
@@ -224,6 +225,7 @@ def open_runtime(
         batch_max_wait_seconds=settings.engine.batch_max_wait_seconds,
         fuse_stages=settings.engine.fuse_stages,
     )
+    gc_tuning.tune_for_service()
     return Runtime(settings, catalogs, store, s3, executor, watcher, reconciler, embedded, broker)
 
 

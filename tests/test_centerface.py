@@ -72,3 +72,15 @@ def test_boxes_on_a_downscaled_frame_map_back_to_original_pixels(detector: Cente
     full = detector.detect(photo)[0].box
     mapped = detector.detect(half, scale_to=(2.0, 2.0))[0].box
     assert iou(full, mapped) > 0.8
+
+
+def test_the_faces_stage_s_session_sleeps_when_idle_and_a_plain_one_spins() -> None:
+    """The stage shares cores with its neighbours, so its threads must not spin-wait;
+    a plain CenterFace keeps onnxruntime's default (the bench's bare loop uses it)."""
+    from algorithms.faces.__main__ import _detector
+
+    key = "session.intra_op.allow_spinning"
+    stage = _detector("cpu", 1).session.get_session_options()
+    assert stage.get_session_config_entry(key) == "0"
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        CenterFace().session.get_session_options().get_session_config_entry(key)

@@ -41,8 +41,11 @@ def frames_to_analyse(ctx: StageContext, entries: list[dict[str, Any]]) -> list[
 
 @functools.cache
 def _detector(accelerator: str, threads: int) -> CenterFace:
-    """Loaded once per process: a batch of clips shares one session."""
-    return CenterFace(accelerator=accelerator, threads=threads)
+    """Loaded once per process: a batch of clips shares one session. Its threads
+    sleep when idle rather than spin: the stage shares the cores with its own decoding
+    and S3 work, and with the stages beside it (spinning cost the faces pipeline a
+    third of its time on two cores: `python -m bench --only faces`)."""
+    return CenterFace(accelerator=accelerator, threads=threads, spin=False)
 
 
 def main(ctx: StageContext) -> StageReport:

@@ -203,6 +203,7 @@ class CenterFace:
         model_path: Path | None = None,
         accelerator: str = "cpu",
         threads: int = 0,
+        spin: bool = True,
     ) -> None:
         import onnxruntime
 
@@ -210,6 +211,10 @@ class CenterFace:
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
+        if not spin:
+            # Idle threads sleep instead of spinning (onnxruntime's default), for a
+            # process that shares the cores with others.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(
             dynamic_model_bytes(model_path or default_model_path()),
             sess_options=options,
