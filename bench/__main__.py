@@ -24,6 +24,8 @@ SIZES = {
     "active_runs": (10_000, 500),
     "finished_runs": (50_000, 1_000),
     "cameras": (10_000, 300),
+    # Runs of the figures that swing most with the machine's other load; the median.
+    "rounds": (3, 1),
 }
 
 
@@ -32,17 +34,17 @@ def scenarios(size: Callable[[str], int]) -> dict[str, Callable[[], list[Figure]
     def local() -> list[Figure]:
         from bench import local_runs
 
-        return local_runs.measure(size("overhead_clips"), size("throughput_clips"))
+        return local_runs.measure(size("overhead_clips"), size("throughput_clips"), size("rounds"))
 
     def faces() -> list[Figure]:
         from bench import faces_loop
 
-        return faces_loop.measure(size("faces_clips"))
+        return faces_loop.measure(size("faces_clips"), size("rounds"))
 
     def engine() -> list[Figure]:
         from bench import engine_ceiling
 
-        return engine_ceiling.measure(size("engine_clips"))
+        return engine_ceiling.measure(size("engine_clips"), size("rounds"))
 
     def kube() -> list[Figure]:
         from bench import kube_runs

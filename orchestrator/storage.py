@@ -152,6 +152,12 @@ class S3Gateway:
         """The object as JSON. ObjectMissing if there is none; ContentError if it is
         not strict JSON, or ObjectTooLarge if over ``max_bytes``, in which case the body
         is not downloaded (a stage that writes gigabytes must not exhaust our memory)."""
+        return self.get_json_sized(bucket, key, max_bytes)[0]
+
+    def get_json_sized(
+        self, bucket: str, key: str, max_bytes: int | None = None
+    ) -> tuple[Any, int]:
+        """``get_json``, and the object's size in bytes."""
         try:
             response = self._call("get", self.client.get_object, Bucket=bucket, Key=key)
         except StorageError as exc:
@@ -178,7 +184,7 @@ class S3Gateway:
         if max_bytes is not None and len(body) > max_bytes:
             raise ObjectTooLarge(f"s3://{bucket}/{key}", max(size, len(body)), max_bytes)
         try:
-            return json.loads(body, parse_constant=_not_json_constant)
+            return json.loads(body, parse_constant=_not_json_constant), len(body)
         except RecursionError:
             raise ContentError("it is nested too deeply to parse") from None
         except ValueError as exc:  # bad syntax, and bytes that are not UTF-8

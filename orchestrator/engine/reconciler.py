@@ -24,6 +24,7 @@ from orchestrator import telemetry
 from orchestrator.domain.catalog import Catalog, Pipeline
 from orchestrator.domain.layout import attempt_id, result_key, run_id, stage_prefix
 from orchestrator.engine.batching import Candidate, plan_executions
+from orchestrator.engine.checked_results import CheckedResults
 from orchestrator.engine.decide import (
     Action,
     CancelAttempts,
@@ -235,6 +236,7 @@ class Reconciler:
         #: (run, stage, attempt) -> when it was first seen ready to start, for the
         #: batch wait. In memory: a restart only starts its wait over.
         self._ready_since: dict[tuple[str, str, int], datetime] = {}
+        self._checked_results = CheckedResults()
 
     # --- plan ---------------------------------------------------------------------------
 
@@ -338,33 +340,44 @@ class Reconciler:
     def _stage_json(self, view: RunWithAttempts, stage: str, name: str, setting: str) -> Any:
         """An object the stage wrote under its output prefix, parsed. BrokenContract if
         it is too large or not JSON; ObjectMissing if absent; StorageError if S3 is away."""
+        return self._stage_json_sized(view, stage, name, setting)[0]
+
+    def _stage_json_sized(
+        self, view: RunWithAttempts, stage: str, name: str, setting: str
+    ) -> tuple[Any, int]:
+        """``_stage_json``, and the object's size in bytes."""
         prefix = stage_prefix(
             view.clip.tenant, view.clip.camera, view.clip.id, view.run.pipeline, stage
         )
         limit = self.max_manifest_bytes if name == MANIFEST_NAME else self.max_result_bytes
         try:
-            return self.s3.get_json(self.results_bucket, prefix + name, limit)
+            return self.s3.get_json_sized(self.results_bucket, prefix + name, limit)
         except ContentError as exc:
             raise unreadable(name, exc, setting) from None
 
-    def _read_result(self, view: RunWithAttempts, stage: str, name: str) -> dict[str, Any]:
+    def _read_result(
+        self, view: RunWithAttempts, stage: str, name: str
+    ) -> tuple[dict[str, Any], int]:
+        """The stage's ``result`` output, checked, and its size in bytes."""
         try:
-            raw = self._stage_json(view, stage, name, "max_result_bytes")
+            raw, size = self._stage_json_sized(view, stage, name, "max_result_bytes")
         except ObjectMissing:
             raise BrokenContract(
                 f"names {name} as its {RESULT_OUTPUT!r} output in {MANIFEST_NAME} but did not "
                 f"write {name}"
             ) from None
-        return check_result(raw, name)
+        return check_result(raw, name), size
 
     def _check_outputs(
-        self, view: RunWithAttempts, stage: str, reported: dict[str, Any] | None = None
+        self, view: RunWithAttempts, attempt: StageAttempt, reported: dict[str, Any] | None = None
     ) -> StageManifest:
         """The manifest of a stage that exited 0, and its result output, checked against
         the contract (BrokenContract if not). A StorageError (S3 away) is raised: the
         attempt then stays running and is looked at again next tick. ``reported``: the
         manifest as the stage handed it to the executor after writing it to S3 (one S3
-        read less per attempt); held to the same size limit."""
+        read less per attempt); held to the same size limit. The checked result is kept
+        for the run's result.json (one S3 read less per run)."""
+        stage = attempt.stage
         if reported is not None and len(json.dumps(reported)) <= self.max_manifest_bytes:
             raw: Any = reported
         else:
@@ -377,7 +390,9 @@ class Reconciler:
                 ) from None
         manifest = check_manifest(raw)
         if RESULT_OUTPUT in manifest.outputs:
-            self._read_result(view, stage, manifest.outputs[RESULT_OUTPUT])
+            name = manifest.outputs[RESULT_OUTPUT]
+            result, size = self._read_result(view, stage, name)
+            self._checked_results.keep(attempt.id, name, result, size)
         return manifest
 
     def observe(self, views: list[RunWithAttempts], trouble: _Trouble | None = None) -> None:
@@ -566,7 +581,7 @@ class Reconciler:
         }
         if result.state == AttemptState.SUCCEEDED:
             try:
-                manifest = self._check_outputs(view, attempt.stage, status.manifest)
+                manifest = self._check_outputs(view, attempt, status.manifest)
             except BrokenContract as exc:
                 values.update(state=AttemptState.FAILED, reason=exc.reason, permanent=exc.permanent)
             else:
@@ -1341,10 +1356,11 @@ class Reconciler:
         return pipeline
 
     def _payload(self, view: RunWithAttempts, attempts: list[StageAttempt]) -> dict[str, Any]:
-        """What the stages published: each succeeded stage's ``result`` output, under
-        the checks it passed when the stage finished. If one fails them now (replaced
-        since, or recorded by an older camflow), that attempt fails and BrokenContract
-        says why the run does."""
+        """What the stages published: each succeeded stage's ``result`` output, as it
+        was checked when the stage finished (kept since, in this process), or read and
+        checked again (after a restart, or another engine's check). If one fails them
+        now (replaced since, or recorded by an older camflow), that attempt fails and
+        BrokenContract says why the run does."""
         payload: dict[str, Any] = {}
         for attempt in attempts:
             name = (attempt.outputs or {}).get(RESULT_OUTPUT)
@@ -1355,7 +1371,10 @@ class Reconciler:
                     raise BrokenContract(
                         f"names {name!r} as its {RESULT_OUTPUT!r} output: not an object name"
                     )
-                payload.update(self._read_result(view, attempt.stage, name))
+                kept = self._checked_results.take(attempt.id, name)
+                if kept is None:
+                    kept = self._read_result(view, attempt.stage, name)[0]
+                payload.update(kept)
             except BrokenContract as exc:
                 self.store.update_attempt(
                     attempt.id, state=AttemptState.FAILED, reason=exc.reason, permanent=True
@@ -1493,6 +1512,8 @@ class Reconciler:
     def _ended(self, view: RunWithAttempts, ending: _Ending, uri: str | None) -> None:
         """What follows a run's end: it is counted and logged (its stages still in
         flight were settled with it, see ``_settle``)."""
+        for attempt in ending.attempts:
+            self._checked_results.drop(attempt.id)
         telemetry.run_finished(view.run.pipeline, ending.status)
         fields = about(view.clip.id, view.run.id)
         if ending.status == RunStatus.SUCCEEDED:
