@@ -180,7 +180,8 @@ def gpu_shape_writes(clips: int) -> tuple[float, dict[str, int]]:
     """The faces pipeline's shape in no-op stages (bench/pipelines/noop-gpu-chain.yaml)
     on a cluster with a GPU node, batches of up to ``FACES_BATCH``: what the real
     pipeline costs there (its faces stage needs CUDA, which the emulator's pods lack).
-    Stages fuse only with the same placement: CPU, then GPU, then CPU again."""
+    decode on CPU, then faces on the GPU with thumbnails and publish joined to its pod
+    (``placement.join_gpu``)."""
     with (
         TemporaryDirectory(prefix="camflow-bench-") as tmp,
         counted_s3() as (s3, _),
@@ -212,6 +213,6 @@ def _gpu_shape(clips: int) -> Figure:
         ours=per_clip,
         better="lower",
         goal=FACES_GOAL if batch == FACES_BATCH else None,
-        note=f"{clips} clips of no-op stages placed as faces' (CPU, GPU, CPU, CPU); "
-        + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())),
+        note=f"{clips} clips of no-op stages placed as faces' (CPU; GPU with two CPU "
+        "stages joined); " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())),
     )

@@ -1,11 +1,14 @@
 """Fused stages: which stages the engine runs in one execution, what they keep out of
 S3, and what runs again when one of them fails. Pure decisions on hand-made state."""
 
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
+from pydantic import ValidationError
 
 from orchestrator.domain.catalog import Pipeline, load_catalog
+from orchestrator.domain.pipeline import PipelineSpec, Placement
 from orchestrator.engine.decide import ChainMember, FinishRun, StartAttempt, decide
 from orchestrator.settings import PROJECT_ROOT
 from orchestrator.store.models import AttemptState, RunStatus
@@ -49,9 +52,25 @@ def test_without_an_executor_that_fuses_each_stage_runs_alone(faces: Pipeline) -
     assert d.starts == [StartAttempt("r-1", "decode", 1, "cpu")]
 
 
+def _variant(pipeline: Pipeline, edit: Callable[[PipelineSpec], None]) -> Pipeline:
+    """``pipeline`` with its spec changed by ``edit``."""
+    spec = pipeline.spec.model_copy(deep=True)
+    edit(spec)
+    changed = Pipeline(spec, {**pipeline.stages}, pipeline.source)
+    for name, resolved in changed.stages.items():
+        changed.stages[name] = type(resolved)(**{**resolved.__dict__, "spec": spec.stage(name)})
+    return changed
+
+
+def _apart_from_gpu(spec: PipelineSpec) -> None:
+    for stage in spec.stages:
+        stage.placement.join_gpu = False
+
+
 def test_a_gpu_stage_is_not_fused_with_cpu_stages(faces: Pipeline) -> None:
     # With GPUs, faces goes to a GPU: decode's execution stops before it, and decode
     # keeps nothing in its process (faces, elsewhere, reads its frames from S3).
+    faces = _variant(faces, _apart_from_gpu)
     d = decide(run(), [], faces, T0, POLICY, executor_has_gpus=True, fuse=True)
     assert d.starts == [StartAttempt("r-1", "decode", 1, "cpu")]
     done = [attempt("decode", 1, AttemptState.SUCCEEDED)]
@@ -65,6 +84,54 @@ def test_a_gpu_stage_is_not_fused_with_cpu_stages(faces: Pipeline) -> None:
             "r-1", "thumbnails", 1, "cpu", chain=(ChainMember("publish", 1, keep_local=False),)
         )
     ]
+
+
+def test_cpu_stages_that_join_gpu_run_in_the_gpu_stage_s_execution_on_cpu(
+    faces: Pipeline,
+) -> None:
+    # The shipped faces pipeline: thumbnails and publish say join_gpu. decode still
+    # runs on its own (it comes before the GPU stage); faces' detections now only
+    # feed its own execution, so they stay there.
+    d = decide(run(), [], faces, T0, POLICY, executor_has_gpus=True, fuse=True)
+    assert d.starts == [StartAttempt("r-1", "decode", 1, "cpu")]
+    done = [attempt("decode", 1, AttemptState.SUCCEEDED)]
+    d = decide(run(), done, faces, T0 + timedelta(seconds=2), POLICY, True, fuse=True)
+    assert d.starts == [
+        StartAttempt(
+            "r-1",
+            "faces",
+            1,
+            "gpu",
+            keep_local=True,
+            chain=(
+                ChainMember("thumbnails", 1, keep_local=False, accelerator="cpu"),
+                ChainMember("publish", 1, keep_local=False, accelerator="cpu"),
+            ),
+        )
+    ]
+    # Without GPUs all four are CPU stages in one execution, as without join_gpu.
+    d = decide(run(), [], faces, T0, POLICY, executor_has_gpus=False, fuse=True)
+    [start] = d.starts
+    assert start.stages == ["decode", "faces", "thumbnails", "publish"]
+    assert all(member.accelerator is None for member in start.chain)
+
+
+def test_a_joining_stage_that_runs_again_alone_runs_on_cpu(faces: Pipeline) -> None:
+    # thumbnails failed after faces succeeded (and wrote its detections to S3): it
+    # runs again on its own, on CPU (publish with it), not on the GPU it rode with.
+    done = [
+        attempt("decode", 1, AttemptState.SUCCEEDED),
+        attempt("faces", 1, AttemptState.SUCCEEDED, at=2, accelerator="gpu"),
+        attempt("thumbnails", 1, AttemptState.FAILED, at=3),
+    ]
+    d = decide(run(), done, faces, T0 + timedelta(seconds=600), POLICY, True, fuse=True)
+    [start] = d.starts
+    assert (start.stage, start.accelerator) == ("thumbnails", "cpu")
+
+
+def test_join_gpu_is_refused_on_a_gpu_stage() -> None:
+    with pytest.raises(ValidationError, match="join_gpu is for CPU stages"):
+        Placement(accelerator="gpu", join_gpu=True)
 
 
 def test_a_stage_beside_another_keeps_its_own_process(catalog) -> None:  # type: ignore[no-untyped-def]

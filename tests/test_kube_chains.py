@@ -83,7 +83,8 @@ def test_a_chain_job_runs_each_member_in_its_own_container_in_order() -> None:
     names = [c["name"] for c in [*pod["initContainers"], *pod["containers"]]]
     assert names == ["stage-0", "stage-1", "stage-2", "stage"]
     assert json.loads(job["metadata"]["annotations"][ANNOTATION_CHAIN]) == [
-        {"stage": s, "container": n} for s, n in zip(FACES, names, strict=True)
+        {"stage": s, "container": n, "accelerator": "cpu"}
+        for s, n in zip(FACES, names, strict=True)
     ]
     assert (job["spec"]["completionMode"], job["spec"]["completions"]) == ("Indexed", 2)
     assert job["metadata"]["name"] == batch_job_name("b-chain", "decode", "cpu")
@@ -132,6 +133,28 @@ def test_a_gpu_chain_holds_one_gpu_for_its_pod_and_is_valid_kubernetes() -> None
     assert JobRunner._gpus(pod) == 1  # the emulator's scheduler counts it so (PodRequests)
     two_apps = {"containers": [pod["containers"][0]] * 2}
     assert JobRunner._gpus(two_apps) == 2  # app containers run side by side: their sum
+    assert job["metadata"]["name"].endswith("-gpu")
+
+
+def test_cpu_stages_that_joined_a_gpu_chain_run_in_its_pod_without_a_gpu() -> None:
+    """faces on a GPU with thumbnails and publish joined (placement.join_gpu): one Job
+    on a GPU node, the GPU asked for by faces' container only, the others on CPU."""
+    members = _chain("j", stages=("faces", "thumbnails", "publish")).members
+    members[0] = members[0].model_copy(update={"accelerator": "gpu"})
+    chain = members[0].model_copy(update={"chain": members[1:]})
+    job = build_chain_job([chain], PROD)
+    kubernetes_validate.validate(job, KUBERNETES_VERSION, strict=True)
+    pod = job["spec"]["template"]["spec"]
+    faces, thumbnails = pod["initContainers"]
+    [publish] = pod["containers"]
+    assert faces["resources"]["limits"]["nvidia.com/gpu"] == 1
+    for container, stage in ((thumbnails, "thumbnails"), (publish, "publish")):
+        assert "nvidia.com/gpu" not in container["resources"]["limits"]
+        # Its own image, the CPU one: the stage's code, not faces'.
+        assert container["image"] == launch_for(CATALOG.pipeline("faces"), stage, "cpu").image
+    # The pod goes to a GPU node (faces' container needs it), and holds one GPU.
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert JobRunner._gpus(pod) == 1
     assert job["metadata"]["name"].endswith("-gpu")
 
 
@@ -525,3 +548,40 @@ def test_a_chain_job_is_deleted_once_every_clip_is_cancelled_and_no_handle_linge
     # Nothing of the Job is wanted any more: deleted, and every member's handle done.
     assert dev.jobs() == [] and executor.actions.pending_deletes() == []
     executor.close()
+
+
+@pytest.mark.slow
+def test_on_a_cluster_with_a_gpu_node_the_faces_shape_takes_two_jobs(tmp_path: Path) -> None:
+    """The faces pipeline's shape (no-op stages: CPU, GPU, then two CPU stages that join
+    the GPU one) through the engine and the emulator: decode's batch Job on the CPU
+    node, then one GPU Job running faces, thumbnails and publish, each stage recorded
+    on its own accelerator at the same place."""
+    from bench.environment import counted_s3
+    from bench.kube_runs import _kube_runtime
+    from bench.local_runs import _files
+    from orchestrator.cli.oneshot import run_files
+
+    with (
+        counted_s3() as (s3, _),
+        _kube_runtime(tmp_path, s3, 1, 4, gpus=True) as (
+            runtime,
+            emulator,
+        ),
+    ):
+        files = _files(tmp_path / "clips", 4)
+        done = run_files(runtime, runtime.catalog.pipeline("noop-gpu-chain"), files, "t", "c", 300)
+        with emulator.lock:
+            created = [c for c in emulator.calls if c.verb == "create" and c.resource == "jobs"]
+        assert [run.status for _, run in done] == [RunStatus.SUCCEEDED] * 4
+        assert len(created) == 2, [c.path for c in created]
+        for _, run in done:
+            attempts = {a.stage: a for a in runtime.store.attempts_of_run(run.id)}
+            assert {s: a.accelerator for s, a in attempts.items()} == {
+                "decode": "cpu",
+                "faces": "gpu",
+                "thumbnails": "cpu",
+                "publish": "cpu",
+            }
+            gpu_execution = {(attempts[s].batch, attempts[s].placement) for s in FACES[1:]}
+            assert len(gpu_execution) == 1
+            assert attempts["decode"].batch not in {batch for batch, _ in gpu_execution}

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
 from orchestrator.domain.algorithm import NAME_PATTERN, Accelerator
 from orchestrator.domain.layout import NAME as TENANT_NAME
@@ -40,6 +48,17 @@ class Placement(BaseModel):
     #: Run on CPU instead when no GPU has been free for ``fallback_after_seconds``.
     fallback: Literal["cpu"] | None = None
     fallback_after_seconds: float = Field(default=300, ge=0)
+    #: A CPU stage fused after a GPU stage runs in that stage's process (pod) on the
+    #: GPU's node, still on CPU, instead of in a CPU process of its own: one process
+    #: start, one Kubernetes Job and its Secret fewer per batch, for the GPU held while
+    #: it runs. Worth it for light stages after a model (drawing, publishing).
+    join_gpu: bool = False
+
+    @model_validator(mode="after")
+    def _join_gpu_is_for_cpu_stages(self) -> Placement:
+        if self.join_gpu and self.accelerator != "cpu":
+            raise ValueError("join_gpu is for CPU stages (accelerator: cpu)")
+        return self
 
 
 class BatchSpec(BaseModel):

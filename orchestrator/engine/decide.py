@@ -59,6 +59,9 @@ class ChainMember:
     attempt: int
     #: Its outputs stay in the execution (every stage that reads them is in it too).
     keep_local: bool = False
+    #: Its own accelerator, where it differs from the execution's (a CPU stage that
+    #: joined a GPU stage's process, ``placement.join_gpu``); None: the execution's.
+    accelerator: str | None = None
 
 
 @dataclass(frozen=True)
@@ -367,7 +370,8 @@ def fused(
     executor_has_gpus: bool,
 ) -> list[StartAttempt]:
     """The starts of one run with later stages fused into them: a stage joins the
-    execution of an earlier one when it has the same placement, may be fused (SDK
+    execution of an earlier one when it has the same placement (or is a CPU stage with
+    ``placement.join_gpu`` after a GPU one: it runs there, on CPU), may be fused (SDK
     stages; the pipeline did not say ``fuse: false``), is not running already, reads
     the output of a stage of that execution, and needs nothing but that and what is
     done. A fused stage
@@ -391,6 +395,7 @@ def fused(
             continue
         members = [start.stage]
         numbers = {start.stage: start.attempt}
+        joined: set[str] = set()
         covered = done | {start.stage}
         for name in order[order.index(start.stage) + 1 :]:
             stage = pipeline.stages[name]
@@ -408,12 +413,18 @@ def fused(
                 continue
             other = by_stage.get(name)
             if other is not None:
-                if (other.accelerator, other.fallback) != (start.accelerator, start.fallback):
+                own = other.accelerator
+                alike = (other.accelerator, other.fallback) == (start.accelerator, start.fallback)
+            else:
+                own = _static_accelerator(stage, executor_has_gpus)
+                alike = own == start.accelerator and not (
+                    start.fallback and stage.spec.placement.fallback != start.fallback
+                )
+            if not alike:
+                if own == "cpu" and start.accelerator == "gpu" and stage.spec.placement.join_gpu:
+                    joined.add(name)  # it rides in the GPU stage's process, on CPU
+                else:
                     continue
-            elif _static_accelerator(stage, executor_has_gpus) != start.accelerator or (
-                start.fallback and stage.spec.placement.fallback != start.fallback
-            ):
-                continue
             members.append(name)
             numbers[name] = attempt.attempt + 1 if attempt is not None else 1
             covered.add(name)
@@ -428,7 +439,10 @@ def fused(
             replace(
                 start,
                 keep_local=keep[start.stage],
-                chain=tuple(ChainMember(m, numbers[m], keep[m]) for m in members[1:]),
+                chain=tuple(
+                    ChainMember(m, numbers[m], keep[m], "cpu" if m in joined else None)
+                    for m in members[1:]
+                ),
             )
         )
     return chosen

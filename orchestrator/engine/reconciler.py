@@ -1085,9 +1085,11 @@ class Reconciler:
     def _follower(
         self, view: RunWithAttempts, member: ChainMember, head: StageAttempt
     ) -> StageAttempt:
-        """The attempt of a stage fused after ``head``, with its place and batch."""
+        """The attempt of a stage fused after ``head``, with its place and batch, on the
+        head's accelerator unless it has its own (a CPU stage in a GPU stage's process)."""
+        accelerator = member.accelerator or head.accelerator
         follower = self._attempt_row(
-            view, member.stage, member.attempt, head.accelerator, head.batch, member.keep_local
+            view, member.stage, member.attempt, accelerator, head.batch, member.keep_local
         )
         follower.placement = head.placement
         return follower

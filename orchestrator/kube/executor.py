@@ -715,22 +715,34 @@ class KubernetesExecutor:
         in ``firsts``."""
         name = job["metadata"]["name"]
         accelerator = accelerator_of(job)
+        # A member's own, where the Job says (a CPU stage in a GPU stage's pod).
+        own = [member.get("accelerator", accelerator) for member in chain_of(job)]
         done = {}
         for index, members in enumerate(chain_attempts(job)):
             if members and members[0] in firsts:
                 for position, attempt in enumerate(members):
                     done[attempt] = Submission(
                         handle=_handle(cluster, name, index, position),
-                        accelerator=accelerator,  # type: ignore[arg-type]
+                        accelerator=own[position] if position < len(own) else accelerator,  # type: ignore[arg-type]
                         placement=cluster.name,
                     )
         return done
 
     def _chain_on_accelerator(self, launch: StageLaunch) -> StageLaunch:
         """The chain's members where its first member was placed, each told its
-        accelerator."""
-        where = {"placement": launch.placement, "accelerator": launch.accelerator}
-        chain = [self._on_accelerator(m.model_copy(update=where)) for m in launch.chain]
+        accelerator: the first member's, but a CPU member stays on CPU (a stage that
+        joined a GPU stage's pod, ``placement.join_gpu``)."""
+        chain = [
+            self._on_accelerator(
+                m.model_copy(
+                    update={
+                        "placement": launch.placement,
+                        "accelerator": "cpu" if m.accelerator == "cpu" else launch.accelerator,
+                    }
+                )
+            )
+            for m in launch.chain
+        ]
         return self._on_accelerator(launch).model_copy(update={"chain": chain})
 
     def _cluster_for(self, launch: StageLaunch) -> ClusterSettings:

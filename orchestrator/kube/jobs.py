@@ -459,8 +459,11 @@ def build_chain_job(
     job_labels[LABEL_STAGES] = label_value(".".join(m.stage for m in members))
     if first.batch:
         job_labels[LABEL_BATCH] = label_value(first.batch)
+    # Each member's own accelerator: a CPU stage that joined a GPU stage's pod runs there
+    # on CPU, and is recorded so (an adopted Job tells it too).
     chain = [
-        {"stage": m.stage, "container": chain_container(n, count)} for n, m in enumerate(members)
+        {"stage": m.stage, "container": chain_container(n, count), "accelerator": m.accelerator}
+        for n, m in enumerate(members)
     ]
     annotations = {
         ANNOTATION_ATTEMPTS: json.dumps([launch.attempt_id for launch in launches]),
