@@ -116,17 +116,34 @@ def test_cpu_stages_that_join_gpu_run_in_the_gpu_stage_s_execution_on_cpu(
     assert all(member.accelerator is None for member in start.chain)
 
 
-def test_a_joining_stage_that_runs_again_alone_runs_on_cpu(faces: Pipeline) -> None:
-    # thumbnails failed after faces succeeded (and wrote its detections to S3): it
-    # runs again on its own, on CPU (publish with it), not on the GPU it rode with.
+def test_a_joining_stage_that_runs_again_does_so_with_what_it_lost_or_alone_on_cpu(
+    faces: Pipeline,
+) -> None:
+    # thumbnails failed after faces succeeded in one GPU execution: faces kept its
+    # detections there, so it runs again with thumbnails and publish joined, on CPU.
     done = [
         attempt("decode", 1, AttemptState.SUCCEEDED),
-        attempt("faces", 1, AttemptState.SUCCEEDED, at=2, accelerator="gpu"),
+        attempt("faces", 1, AttemptState.SUCCEEDED, at=2, accelerator="gpu", keep_local=True),
         attempt("thumbnails", 1, AttemptState.FAILED, at=3),
+        attempt("publish", 1, AttemptState.SKIPPED, at=3),
     ]
     d = decide(run(), done, faces, T0 + timedelta(seconds=600), POLICY, True, fuse=True)
     [start] = d.starts
-    assert (start.stage, start.accelerator) == ("thumbnails", "cpu")
+    assert (start.stage, start.attempt, start.accelerator) == ("faces", 2, "gpu")
+    assert [(m.stage, m.attempt, m.accelerator) for m in start.chain] == [
+        ("thumbnails", 2, "cpu"),
+        ("publish", 2, "cpu"),
+    ]
+    # Where faces wrote its detections to S3 (it ran alone, e.g. given back for CPU),
+    # thumbnails runs again on its own, on CPU, publish with it: not on the GPU.
+    done[1] = attempt("faces", 1, AttemptState.SUCCEEDED, at=2, accelerator="cpu")
+    d = decide(run(), done, faces, T0 + timedelta(seconds=600), POLICY, True, fuse=True)
+    [start] = d.starts
+    assert (start.stage, start.accelerator, start.stages) == (
+        "thumbnails",
+        "cpu",
+        ["thumbnails", "publish"],
+    )
 
 
 def test_join_gpu_is_refused_on_a_gpu_stage() -> None:

@@ -102,3 +102,44 @@ def test_a_real_runner_records_its_start_time_and_is_cancelled(tmp_path: Path) -
         time.sleep(0.05)
     assert status.state == ExecState.FAILED and status.reason == "cancelled"
     executor.close()
+
+
+def test_a_gpu_is_placed_again_only_once_the_process_that_held_it_has_exited(
+    tmp_path: Path,
+) -> None:
+    """A GPU process may outlive its GPU stage (CPU stages that joined it run on): its
+    GPU gets no second process until it exits, whatever the engine's count says."""
+    executor = LocalExecutor(tmp_path, gpus=1)
+
+    def launch(attempt: str, accelerator: str, command: list[str]) -> StageLaunch:
+        return StageLaunch(
+            attempt_id=attempt,
+            run_id=f"r-{attempt}",
+            stage="s",
+            pipeline="p",
+            tenant="t",
+            clip_id=f"c-{attempt}",
+            algorithm="probe@1.0.0",
+            image="probe",
+            command=command,
+            env={},
+            accelerator=accelerator,  # type: ignore[arg-type]
+            resources=Resources(),
+            timeout_seconds=60,
+        )
+
+    first = launch("g-1", "gpu", ["sleep", "0.5"])
+    assert set(executor.place([first])) == {"g-1"}
+    executor.submit([first])
+    second, on_cpu = launch("g-2", "gpu", ["true"]), launch("c-1", "cpu", ["true"])
+    # Its GPU is held: no place for another GPU launch; CPU ones are placed as ever.
+    assert set(executor.place([second, on_cpu])) == {"c-1"}
+    deadline = time.monotonic() + 20
+    while executor.poll(["g-1"])["g-1"].state != ExecState.SUCCEEDED:
+        assert time.monotonic() < deadline, "the GPU process never ended"
+        time.sleep(0.05)
+    deadline = time.monotonic() + 5
+    while "g-2" not in executor.place([second]):
+        assert time.monotonic() < deadline, "the GPU was never given again"
+        time.sleep(0.05)
+    executor.close()

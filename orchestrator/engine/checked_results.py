@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-#: What the kept results may weigh together, in bytes as stored in S3; the oldest go
-#: first past it. A few thousand typical results (tens of KB each).
-DEFAULT_BUDGET = 64 * 2**20
+#: What the kept results may weigh together, in bytes as stored in S3 (parsed, they
+#: take three to four times that in memory); the oldest go first past it. Hundreds of
+#: typical results (tens of KB each): a result is kept for a tick or two, until its
+#: run ends, so even 10,000 clips a minute keep a few hundred at a time.
+DEFAULT_BUDGET = 16 * 2**20
 
 
 class CheckedResults:

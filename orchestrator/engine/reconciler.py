@@ -601,13 +601,18 @@ class Reconciler:
 
     def _requeue(self, view: RunWithAttempts, attempt: StageAttempt, status: ExecStatus) -> None:
         """The executor gave the attempt back (a GPU Job no node could take): the next
-        tick's Resubmit starts it again at its recorded place, on ``status.requeue``."""
+        tick's Resubmit starts it again at its recorded place, on ``status.requeue``.
+        It goes alone (the stages fused after it were skipped with it), so what it was
+        to hand over in its process now goes to S3 for them: kept local, its success
+        would count for nothing and it would run again with them, on the GPU no node
+        could take, again and again."""
         values: dict[str, Any] = {
             "state": AttemptState.PENDING,
             "handle": None,
             "accelerator": status.requeue,
             "submitted_at": None,
             "reason": status.reason,
+            "keep_local": False,
         }
         if not self.store.update_attempt(
             attempt.id, (AttemptState.RUNNING,), attempt.handle, **values
@@ -1143,6 +1148,7 @@ class Reconciler:
                 stages[member.stage].algorithm.ref,
                 json.dumps(stages[member.stage].params, sort_keys=True),
                 member.keep_local,
+                member.accelerator,
             )
             for member in start.chain
         )

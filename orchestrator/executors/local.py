@@ -189,6 +189,10 @@ class LocalExecutor:
         self.broker = broker
         #: Credentials handed to processes still running: revoked once each exits.
         self._issued: list[tuple[subprocess.Popen, StageCredentials]] = []
+        #: Processes started on a GPU, until they exit: one whose GPU stage is done may
+        #: still run CPU stages that joined it (placement.join_gpu), holding the GPU's
+        #: memory, while the engine's count of GPU attempts already says it is free.
+        self._on_gpu: list[subprocess.Popen] = []
 
     def capacity(self) -> Capacity:
         return Capacity(slots=self.max_parallel, gpu_slots=min(self.gpus, self.max_parallel))
@@ -200,11 +204,19 @@ class LocalExecutor:
         return command
 
     def place(self, launches: Sequence[StageLaunch]) -> dict[str, Placement]:
-        # One machine: every launch goes here, on the accelerator the engine admitted.
-        return {
-            launch.attempt_id: Placement(placement="local", accelerator=launch.accelerator)
-            for launch in launches
-        }
+        """One machine: every launch goes here, on the accelerator the engine admitted,
+        but a GPU launch only while fewer processes than GPUs hold one (none: no place
+        now, and the engine decides again next tick)."""
+        self._on_gpu = [child for child in self._on_gpu if child.poll() is None]
+        free_gpus = self.gpus - len(self._on_gpu)
+        placed = {}
+        for launch in launches:
+            if launch.accelerator == "gpu":
+                if free_gpus <= 0:
+                    continue
+                free_gpus -= 1
+            placed[launch.attempt_id] = Placement(placement="local", accelerator=launch.accelerator)
+        return placed
 
     def submit(self, launches: Sequence[StageLaunch]) -> dict[str, Submission]:
         """Starts each launch in a process of its own, or each batch (launches sharing
@@ -273,6 +285,8 @@ class LocalExecutor:
         env[contract.ENV_MANIFEST_COPY] = str(directory / files.MANIFEST_COPY)
         child = self._start_runner(directory, env, credentials)
         self._children[launch.attempt_id] = child
+        if launch.accelerator == "gpu":
+            self._on_gpu.append(child)
         return {launch.attempt_id: self._submission(launch)}
 
     def _submit_batch(self, batch: str, launches: list[StageLaunch]) -> dict[str, Submission]:
@@ -366,6 +380,8 @@ class LocalExecutor:
             env[contract.ENV_BATCH_MORE] = str(directory / files.MORE)
             env[contract.ENV_BATCH_LINGER] = str(linger)
         child = self._start_runner(directory, env, credentials)
+        if first.accelerator == "gpu":
+            self._on_gpu.append(child)
         for launch in claimed:
             for member in launch.members:
                 self._children[member.attempt_id] = child
