@@ -33,6 +33,25 @@ def _record(executor: LocalExecutor, handle: str, runner: dict[str, object]) -> 
     (directory / files.RUNNER).write_text(json.dumps(runner))
 
 
+def _launch(attempt: str, accelerator: str, command: list[str]) -> StageLaunch:
+    """A lone launch of ``command`` (any program: the runner only runs it)."""
+    return StageLaunch(
+        attempt_id=attempt,
+        run_id=f"r-{attempt}",
+        stage="s",
+        pipeline="p",
+        tenant="t",
+        clip_id=f"c-{attempt}",
+        algorithm="probe@1.0.0",
+        image="probe",
+        command=command,
+        env={},
+        accelerator=accelerator,  # type: ignore[arg-type]
+        resources=Resources(),
+        timeout_seconds=60,
+    )
+
+
 def _still_running(process: subprocess.Popen[bytes]) -> bool:
     try:
         process.wait(timeout=0.5)
@@ -72,22 +91,7 @@ def test_a_record_without_a_start_time_is_never_signalled(
 
 def test_a_real_runner_records_its_start_time_and_is_cancelled(tmp_path: Path) -> None:
     executor = LocalExecutor(tmp_path, kill_grace_seconds=0.5)
-    launch = StageLaunch(
-        attempt_id="a-1",
-        run_id="r-1",
-        stage="s",
-        pipeline="p",
-        tenant="t",
-        clip_id="c-1",
-        algorithm="probe@1.0.0",
-        image="probe",
-        command=["sleep", "60"],
-        env={},
-        accelerator="cpu",
-        resources=Resources(),
-        timeout_seconds=60,
-    )
-    executor.submit([launch])
+    executor.submit([_launch("a-1", "cpu", ["sleep", "60"])])
     deadline = time.monotonic() + 20
     while executor.poll(["a-1"])["a-1"].state != ExecState.RUNNING:
         assert time.monotonic() < deadline, "the runner never started"
@@ -110,28 +114,10 @@ def test_a_gpu_is_placed_again_only_once_the_process_that_held_it_has_exited(
     """A GPU process may outlive its GPU stage (CPU stages that joined it run on): its
     GPU gets no second process until it exits, whatever the engine's count says."""
     executor = LocalExecutor(tmp_path, gpus=1)
-
-    def launch(attempt: str, accelerator: str, command: list[str]) -> StageLaunch:
-        return StageLaunch(
-            attempt_id=attempt,
-            run_id=f"r-{attempt}",
-            stage="s",
-            pipeline="p",
-            tenant="t",
-            clip_id=f"c-{attempt}",
-            algorithm="probe@1.0.0",
-            image="probe",
-            command=command,
-            env={},
-            accelerator=accelerator,  # type: ignore[arg-type]
-            resources=Resources(),
-            timeout_seconds=60,
-        )
-
-    first = launch("g-1", "gpu", ["sleep", "0.5"])
+    first = _launch("g-1", "gpu", ["sleep", "0.5"])
     assert set(executor.place([first])) == {"g-1"}
     executor.submit([first])
-    second, on_cpu = launch("g-2", "gpu", ["true"]), launch("c-1", "cpu", ["true"])
+    second, on_cpu = _launch("g-2", "gpu", ["true"]), _launch("c-1", "cpu", ["true"])
     # Its GPU is held: no place for another GPU launch; CPU ones are placed as ever.
     assert set(executor.place([second, on_cpu])) == {"c-1"}
     deadline = time.monotonic() + 20
