@@ -26,6 +26,7 @@ SIZES = {
     "cameras": (10_000, 300),
     # Runs of the figures that swing most with the machine's other load; the median.
     "rounds": (3, 1),
+    "gpu_clips": (5, 1),
 }
 
 
@@ -56,7 +57,19 @@ def scenarios(size: Callable[[str], int]) -> dict[str, Callable[[], list[Figure]
 
         return fleet_figures.measure(size("active_runs"), size("finished_runs"), size("cameras"))
 
-    return {"local": local, "faces": faces, "engine": engine, "kube": kube, "fleet": fleet}
+    def gpu() -> list[Figure]:
+        from bench import gpu_faces
+
+        return gpu_faces.measure(size("gpu_clips"))
+
+    return {
+        "local": local,
+        "faces": faces,
+        "engine": engine,
+        "kube": kube,
+        "fleet": fleet,
+        "gpu": gpu,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="CI-sized runs (about 2 min)")
     parser.add_argument(
-        "--only", help="comma-separated: local, faces, engine, kube, fleet (default: all)"
+        "--only", help="comma-separated: local, faces, engine, kube, fleet, gpu (default: all)"
     )
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="where to save")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")

@@ -25,9 +25,15 @@ def test_the_quick_bench_measures_every_figure_and_saves_its_chart(tmp_path: Pat
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads((tmp_path / "bench.json").read_text())
     keys = {f["key"] for f in figures}
-    assert keys == {"P2", "P3", "P4"}
+    assert keys == {"P2", "P3", "P4", "GPU"}
     names = " ".join(f["name"] for f in figures)
-    for expected in ("overhead per stage", "bare loop", "engine ceiling", "Kubernetes API"):
+    for expected in (
+        "overhead per stage",
+        "bare loop",
+        "engine ceiling",
+        "Kubernetes API",
+        "faces model on",
+    ):
         assert expected in names
     for figure in figures:
         assert figure["ours"] > 0 or "overhead" in figure["name"], figure

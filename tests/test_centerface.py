@@ -84,3 +84,22 @@ def test_the_faces_stage_s_session_sleeps_when_idle_and_a_plain_one_spins() -> N
     assert stage.get_session_config_entry(key) == "0"
     with pytest.raises(RuntimeError, match="does not have configuration"):
         CenterFace().session.get_session_options().get_session_config_entry(key)
+
+
+def test_frames_run_through_the_model_together_find_what_each_alone_finds(
+    detector: CenterFace,
+) -> None:
+    import cv2
+
+    photos = [load_photo(name) for name in ("astronaut", "coffee", "camera", "chelsea")]
+    # Two sizes mixed: each batch holds frames of one size, and the order is kept.
+    frames = [*photos, cv2.resize(photos[0], (256, 256)), photos[2]]
+    alone = [detector.detect(frame, scale_to=(2.0, 1.5)) for frame in frames]
+    for batch_size in (1, 3, 16):
+        together = detector.detect_many(frames, scale_to=(2.0, 1.5), batch_size=batch_size)
+        assert [len(found) for found in together] == [len(found) for found in alone]
+        for mine, theirs in zip(together, alone, strict=True):
+            for a, b in zip(mine, theirs, strict=True):
+                assert iou(a.box, b.box) > 0.99 and abs(a.score - b.score) < 1e-3
+    assert [len(found) for found in alone] == [1, 0, 1, 0, 1, 1]
+    assert detector.detect_many([]) == []

@@ -39,6 +39,12 @@ def frames_to_analyse(ctx: StageContext, entries: list[dict[str, Any]]) -> list[
     return look
 
 
+#: Frames per run of the model on a GPU: one copy each way and one pass of the network
+#: for many frames keeps the GPU busy. On CPU one at a time is faster (on two cores, 16
+#: at once ran at 19.5-32 frames/s against 32.5-43 one by one).
+GPU_FRAMES_PER_RUN = 16
+
+
 @functools.cache
 def _detector(accelerator: str, threads: int) -> CenterFace:
     """Loaded once per process: a batch of clips shares one session. Its threads
@@ -68,18 +74,35 @@ def main(ctx: StageContext) -> StageReport:
         )
     )
 
+    for file, image in images.items():
+        if image is None:
+            raise BadInput(f"frame {file} of {frames_prefix} is not a readable JPEG")
     detector = _detector(ctx.accelerator, ctx.cpus)
     started = time.monotonic()
+    on_gpu = detector.provider == "CUDAExecutionProvider"
+    found = dict(
+        zip(
+            images,
+            detector.detect_many(
+                list(images.values()),
+                threshold,
+                iou,
+                max_side,
+                scale_to,
+                batch_size=GPU_FRAMES_PER_RUN if on_gpu else 1,
+            ),
+            strict=True,
+        )
+    )
     results: list[dict[str, Any]] = []
     last: list[dict[str, Any]] = []
     for entry in entries:
         frame: dict[str, Any] = {"t": entry["t"], "i": entry["i"]}
-        if entry["file"] in images:
-            image = images[entry["file"]]
-            if image is None:
-                raise BadInput(f"frame {entry['file']} of {frames_prefix} is not a readable JPEG")
-            found = detector.detect(image, threshold, iou, max_side, scale_to)
-            last = [{"label": "face", "score": d.score, "box": list(d.box)} for d in found]
+        if entry["file"] in found:
+            last = [
+                {"label": "face", "score": d.score, "box": list(d.box)}
+                for d in found[entry["file"]]
+            ]
         else:
             frame["reused"] = True
         frame["detections"] = last
