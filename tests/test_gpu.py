@@ -12,13 +12,14 @@ from orchestrator.cli.samples import load_photo
 from tests.helpers import iou
 
 HAS_CUDA = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-
-
-@pytest.mark.skipif(
+needs_cuda = pytest.mark.skipif(
     not HAS_CUDA,
     reason="no CUDA execution provider in this onnxruntime (no GPU, or the CPU-only "
     "package): run on a GPU machine with onnxruntime-gpu to test the GPU path",
 )
+
+
+@needs_cuda
 @pytest.mark.parametrize("photo", ["astronaut", "camera"])
 def test_gpu_and_cpu_find_the_same_faces(photo: str) -> None:
     image = load_photo(photo)
@@ -36,11 +37,7 @@ def test_gpu_and_cpu_find_the_same_faces(photo: str) -> None:
         print(f"{photo} {name}: {50 / (time.perf_counter() - start):.1f} frames/s")
 
 
-@pytest.mark.skipif(
-    not HAS_CUDA,
-    reason="no CUDA execution provider in this onnxruntime (no GPU, or the CPU-only "
-    "package): run on a GPU machine with onnxruntime-gpu to test the GPU path",
-)
+@needs_cuda
 def test_frames_batched_on_the_gpu_find_what_the_cpu_finds_one_by_one() -> None:
     from algorithms.faces.__main__ import GPU_FRAMES_PER_RUN
 
