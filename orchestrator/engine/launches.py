@@ -16,6 +16,8 @@ from orchestrator.domain.pipeline import CLIP_INPUT
 from orchestrator.executors.base import StageLaunch
 from orchestrator.store.models import AttemptState, Clip, Run, RunStatus, StageAttempt, iso
 
+IN_FLIGHT = (AttemptState.PENDING, AttemptState.RUNNING)
+
 
 def clip_identity(clip: Clip) -> dict[str, Any]:
     """What a clip is (bucket, key, ETag) and whose (tenant, camera)."""
@@ -119,8 +121,16 @@ def build_launch(
     )
 
 
-def stage_summaries(attempts: Sequence[StageAttempt]) -> list[dict[str, Any]]:
-    """One entry per stage (its last attempt), in the order stages first started."""
+def stage_summaries(
+    attempts: Sequence[StageAttempt],
+    ended: tuple[datetime, str] | None = None,
+) -> list[dict[str, Any]]:
+    """One entry per stage (its last attempt), in the order stages first started.
+    ``ended``: when the run ended and why its attempts still in flight end with it
+    (the store settles them so in the same transaction): one that started shows as
+    failed for that reason; one that never started never ran, and is left out as a
+    skipped one is (a fused stage whose report that it was skipped had not been read
+    when the stage before it failed the run)."""
     by_stage: dict[str, list[StageAttempt]] = {}
     for attempt in sorted(attempts, key=lambda a: (a.created_at, a.attempt)):
         by_stage.setdefault(attempt.stage, []).append(attempt)
@@ -128,28 +138,36 @@ def stage_summaries(attempts: Sequence[StageAttempt]) -> list[dict[str, Any]]:
     for stage, every in by_stage.items():
         # Skipped attempts never ran (a fused stage before them failed): a stage that
         # never ran is not in the timeline.
-        tries = [t for t in every if t.state != AttemptState.SKIPPED]
+        tries = [
+            t
+            for t in every
+            if t.state != AttemptState.SKIPPED
+            and not (ended and t.state in IN_FLIGHT and t.started_at is None)
+        ]
         if not tries:
             continue
         last = tries[-1]
+        state, reason, finished_at = last.state, last.reason, last.finished_at
+        if ended and state in IN_FLIGHT:
+            state, (finished_at, reason) = AttemptState.FAILED, ended
         seconds = None
-        if last.started_at and last.finished_at:
-            seconds = round((last.finished_at - last.started_at).total_seconds(), 3)
+        if last.started_at and finished_at:
+            seconds = round((finished_at - last.started_at).total_seconds(), 3)
         summaries.append(
             {
                 "name": stage,
                 "algorithm": last.algorithm,
                 "image": last.image,
-                "status": str(last.state),
+                "status": str(state),
                 "attempts": sum(t.tries or 1 for t in tries),
                 "accelerator": last.accelerator,
                 "executor": last.executor,
                 "placement": last.placement,
                 "exit_code": last.exit_code,
-                "reason": last.reason,
+                "reason": reason,
                 "queued_at": iso(every[0].created_at),
                 "started_at": iso(last.started_at),
-                "finished_at": iso(last.finished_at),
+                "finished_at": iso(finished_at),
                 "seconds": seconds,
                 "metrics": last.metrics or {},
                 # Fused with the stages reading them, its outputs never went to S3.
@@ -167,8 +185,10 @@ def compose_result(
     error: str | None,
     payload: dict[str, Any],
     finished_at: datetime,
+    settle: str | None = None,
 ) -> dict[str, Any]:
-    """result.json: the run's status and timings around what the stages published."""
+    """result.json: the run's status and timings around what the stages published;
+    ``settle``: why attempts still in flight end with the run (see stage_summaries)."""
     result: dict[str, Any] = {
         "clip_id": clip.id,
         "source": {**clip_identity(clip), "recorded_at": iso(clip.recorded_at)},
@@ -180,7 +200,7 @@ def compose_result(
         "started_at": iso(run.started_at),
         "finished_at": iso(finished_at),
         "seconds": round((finished_at - run.created_at).total_seconds(), 3),
-        "stages": stage_summaries(attempts),
+        "stages": stage_summaries(attempts, (finished_at, settle) if settle else None),
         "frames": [],
     }
     result.update({k: v for k, v in payload.items() if k not in result or k == "frames"})

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -39,7 +39,7 @@ from orchestrator.engine.decide import (
     outcome,
     tenancy,
 )
-from orchestrator.engine.launches import build_launch, compose_result
+from orchestrator.engine.launches import IN_FLIGHT, build_launch, compose_result
 from orchestrator.engine.outputs import (
     RESULT_OUTPUT,
     BrokenContract,
@@ -72,7 +72,6 @@ from orchestrator.store.repository import AttemptChange, ClipPlan, RunFinish, Ru
 log = logging.getLogger("camflow.engine")
 
 #: An attempt an engine may still settle: never move a finished one back.
-IN_FLIGHT = (AttemptState.PENDING, AttemptState.RUNNING)
 
 
 @dataclass
@@ -176,12 +175,18 @@ def _clip_name(clip: Clip) -> str:
     return f"{clip.id} ({clip.key})"
 
 
+#: Why a run's stages still in flight end with it (cancelled, they no longer hold slots).
+ENDED_WITH_RUN = "cancelled: the run ended"
+
+
 def _settle(ending: _Ending) -> str | None:
-    """Why the run's stages still in flight end with it (cancelled, they no longer hold
-    slots), written with its end; None when none is."""
-    if any(a.state in IN_FLIGHT for a in ending.attempts):
-        return "cancelled: the run ended"
-    return None
+    """Why the run's stages still in flight end with it, written with its end; None
+    when none is."""
+    return _in_flight_reason(ending.attempts)
+
+
+def _in_flight_reason(attempts: Sequence[StageAttempt]) -> str | None:
+    return ENDED_WITH_RUN if any(a.state in IN_FLIGHT for a in attempts) else None
 
 
 class Reconciler:
@@ -1503,7 +1508,9 @@ class Reconciler:
             except BrokenContract as exc:
                 status, error = RunStatus.FAILED, exc.reason
                 attempts = self.store.attempts_of_run(view.run.id)
-        result = compose_result(view.run, view.clip, attempts, status, error, payload, now)
+        result = compose_result(
+            view.run, view.clip, attempts, status, error, payload, now, _in_flight_reason(attempts)
+        )
         key = result_key(view.clip.tenant, view.clip.camera, view.clip.id, view.run.pipeline)
         return _Ending(status, error, result, key, attempts)
 
