@@ -16,7 +16,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 from bench.environment import bench_settings
-from bench.report import Figure
+from bench.report import Figure, median_round, spread
 from orchestrator.domain.discovery import FoundObject
 from orchestrator.domain.layout import upload_key
 from orchestrator.executors.base import (
@@ -142,15 +142,9 @@ def clips_per_minute(store_url: str, clips: int) -> tuple[float, int, float]:
 
 
 def _note(clips: int, rounds: list[tuple[float, int, float]]) -> str:
-    _, ticks, cpu = _median(rounds)
-    spread = ", ".join(f"{r[0]:,.0f}" for r in sorted(rounds))
+    _, ticks, cpu = median_round(rounds)
     note = f"{clips} clips in {ticks} ticks; {cpu:,.0f} per CPU minute"
-    return note + (f"; median of {spread}" if len(rounds) > 1 else "")
-
-
-def _median(rounds: list[tuple[float, int, float]]) -> tuple[float, int, float]:
-    """The round with the median clips/min (its ticks and CPU figure with it)."""
-    return sorted(rounds)[len(rounds) // 2]
+    return "; ".join(filter(None, (note, spread(r[0] for r in rounds))))
 
 
 def measure(clips: int, rounds: int = 1) -> list[Figure]:
@@ -165,7 +159,7 @@ def measure(clips: int, rounds: int = 1) -> list[Figure]:
             key="P4",
             name="engine ceiling, faces pipeline, instant executor, SQLite",
             unit="clips/min",
-            ours=_median(sqlite)[0],
+            ours=median_round(sqlite)[0],
             better="higher",
             note=_note(clips, sqlite),
         )
@@ -181,7 +175,7 @@ def measure(clips: int, rounds: int = 1) -> list[Figure]:
             key="P4",
             name="engine ceiling, faces pipeline, instant executor, PostgreSQL",
             unit="clips/min",
-            ours=_median(postgres)[0],
+            ours=median_round(postgres)[0],
             better="higher",
             goal=10_000,
             note=_note(clips, postgres),

@@ -12,7 +12,7 @@ from tempfile import TemporaryDirectory
 from algorithms.decode.video import open_video, output_size, sample_frames
 from algorithms.faces.centerface import CenterFace
 from bench.environment import bench_settings, counted_s3
-from bench.report import Figure
+from bench.report import Figure, spread
 from orchestrator.cli.oneshot import one_shot_owner, run_files
 from orchestrator.service import open_runtime
 from tests.conftest import SampleClips
@@ -91,11 +91,10 @@ def measure(good: int, rounds: int = 1) -> list[Figure]:
             ours=ours / baseline,
             better="lower",
             goal=1.3,
-            note=_spread(pipeline_seconds, loop_seconds),
+            note=spread(
+                (p / b for p, b in zip(pipeline_seconds, loop_seconds, strict=True)),
+                ".2f",
+                label="rounds (x):",
+            ),
         ),
     ]
-
-
-def _spread(pipeline_seconds: list[float], loop_seconds: list[float]) -> str:
-    ratios = sorted(p / b for p, b in zip(pipeline_seconds, loop_seconds, strict=True))
-    return "rounds: " + ", ".join(f"x{r:.2f}" for r in ratios) if len(ratios) > 1 else ""

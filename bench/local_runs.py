@@ -10,7 +10,7 @@ from tempfile import TemporaryDirectory
 import boto3
 
 from bench.environment import bench_settings, counted_s3
-from bench.report import Figure
+from bench.report import Figure, median_round, spread
 from orchestrator.cli.oneshot import one_shot_owner, run_files
 from orchestrator.service import open_runtime
 from orchestrator.store.models import RunStatus
@@ -98,8 +98,8 @@ def measure(clips_for_overhead: int, clips_for_throughput: int, rounds: int = 1)
                 failed = [run.error for _, run in done if run.status != RunStatus.SUCCEEDED]
                 assert not failed, failed[:3]
                 backlogs.append((clips_for_throughput / wall * 60, counter.total() - before))
-            per_minute, requests = sorted(backlogs)[len(backlogs) // 2]
-            spread = ", ".join(f"{b[0]:,.0f}" for b in sorted(backlogs))
+            per_minute, requests = median_round(backlogs)
+            how = f"{clips_for_throughput} clips, max_parallel {settings.local.max_parallel}"
             figures.append(
                 Figure(
                     key="P4",
@@ -108,9 +108,7 @@ def measure(clips_for_overhead: int, clips_for_throughput: int, rounds: int = 1)
                     ours=per_minute,
                     better="higher",
                     goal=600,
-                    note=f"{clips_for_throughput} clips, "
-                    f"max_parallel {settings.local.max_parallel}"
-                    + (f"; median of {spread}" if rounds > 1 else ""),
+                    note="; ".join(filter(None, (how, spread(b[0] for b in backlogs)))),
                 )
             )
             figures.append(

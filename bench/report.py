@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 from rich.console import Console
@@ -37,6 +38,24 @@ class Figure(BaseModel):
         if self.goal is None:
             return None
         return self.ours <= self.goal if self.better == "lower" else self.ours >= self.goal
+
+
+Round = TypeVar("Round", bound=tuple[Any, ...])
+
+
+def median_round(rounds: Sequence[Round]) -> Round:
+    """Of rounds measured one after another, the one whose first figure is the median
+    (the upper middle of an even count), with its other figures: on a shared machine
+    one round swings by a third."""
+    return sorted(rounds)[len(rounds) // 2]
+
+
+def spread(values: Iterable[float], fmt: str = ",.0f", label: str = "median of") -> str:
+    """The rounds' figures for a note ("median of a, b, c"); "" for one round."""
+    ordered = sorted(values)
+    if len(ordered) < 2:
+        return ""
+    return f"{label} " + ", ".join(format(value, fmt) for value in ordered)
 
 
 def _num(value: float | None) -> str:

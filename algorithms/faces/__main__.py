@@ -79,21 +79,11 @@ def main(ctx: StageContext) -> StageReport:
             raise BadInput(f"frame {file} of {frames_prefix} is not a readable JPEG")
     detector = _detector(ctx.accelerator, ctx.cpus)
     started = time.monotonic()
-    on_gpu = detector.provider == "CUDAExecutionProvider"
-    found = dict(
-        zip(
-            images,
-            detector.detect_many(
-                list(images.values()),
-                threshold,
-                iou,
-                max_side,
-                scale_to,
-                batch_size=GPU_FRAMES_PER_RUN if on_gpu else 1,
-            ),
-            strict=True,
-        )
+    batch = GPU_FRAMES_PER_RUN if detector.provider == "CUDAExecutionProvider" else 1
+    detected = detector.detect_many(
+        list(images.values()), threshold, iou, max_side, scale_to, batch
     )
+    found = dict(zip(images, detected, strict=True))
     results: list[dict[str, Any]] = []
     last: list[dict[str, Any]] = []
     for entry in entries:

@@ -247,14 +247,15 @@ class CenterFace:
         """``detect`` for each image, in order, the model run on up to ``batch_size``
         images of one size at a time: on a GPU, one copy each way and one pass of the
         network per batch rather than per frame, which is what keeps the GPU busy."""
+        step = max(1, batch_size)
         found: list[list[Detection]] = [[] for _ in images_bgr]
         by_size: dict[tuple[int, int], list[int]] = {}
         for n, image in enumerate(images_bgr):
             by_size.setdefault((image.shape[1], image.shape[0]), []).append(n)
         for (width, height), indexes in by_size.items():
             net = network_size(width, height, max_side)
-            for start in range(0, len(indexes), max(1, batch_size)):
-                chunk = indexes[start : start + max(1, batch_size)]
+            for start in range(0, len(indexes), step):
+                chunk = indexes[start : start + step]
                 blob = cv2.dnn.blobFromImages(
                     [images_bgr[i] for i in chunk], 1.0, net, (0, 0, 0), swapRB=True
                 )

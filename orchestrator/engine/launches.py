@@ -16,6 +16,7 @@ from orchestrator.domain.pipeline import CLIP_INPUT
 from orchestrator.executors.base import StageLaunch
 from orchestrator.store.models import AttemptState, Clip, Run, RunStatus, StageAttempt, iso
 
+#: An attempt an engine may still settle: never move a finished one back.
 IN_FLIGHT = (AttemptState.PENDING, AttemptState.RUNNING)
 
 

@@ -71,8 +71,6 @@ from orchestrator.store.repository import AttemptChange, ClipPlan, RunFinish, Ru
 
 log = logging.getLogger("camflow.engine")
 
-#: An attempt an engine may still settle: never move a finished one back.
-
 
 @dataclass
 class TickReport:
@@ -150,6 +148,9 @@ class _Ending:
     #: Where its result.json goes in the results bucket.
     key: str
     attempts: list[StageAttempt]
+    #: Why its stages still in flight end with it, written with its end (and told in
+    #: result.json); None when none is.
+    settle: str | None
 
 
 class _RecordedBefore(Exception):
@@ -179,13 +180,8 @@ def _clip_name(clip: Clip) -> str:
 ENDED_WITH_RUN = "cancelled: the run ended"
 
 
-def _settle(ending: _Ending) -> str | None:
-    """Why the run's stages still in flight end with it, written with its end; None
-    when none is."""
-    return _in_flight_reason(ending.attempts)
-
-
-def _in_flight_reason(attempts: Sequence[StageAttempt]) -> str | None:
+def _settle_reason(attempts: Sequence[StageAttempt]) -> str | None:
+    """Why a run's stages still in flight end with it; None when none is."""
     return ENDED_WITH_RUN if any(a.state in IN_FLIGHT for a in attempts) else None
 
 
@@ -1408,7 +1404,7 @@ class Reconciler:
             self._unwritten(view, exc)
             return None
         if not self.store.finish_run(
-            view.run.id, ending.status, ending.error, ending.result, uri, now, _settle(ending)
+            view.run.id, ending.status, ending.error, ending.result, uri, now, ending.settle
         ):
             return None
         self._ended(view, ending, uri)
@@ -1449,7 +1445,7 @@ class Reconciler:
                     ending.result,
                     uri,
                     now,
-                    _settle(ending),
+                    ending.settle,
                 ),
             )
             for (view, ending), uri in zip(endings, uris, strict=True)
@@ -1508,11 +1504,10 @@ class Reconciler:
             except BrokenContract as exc:
                 status, error = RunStatus.FAILED, exc.reason
                 attempts = self.store.attempts_of_run(view.run.id)
-        result = compose_result(
-            view.run, view.clip, attempts, status, error, payload, now, _in_flight_reason(attempts)
-        )
+        settle = _settle_reason(attempts)
+        result = compose_result(view.run, view.clip, attempts, status, error, payload, now, settle)
         key = result_key(view.clip.tenant, view.clip.camera, view.clip.id, view.run.pipeline)
-        return _Ending(status, error, result, key, attempts)
+        return _Ending(status, error, result, key, attempts, settle)
 
     def _unwritten(self, view: RunWithAttempts, exc: StorageError) -> None:
         # The run stays active; the next tick writes the result again.
@@ -1526,7 +1521,7 @@ class Reconciler:
 
     def _ended(self, view: RunWithAttempts, ending: _Ending, uri: str | None) -> None:
         """What follows a run's end: it is counted and logged (its stages still in
-        flight were settled with it, see ``_settle``)."""
+        flight were settled with it, see ``_settle_reason``)."""
         for attempt in ending.attempts:
             self._checked_results.drop(attempt.id)
         telemetry.run_finished(view.run.pipeline, ending.status)

@@ -723,7 +723,7 @@ class KubernetesExecutor:
                 for position, attempt in enumerate(members):
                     done[attempt] = Submission(
                         handle=_handle(cluster, name, index, position),
-                        accelerator=own[position] if position < len(own) else accelerator,  # type: ignore[arg-type]
+                        accelerator=own[position],  # type: ignore[arg-type]
                         placement=cluster.name,
                     )
         return done
