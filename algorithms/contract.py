@@ -34,6 +34,13 @@ ENV_BATCH_MORE = "CAMFLOW_BATCH_MORE"
 ENV_BATCH_LINGER = "CAMFLOW_BATCH_LINGER"
 BATCH_TAKEN = ".taken"
 BATCH_CLOSED = "closed"
+#: Optional, set by a local executor for a program whose main(ctx) is thread-safe
+#: (``thread_safe: true``): how many threads may run its clips side by side. Items
+#: then carry a ``lane``, the batch each belongs to in camflow's count of busy slots;
+#: at most as many clips run at once as lanes still have clips to finish, so that the
+#: process never keeps more cores busy than the slots it was counted for.
+ENV_BATCH_THREADS = "CAMFLOW_BATCH_THREADS"
+LANE = "lane"
 #: Beside an item's report: written when the program starts that clip (its timeout
 #: counts from then, not from the batch's start), and by the executor to cancel a clip
 #: that has not started (the program then reports it cancelled and skips it).

@@ -15,6 +15,7 @@ A stage's ``main(ctx)`` returns ``StageReport``; ``run_stage`` writes
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import importlib
@@ -24,6 +25,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -97,14 +99,17 @@ class _Clients:
 
     def __init__(self) -> None:
         self._by_key: dict[str | None, Any] = {}
+        # Clips on threads of one process ask at once (boto3's clients are thread-safe).
+        self._lock = threading.Lock()
 
     def for_env(self, environ: Mapping[str, str]) -> Any:
         key = environ.get("AWS_ACCESS_KEY_ID")
-        client = self._by_key.pop(key, None) or s3_client(environ)
-        self._by_key[key] = client  # most recent last
-        while len(self._by_key) > self.KEEP:
-            self._by_key.pop(next(iter(self._by_key)))
-        return client
+        with self._lock:
+            client = self._by_key.pop(key, None) or s3_client(environ)
+            self._by_key[key] = client  # most recent last
+            while len(self._by_key) > self.KEEP:
+                self._by_key.pop(next(iter(self._by_key)))
+            return client
 
 
 class Handoff:
@@ -469,25 +474,59 @@ class _LastLine:
         return getattr(self.stream, name)
 
 
+class _ThreadStderr:
+    """sys.stderr in a batch process: each thread's writes go to the clip that thread
+    runs (its _LastLine), the rest to the process's stderr. Clips side by side on
+    threads (thread_safe stages) each keep their own log and their own last line."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self._local = threading.local()
+
+    @property
+    def tee(self) -> _LastLine | None:
+        return getattr(self._local, "tee", None)
+
+    @tee.setter
+    def tee(self, tee: _LastLine | None) -> None:
+        self._local.tee = tee
+
+    def write(self, text: str) -> int:
+        return (self.tee or self.stream).write(text)
+
+    def flush(self) -> None:
+        (self.tee or self.stream).flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def _stderr_router() -> _ThreadStderr:
+    """Installs the router as sys.stderr and as the stream of the log handlers that
+    wrote to the process's stderr, once."""
+    router = sys.stderr
+    if isinstance(router, _ThreadStderr):
+        return router
+    router = _ThreadStderr(sys.__stderr__)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.__stderr__:
+            handler.setStream(router)  # type: ignore[arg-type]
+    sys.stderr = router  # type: ignore[assignment]
+    return router
+
+
 @contextlib.contextmanager
 def _clip_stderr(log_path: str | None) -> Iterator[_LastLine]:
-    """sys.stderr, and the log handlers that write to it, for one clip of a batch."""
+    """sys.stderr, and the log handlers that write to it, for one clip of a batch, in
+    the thread that runs it."""
     copy = open(log_path, "a", encoding="utf-8") if log_path else None  # noqa: SIM115
     tee = _LastLine(sys.__stderr__, copy)
-    handlers = [
-        h
-        for h in logging.getLogger().handlers
-        if isinstance(h, logging.StreamHandler) and h.stream is sys.__stderr__
-    ]
-    sys.stderr = tee  # type: ignore[assignment]
-    for handler in handlers:
-        handler.setStream(tee)  # type: ignore[arg-type]
+    router = _stderr_router()
+    router.tee = tee
     try:
         yield tee
     finally:
-        sys.stderr = sys.__stderr__
-        for handler in handlers:
-            handler.setStream(sys.__stderr__)
+        router.tee = None
         if copy is not None:
             copy.close()
 
@@ -563,24 +602,120 @@ def _run_batch(main: Main, items: list[dict[str, Any]]) -> int:
 
 
 def _serve(items: list[dict[str, Any]], run_one: Serve) -> int:
-    """Runs each item, then those the executor adds while this process is warm."""
-    s3 = _Clients()
-    parent = os.getppid()
-    done = 0
-    for item in items:
-        done += 1
-        if os.getppid() != parent:
-            return 1  # the supervisor is gone: clips not started are someone else's now
-        run_one(item, s3, f"{done}/{len(items)}")
+    """Runs each item, then those the executor adds while this process is warm: in
+    this thread, or on CAMFLOW_BATCH_THREADS threads that each take the next clip as
+    they free up (a thread_safe stage's batches that started together)."""
     more = os.environ.get(contract.ENV_BATCH_MORE)
-    if more:
-        linger = float(os.environ.get(contract.ENV_BATCH_LINGER) or 0)
-        for item in _more_items(Path(more), linger):
-            done += 1
-            if os.getppid() != parent:
-                return 1
-            run_one(item, s3, f"{done}")
-    return contract.EXIT_OK
+    feed = _Feed(
+        items,
+        Path(more) if more else None,
+        float(os.environ.get(contract.ENV_BATCH_LINGER) or 0),
+        threads=int(os.environ.get(contract.ENV_BATCH_THREADS) or 1),
+    )
+    s3 = _Clients()
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            while (taken := feed.take()) is not None:
+                item, position = taken
+                try:
+                    run_one(item, s3, position)
+                finally:
+                    feed.done(item)
+        except BaseException as exc:  # reporting failed: the process ends, as it would alone
+            failures.append(exc)
+            feed.stop()
+
+    if feed.threads == 1:
+        work()
+    else:
+        workers = [threading.Thread(target=work, daemon=True) for _ in range(feed.threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    if failures:
+        raise failures[0]
+    # The supervisor is gone: clips not started are someone else's now.
+    return 1 if feed.orphaned else contract.EXIT_OK
+
+
+class _Feed:
+    """The clips of a batch process, handed to its threads one at a time: first the
+    batch's own, then those the executor adds while it is warm. A thread takes a clip
+    only while fewer run than the lanes with clips left to finish allow (see
+    contract.ENV_BATCH_THREADS); without lanes, one at a time."""
+
+    def __init__(
+        self, items: list[dict[str, Any]], more: Path | None, linger: float, threads: int
+    ) -> None:
+        self.threads = max(1, threads)
+        self.orphaned = False
+        self._parent = os.getppid()
+        self._more, self._linger = more, linger
+        self._cond = threading.Condition()
+        self._queue: collections.deque[dict[str, Any]] = collections.deque()
+        self._unfinished: collections.Counter[str | None] = collections.Counter()
+        self._running = self._taken = 0
+        self._first = len(items)
+        self._polling = False
+        self._closed = more is None
+        self._add(items)
+
+    def _add(self, items: list[dict[str, Any]]) -> None:
+        self._queue.extend(items)
+        self._unfinished.update(item.get(contract.LANE) for item in items)
+
+    def _may_start(self) -> bool:
+        lanes = sum(1 for count in self._unfinished.values() if count > 0)
+        return self._running < min(self.threads, max(1, lanes))
+
+    def take(self) -> tuple[dict[str, Any], str] | None:
+        """The next clip and its position (``3/8``), or None: nothing more to run."""
+        while True:
+            with self._cond:
+                while True:
+                    if self.orphaned:
+                        return None
+                    if os.getppid() != self._parent:
+                        self.stop(orphaned=True)
+                        return None
+                    if self._queue and self._may_start():
+                        self._running += 1
+                        self._taken += 1
+                        total = f"/{self._first}" if self._taken <= self._first else ""
+                        return self._queue.popleft(), f"{self._taken}{total}"
+                    if not self._queue and not self._running and not self._polling:
+                        if self._closed:
+                            return None
+                        # Idle: this thread waits for more; the others wait for it.
+                        self._polling = True
+                        break
+                    self._cond.wait()
+            more, still_open = [], False
+            try:
+                assert self._more is not None
+                more, still_open = _await_more(self._more, self._linger)
+            finally:
+                with self._cond:
+                    self._polling = False
+                    self._closed = not still_open
+                    self._add(more)
+                    self._cond.notify_all()
+
+    def done(self, item: dict[str, Any]) -> None:
+        with self._cond:
+            self._running -= 1
+            self._unfinished[item.get(contract.LANE)] -= 1
+            self._cond.notify_all()
+
+    def stop(self, orphaned: bool = False) -> None:
+        with self._cond:
+            self.orphaned = self.orphaned or orphaned
+            self._queue.clear()
+            self._closed = True
+            self._cond.notify_all()
 
 
 def _run_batch_item(
@@ -603,7 +738,14 @@ def _run_batch_item(
             # Cancelled before its turn: it never runs.
             _write_report(report, {"exit_code": 143, "reason": "cancelled", "started_at": None})
             return 143
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CAMFLOW_")}, **item["env"]}
+    # The process's own CAMFLOW_ variables name the batch, not this clip; its share of
+    # the cores (CAMFLOW_CPUS) is the process's, so it stays.
+    inherited = {
+        k: v
+        for k, v in os.environ.items()
+        if k == contract.ENV_CPUS or not k.startswith("CAMFLOW_")
+    }
+    env = {**inherited, **item["env"]}
     code, reason, manifest = _run_item(
         main, env, clients.for_env(env), item.get("log"), position, handoff
     )
@@ -701,25 +843,33 @@ def _take(path: Path) -> list[dict[str, Any]] | None:
     return json.loads(taken.read_text())
 
 
-def _more_items(folder: Path, linger: float) -> Iterator[dict[str, Any]]:
-    """Items the executor adds while this process stays warm: it waits up to
-    ``linger`` seconds after its last clip for more of the same stage, then closes
-    (after which the executor adds nothing; what it had added is still taken here)."""
+def _await_more(folder: Path, linger: float) -> tuple[list[dict[str, Any]], bool]:
+    """The next items the executor adds while this process stays warm, waiting up to
+    ``linger`` seconds for them, and whether it is still open. Once the wait is over it
+    closes (after which the executor adds nothing) and takes what had arrived
+    meanwhile."""
     idle_since = time.monotonic()
     while True:
-        found = sorted(folder.glob("*.json"))
-        for path in found:
-            yield from _take(path) or []
-        if found:
-            idle_since = time.monotonic()
-            continue
+        for path in sorted(folder.glob("*.json")):
+            items = _take(path)
+            if items:
+                return items, True
         if time.monotonic() - idle_since >= linger:
             break
         time.sleep(MORE_POLL_SECONDS)
     with contextlib.suppress(FileExistsError):
         (folder / contract.BATCH_CLOSED).touch(exist_ok=False)
-    for path in sorted(folder.glob("*.json")):
-        yield from _take(path) or []
+    return [item for path in sorted(folder.glob("*.json")) for item in _take(path) or []], False
+
+
+def _more_items(folder: Path, linger: float) -> Iterator[dict[str, Any]]:
+    """Items the executor adds while this process stays warm, one after another: it
+    waits up to ``linger`` seconds after its last clip for more of the same stage."""
+    while True:
+        items, still_open = _await_more(folder, linger)
+        yield from items
+        if not still_open:
+            return
 
 
 def _utc_now() -> str:

@@ -34,7 +34,7 @@ class RegistryError(CamflowError):
 #: Manifest fields added after versions were first registered, with their defaults: left
 #: out of the digest while at the default, so that what an earlier camflow registered
 #: keeps its digest (and is not refused as "different content") after an upgrade.
-_ADDED_LATER = {"batch": False}
+_ADDED_LATER = {"batch": False, "thread_safe": False}
 
 
 def content_digest(

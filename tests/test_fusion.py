@@ -272,7 +272,7 @@ def test_a_fused_stage_that_fails_transiently_reruns_with_its_producer_and_the_r
     # when it must run again: decode runs again with it.
     (pipelines / "relay.yaml").write_text(
         "name: relay\ntrigger: {prefix: relay/, suffix: .mp4}\nstages:\n"
-        "  - {name: decode, algorithm: decode@1.1.0, inputs: {video: clip}, params: {fps: 2}}\n"
+        "  - {name: decode, algorithm: decode@1.2.0, inputs: {video: clip}, params: {fps: 2}}\n"
         "  - {name: probe, algorithm: probe@1.0.0, inputs: {video: decode},"
         " params: {mode: flaky}}\n"
     )

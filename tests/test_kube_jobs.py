@@ -105,7 +105,7 @@ def test_the_contract_is_honoured_and_secrets_are_only_referenced() -> None:
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert container["volumeMounts"] == [{"name": "scratch", "mountPath": "/tmp"}]
-    assert job["metadata"]["labels"]["camflow.io/algorithm-version"] == "1.1.0"
+    assert job["metadata"]["labels"]["camflow.io/algorithm-version"] == "1.2.0"
     assert job["metadata"]["labels"]["camflow.io/tenant"] == "acme"
 
 

@@ -240,6 +240,6 @@ def test_images_are_pinned_when_a_digest_is_known_and_pulled_to_match() -> None:
         c["image"]
         for j in jobs
         for c in j["spec"]["template"]["spec"]["containers"]
-        if c["image"].startswith("ghcr.io/camflow/faces:1.1.0-gpu@")
+        if c["image"].startswith("ghcr.io/camflow/faces:1.2.0-gpu@")
     ]
     assert gpu and all(image.endswith(DIGEST) for image in gpu)

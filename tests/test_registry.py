@@ -27,7 +27,7 @@ def _copy_algorithm(tmp_path: Path, name: str, version: str, **changes: str) -> 
     folder = tmp_path / f"{name}-{version}" / name
     shutil.copytree(BUILT_IN / name, folder)
     manifest = folder / "algorithm.yaml"
-    text = manifest.read_text().replace("version: 1.1.0", f"version: {version}")
+    text = manifest.read_text().replace("version: 1.2.0", f"version: {version}")
     for old, new in changes.items():
         text = text.replace(old, new)
     manifest.write_text(text)
@@ -43,14 +43,14 @@ def test_a_new_version_lands_on_dev_and_registering_it_again_changes_nothing(
     registry: Registry,
 ) -> None:
     row, created = registry.register(BUILT_IN / "faces")
-    assert created and row.id == "faces@1.1.0" and row.channel == Channel.DEV
+    assert created and row.id == "faces@1.2.0" and row.channel == Channel.DEV
     again, created = registry.register(BUILT_IN / "faces" / "algorithm.yaml")
     assert not created and again.content_digest == row.content_digest
 
 
 def test_the_same_version_with_other_content_is_refused(registry: Registry, tmp_path: Path) -> None:
     registry.register(BUILT_IN / "faces")
-    changed = _copy_algorithm(tmp_path, "faces", "1.1.0", **{"default: 0.5": "default: 0.6"})
+    changed = _copy_algorithm(tmp_path, "faces", "1.2.0", **{"default: 0.5": "default: 0.6"})
     with pytest.raises(RegistryError, match=r"versions are immutable; give .* a new version"):
         registry.register(changed)
     # A different image digest is different content too.
@@ -70,39 +70,39 @@ def test_channels_resolve_and_runs_keep_the_versions_they_started_with(
         registry.register(BUILT_IN / name)
     registry.register(BUILT_IN / "faces")
     registry.register(
-        _copy_algorithm(tmp_path, "faces", "1.2.0"), image_digest="sha256:" + "b" * 64
+        _copy_algorithm(tmp_path, "faces", "1.3.0"), image_digest="sha256:" + "b" * 64
     )
     pipelines = tmp_path / "pipelines"
     pipelines.mkdir()
     (pipelines / "faces.yaml").write_text(
         (PROJECT_ROOT / "pipelines" / "faces.yaml")
         .read_text()
-        .replace("faces@1.1.0", "faces@stable")
+        .replace("faces@1.2.0", "faces@stable")
     )
     specs = load_pipeline_specs([pipelines])
     with pytest.raises(ConfigError, match="no version of 'faces' is on the stable channel"):
         registry.catalog(specs)
 
-    registry.promote("faces", "1.1.0")
+    registry.promote("faces", "1.2.0")
     catalog = registry.catalog(specs)
-    assert catalog.pipeline("faces").pins["faces"] == "faces@1.1.0"
-    assert catalog.algorithm("faces", "dev").version == "1.2.0"
-    assert catalog.algorithm("faces").version == "1.1.0"  # bare name: stable first
+    assert catalog.pipeline("faces").pins["faces"] == "faces@1.2.0"
+    assert catalog.algorithm("faces", "dev").version == "1.3.0"
+    assert catalog.algorithm("faces").version == "1.2.0"  # bare name: stable first
     old_pins = catalog.pipeline("faces").pins
 
-    registry.promote("faces", "1.2.0")
+    registry.promote("faces", "1.3.0")
     newer = registry.catalog(specs)
-    assert newer.pipeline("faces").pins["faces"] == "faces@1.2.0"
+    assert newer.pipeline("faces").pins["faces"] == "faces@1.3.0"
     assert newer.pipeline("faces").stages["faces"].image_digest == "sha256:" + "b" * 64
     # A run created before the promotion still runs what it started with.
     pinned = newer.pipeline_for_run("faces", old_pins)
-    assert pinned is not None and pinned.stages["faces"].algorithm.version == "1.1.0"
+    assert pinned is not None and pinned.stages["faces"].algorithm.version == "1.2.0"
     assert pinned.stages["faces"].image_digest is None
 
 
 def test_promoting_an_unknown_version_says_what_exists(registry: Registry) -> None:
     registry.register(BUILT_IN / "faces")
-    with pytest.raises(NotFound, match=r"faces@9.9.9 is not registered; faces has \['1.1.0'\]"):
+    with pytest.raises(NotFound, match=r"faces@9.9.9 is not registered; faces has \['1.2.0'\]"):
         registry.promote("faces", "9.9.9")
 
 
@@ -120,8 +120,8 @@ def test_launches_use_the_registered_digest() -> None:
         BUILT_IN / "faces",
     )
     cpu, gpu = manifest.accelerators["cpu"], manifest.accelerators["gpu"]
-    assert image_reference(stage, cpu) == f"ghcr.io/camflow/faces:1.1.0@sha256:{'c' * 64}"
-    assert image_reference(stage, gpu) == "ghcr.io/camflow/faces:1.1.0-gpu"
+    assert image_reference(stage, cpu) == f"ghcr.io/camflow/faces:1.2.0@sha256:{'c' * 64}"
+    assert image_reference(stage, gpu) == "ghcr.io/camflow/faces:1.2.0-gpu"
     assert code_root(BUILT_IN / "faces", manifest.command) == str(PROJECT_ROOT)
     assert code_root(Path("/w/bright"), ["python", "-m", "bright"]) == "/w"
     assert code_root(Path("/w/bright"), ["./run.sh"]) == "/w/bright"
@@ -186,7 +186,7 @@ def test_an_author_scaffolds_tries_registers_uses_and_promotes(
     (tmp_path / "pipelines").mkdir()
     (tmp_path / "pipelines" / "bright.yaml").write_text(
         "name: bright\ntrigger: {prefix: bright/}\nstages:\n"
-        "  - {name: decode, algorithm: decode@1.1.0, inputs: {video: clip}}\n"
+        "  - {name: decode, algorithm: decode@1.2.0, inputs: {video: clip}}\n"
         "  - {name: brightness, algorithm: brightness@stable, inputs: {frames: decode}}\n"
     )
     (tmp_path / "camflow.yaml").write_text(
@@ -201,7 +201,7 @@ def test_an_author_scaffolds_tries_registers_uses_and_promotes(
     done = _camflow(tmp_path, "process", "bright", str(clips.no_face), "--json")
     assert done.returncode == 0, done.stderr
     [result] = json.loads(done.stdout)
-    assert [s["algorithm"] for s in result["stages"]] == ["decode@1.1.0", "brightness@0.1.0"]
+    assert [s["algorithm"] for s in result["stages"]] == ["decode@1.2.0", "brightness@0.1.0"]
     shown = json.loads(_camflow(tmp_path, "algorithms", "show", "brightness", "--json").stdout)
     assert shown[0]["channel"] == "stable"
     assert shown[0]["params_schema"]["properties"]["dark_below"]["default"] == 40
@@ -210,13 +210,13 @@ def test_an_author_scaffolds_tries_registers_uses_and_promotes(
 def test_registering_a_bad_resource_quantity_is_refused_naming_the_field(
     tmp_path: Path,
 ) -> None:
-    folder = _copy_algorithm(tmp_path, "faces", "1.2.0", **{'cpu: "2"': "cpu: lots"})
+    folder = _copy_algorithm(tmp_path, "faces", "1.3.0", **{'cpu: "2"': "cpu: lots"})
     refused = _camflow(tmp_path, "algorithms", "register", str(folder))
     assert refused.returncode == 1, refused.stdout
     message = " ".join(refused.stderr.split())
     assert "accelerators.cpu.cpu" in message and "'lots' is not a Kubernetes quantity" in message
     listed = _camflow(tmp_path, "algorithms", "list", "--json")
-    assert "1.2.0" not in {row["version"] for row in json.loads(listed.stdout)}
+    assert "1.3.0" not in {row["version"] for row in json.loads(listed.stdout)}
 
 
 def test_an_image_digest_with_a_trailing_newline_is_refused(registry: Registry) -> None:

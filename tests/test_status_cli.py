@@ -76,7 +76,7 @@ def _busy_store(url: str, now: datetime) -> dict[str, str]:
                     run_id=ids["r1"],
                     stage=f"s{n}",
                     attempt=1,
-                    algorithm="faces@1.1.0",
+                    algorithm="faces@1.2.0",
                     accelerator=accelerator,
                     executor="kubernetes" if placement == "dev" else "local",
                     state=state,

@@ -225,7 +225,7 @@ def test_an_accelerators_own_image_is_pinned_by_its_registered_digest(
 @pytest.mark.parametrize(
     ("digests", "problem"),
     [
-        ({"tpu": DIGEST}, "an image digest for 'tpu', which faces@1.1.0 does not support"),
+        ({"tpu": DIGEST}, "an image digest for 'tpu', which faces@1.2.0 does not support"),
         ({"cpu": DIGEST}, "has no image of its own for 'cpu'"),
         ({"gpu": "latest"}, "image digest 'latest' for gpu is not of the form sha256:"),
     ],

@@ -12,6 +12,7 @@ Runs on onnxruntime's CUDA provider when placed on a GPU, its CPU provider other
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from typing import Any
 
@@ -45,12 +46,22 @@ def frames_to_analyse(ctx: StageContext, entries: list[dict[str, Any]]) -> list[
 GPU_FRAMES_PER_RUN = 16
 
 
-@functools.cache
+_LOADING = threading.Lock()
+
+
 def _detector(accelerator: str, threads: int) -> CenterFace:
-    """Loaded once per process: a batch of clips shares one session. Its threads
-    sleep when idle rather than spin: the stage shares the cores with its own decoding
-    and S3 work, and with the stages beside it (spinning cost the faces pipeline a
-    third of its time on two cores: `python -m bench --only faces`)."""
+    """Loaded once per process: a batch of clips shares one session, also when its
+    clips run on threads side by side (onnxruntime's run is thread-safe; the lock keeps
+    two first clips from loading it twice). Its threads sleep when idle rather than
+    spin: the stage shares the cores with its own decoding and S3 work, and with the
+    stages beside it (spinning cost the faces pipeline a third of its time on two
+    cores: `python -m bench --only faces`)."""
+    with _LOADING:
+        return _load(accelerator, threads)
+
+
+@functools.cache
+def _load(accelerator: str, threads: int) -> CenterFace:
     return CenterFace(accelerator=accelerator, threads=threads, spin=False)
 
 

@@ -19,6 +19,7 @@ from pydantic import (
     NonNegativeInt,
     PositiveInt,
     field_validator,
+    model_validator,
 )
 
 from orchestrator.errors import ParamsError
@@ -90,6 +91,12 @@ class AlgorithmManifest(BaseModel):
     #: CAMFLOW_BATCH, as the SDK's run_stage does), so camflow may batch its attempts;
     #: ``timeout_seconds`` is then per clip. False: one clip per process.
     batch: bool = False
+    #: Its ``main(ctx)`` may run for several clips at once, on threads of one process
+    #: (no state shared between calls but what is safe to share: a loaded model, a
+    #: client). camflow then runs the batches of one stage that start together as one
+    #: process whose threads take the clips as they free up: one interpreter, one model
+    #: and no idle core while another batch still has clips. Needs ``batch``.
+    thread_safe: bool = False
     #: Its outputs only feed later stages (decoded frames, say): run in one process with
     #: all the stages that read them (fused), it hands them over there and never writes
     #: them to S3. False: its outputs are results someone may fetch, always stored.
@@ -122,6 +129,15 @@ class AlgorithmManifest(BaseModel):
                 "(e.g. 1.0.0, 1.1.0-rc.1, 1.1.0+build.7)"
             )
         return version
+
+    @model_validator(mode="after")
+    def _threads_need_batches(self) -> AlgorithmManifest:
+        if self.thread_safe and not self.batch:
+            raise ValueError(
+                "thread_safe: true needs batch: true (only the SDK's batch form runs "
+                "clips on threads); declare both, or neither"
+            )
+        return self
 
     @field_validator("params_schema")
     @classmethod

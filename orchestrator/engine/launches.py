@@ -115,6 +115,7 @@ def build_launch(
         resources=resources,
         timeout_seconds=resolved.timeout_seconds,
         retries=resolved.retries,
+        thread_safe=resolved.algorithm.thread_safe,
         channel=channel,
         fallback=fallback,  # type: ignore[arg-type]
         queued_fallback=placement.fallback if accelerator == "gpu" else None,

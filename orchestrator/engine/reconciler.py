@@ -932,25 +932,31 @@ class Reconciler:
             self.store.checkpoint()
         handed: list[tuple[RunWithAttempts, StageAttempt, StageLaunch, Submission]] = []
         started = 0
-        for batch, chains in zip(batches, recorded, strict=True):
-            given, count = self._submit_batch(batch, chains, trouble)
+        pairs = list(zip(batches, recorded, strict=True))
+        # An executor that may run batches starting together in one process (a
+        # thread-safe stage's, locally) is given them in one submit; others one by one,
+        # so that a refusal stays the one batch's.
+        together = getattr(self.executor, "submits_together", False)
+        for group in [pairs] if together else [[pair] for pair in pairs]:
+            given, count = self._submit_batches(group, trouble)
             handed += given
             started += count
         self._record_submissions(handed, trouble)
         return started
 
-    def _submit_batch(
+    def _submit_batches(
         self,
-        batch: str,
-        chains: list[tuple[RunWithAttempts, StageAttempt, list[StageAttempt]]],
+        batches: list[tuple[str, list[tuple[RunWithAttempts, StageAttempt, list[StageAttempt]]]]],
         trouble: _Trouble,
     ) -> tuple[list[tuple[RunWithAttempts, StageAttempt, StageLaunch, Submission]], int]:
-        """Starts one batch's recorded chains in one submit: each attempt with the
-        launch and the submission the executor gave it (none if it refused them), and
-        how many chains started."""
+        """Starts batches' recorded chains in one submit: each attempt with the launch
+        and the submission the executor gave it (none if it refused them), and how many
+        chains started."""
         members: list[tuple[RunWithAttempts, StageAttempt, StageLaunch]] = []
         whole: dict[str, list[StageAttempt]] = {}
-        for view, attempt, chain in chains:
+        for batch, view, attempt, chain in (
+            (batch, *recorded) for batch, chains in batches for recorded in chains
+        ):
             with trouble.isolate(view, "starting a stage of"):
                 launch = self._launch(view, attempt).model_copy(
                     update={
@@ -977,7 +983,8 @@ class Reconciler:
             return [], 0
         except CamflowError as exc:
             # Their place is recorded: a Resubmit tries there again, and only there.
-            log.warning("could not submit batch %s of %d clips: %s", batch, len(members), exc)
+            names = ", ".join(batch for batch, _ in batches)
+            log.warning("could not submit batch %s of %d clips: %s", names, len(members), exc)
             return [], 0
         handed: list[tuple[RunWithAttempts, StageAttempt, StageLaunch, Submission]] = []
         for view, attempt, launch in members:

@@ -59,6 +59,9 @@ class StageLaunch(BaseModel):
     #: was recorded). An executor that names its unit of work after the batch (one
     #: Indexed Job per batch) looks there first, so that the attempt never runs twice.
     recorded_batch: str | None = None
+    #: Its algorithm's main(ctx) may run clips side by side on threads of one process
+    #: (``thread_safe`` in its manifest).
+    thread_safe: bool = False
     #: Fused stages: the launches of this clip's later stages that run after this one
     #: in the same execution (one process, one pod), in order; each has its own attempt,
     #: handle and outcome. Only for an executor that ``fuses``.

@@ -52,6 +52,8 @@ MAX_STATUS_BYTES = 4 * 2**20
 #: idle long enough to close, and its supervisor rereads every clip it was handed, so
 #: after this many the next clips start a fresh process.
 WARM_MAX_CLIPS = 256
+#: The thread pools of the BLAS libraries numpy may use (OpenBLAS, MKL, OpenMP).
+BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
 #: How long cancelling a clip of a batch waits for the stage to say it skipped it.
 CANCEL_WAIT_SECONDS = 0.5
 
@@ -126,10 +128,33 @@ class _Warm:
     child: subprocess.Popen
     #: Every attempt folder it was given.
     members: list[Path]
+    #: The batches it was started with, each one of the engine's slots: clips added
+    #: later run under these ids, at most one group of clips per lane.
+    lanes: list[str]
 
 
 def _env_of(credentials: StageCredentials | None) -> dict[str, str]:
     return credentials.env() if credentials is not None else {}
+
+
+#: Batches that start together as one process: (batch id, its launches) per lane.
+Lanes = list[tuple[str, list[StageLaunch]]]
+
+
+def _interleaved(lanes: Lanes) -> list[tuple[str, StageLaunch]]:
+    """The clips of ``lanes`` in the order they were dealt to them (round-robin, oldest
+    first), each with its lane: threads that take them in turn finish the lanes
+    together."""
+    longest = max(len(launches) for _, launches in lanes)
+    return [
+        (lane, launches[n]) for n in range(longest) for lane, launches in lanes if n < len(launches)
+    ]
+
+
+def _shares_threads(launch: StageLaunch) -> bool:
+    """Its batches may share one process, on threads: CPU only (a GPU process holds
+    one GPU) and every stage it runs thread-safe."""
+    return launch.accelerator == "cpu" and all(m.thread_safe for m in launch.members)
 
 
 def _warm_key(launch: StageLaunch) -> tuple[str, ...]:
@@ -158,6 +183,9 @@ class LocalExecutor:
     batches = True
     durable_before_submit = False
     fuses = True
+    #: Batches that start in one tick come in one submit: a thread-safe stage's share
+    #: one process.
+    submits_together = True
 
     def __init__(
         self,
@@ -232,13 +260,19 @@ class LocalExecutor:
                 batches.setdefault(batch, []).append(launch)
             else:
                 handles.update(self._submit_one(launch))
+        # Batches of a thread-safe stage that start together share one process.
+        processes: dict[tuple[Any, ...], Lanes] = {}
         for batch, members in batches.items():
-            handles.update(self._submit_batch(batch, members))
+            first = members[0]
+            key = ("threads", *_warm_key(first)) if _shares_threads(first) else ("alone", batch)
+            processes.setdefault(key, []).append((batch, members))
+        for lanes in processes.values():
+            handles.update(self._submit_lanes(lanes))
         # Watched by wait() from now on, not only from the next poll.
         self._unfinished += [self.root / s.handle / files.STATUS for s in handles.values()]
         return handles
 
-    def _stage_env(self, launch: StageLaunch) -> dict[str, str]:
+    def _stage_env(self, launch: StageLaunch, lanes: int = 1) -> dict[str, str]:
         # The orchestrator's own settings (a database URL with its password, say)
         # are none of a stage's business.
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("CAMFLOW_")}
@@ -252,9 +286,17 @@ class LocalExecutor:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (*workdirs, env.get("PYTHONPATH")) if p)
         if launch.accelerator == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""
-        # Its share of the cores: a slot's, so that stages side by side do not each
-        # start a thread per core and fight over them.
-        env[contract.ENV_CPUS] = str(max(1, (os.cpu_count() or 1) // self.max_parallel))
+        # Its share of the cores: a slot's (per lane), so that stages side by side do
+        # not each start a thread per core and fight over them.
+        share = max(1, (os.cpu_count() or 1) // self.max_parallel)
+        env[contract.ENV_CPUS] = str(share * lanes)
+        # numpy's BLAS starts a thread per core at import, which spin while the stage
+        # goes on importing: 0.2 s of CPU per process here. A clip's BLAS calls come
+        # from its own thread, so a slot's share each (unless the environment says).
+        for pool in BLAS_THREADS:
+            env.setdefault(pool, str(share))
+        if lanes > 1:
+            env[contract.ENV_BATCH_THREADS] = str(lanes)
         return env
 
     def _runner_launch(self, launch: StageLaunch, timeout: float) -> dict[str, Any]:
@@ -289,60 +331,74 @@ class LocalExecutor:
             self._on_gpu.append(child)
         return {launch.attempt_id: self._submission(launch)}
 
-    def _submit_batch(self, batch: str, launches: list[StageLaunch]) -> dict[str, Submission]:
-        """One process for the clips of ``launches``, or an idle warm one of the same
-        stage. Each attempt folder is claimed as for a single attempt (pointing at the
+    def _submit_lanes(self, lanes: Lanes) -> dict[str, Submission]:
+        """One process for the clips of ``lanes`` (one batch each, or several of a
+        thread-safe stage, which its threads share), or an idle warm one of the same
+        stage. Each attempt folder is claimed as for a single attempt (pointing at its
         batch), so none is ever started twice; the stage reports each clip into its
         attempt's status.json as it finishes."""
-        claimed: list[StageLaunch] = []
-        for launch in launches:
-            attempt_dir = self.root / launch.attempt_id
-            attempt_dir.mkdir(parents=True, exist_ok=True)
-            pointer = {"batch": batch, "stage": launch.stage, "run_id": launch.run_id}
-            if files.create_json_exclusive(attempt_dir / files.LAUNCH, pointer):
-                claimed.append(launch)
-                for follower in launch.chain:
-                    # Claimed with the first: its process runs them all, or none.
-                    folder = self.root / follower.attempt_id
-                    folder.mkdir(parents=True, exist_ok=True)
-                    files.create_json_exclusive(
-                        folder / files.LAUNCH, pointer | {"stage": follower.stage, "fused": True}
-                    )
+        claimed: Lanes = []
+        for batch, launches in lanes:
+            mine = [launch for launch in launches if self._claim(batch, launch)]
+            if mine:
+                claimed.append((batch, mine))
+        recorded = {batch: batch for batch, _ in lanes}
         if claimed:
-            key = _warm_key(claimed[0])
+            first = claimed[0][1][0]
+            key = _warm_key(first)
             warm = self._warm.get(key)
             if warm is not None and self._add_to_warm(warm, claimed):
                 log.info(
                     "batch %s: %d more clips of stage %s, in its warm process",
                     warm.batch,
-                    len(claimed),
-                    claimed[0].stage,
+                    sum(len(launches) for _, launches in claimed),
+                    first.stage,
                 )
-                batch = warm.batch
+                # Each group runs as one of its lanes, and is counted as that slot.
+                recorded |= {b: lane for (b, _), lane in zip(claimed, warm.lanes, strict=False)}
             else:
-                self._start_batch(batch, claimed, key)
+                self._start_batch(claimed, key)
         return {
-            member.attempt_id: self._submission(member, batch)
+            member.attempt_id: self._submission(member, recorded[batch])
+            for batch, launches in lanes
             for launch in launches
             for member in launch.members
         }
 
-    def _start_batch(self, batch: str, claimed: list[StageLaunch], key: tuple[str, ...]) -> None:
+    def _claim(self, batch: str, launch: StageLaunch) -> bool:
+        """Claims the attempt folders of a clip of ``batch`` (its fused stages with it:
+        its process runs them all, or none); False: claimed before (a replay)."""
+        attempt_dir = self.root / launch.attempt_id
+        attempt_dir.mkdir(parents=True, exist_ok=True)
+        pointer = {"batch": batch, "stage": launch.stage, "run_id": launch.run_id}
+        if not files.create_json_exclusive(attempt_dir / files.LAUNCH, pointer):
+            return False
+        for follower in launch.chain:
+            folder = self.root / follower.attempt_id
+            folder.mkdir(parents=True, exist_ok=True)
+            files.create_json_exclusive(
+                folder / files.LAUNCH, pointer | {"stage": follower.stage, "fused": True}
+            )
+        return True
+
+    def _start_batch(self, lanes: Lanes, key: tuple[str, ...]) -> None:
         try:
-            self._start_batch_process(batch, claimed, key)
+            self._start_batch_process(lanes, key)
         except (OSError, ExecutorError) as exc:
             # Nothing started: the claims go, so that a Resubmit starts them for real
             # rather than adopting attempts that never ran.
-            for launch in claimed:
+            clips = [launch for _, launches in lanes for launch in launches]
+            for launch in clips:
                 for member in launch.members:
                     (self.root / member.attempt_id / files.LAUNCH).unlink(missing_ok=True)
-            raise ExecutorError(f"could not start a batch of {len(claimed)} clips: {exc}") from exc
+            raise ExecutorError(f"could not start a batch of {len(clips)} clips: {exc}") from exc
 
-    def _start_batch_process(
-        self, batch: str, claimed: list[StageLaunch], key: tuple[str, ...]
-    ) -> None:
+    def _start_batch_process(self, lanes: Lanes, key: tuple[str, ...]) -> None:
+        batch = lanes[0][0]
         directory = self.root / "batches" / batch
         directory.mkdir(parents=True, exist_ok=True)
+        dealt = _interleaved(lanes)
+        claimed = [launch for _, launch in dealt]
         first = claimed[0]
         # The stage's timeout is per clip: the batch has one for each of its clips (and
         # each fused stage of a clip has its own).
@@ -366,9 +422,9 @@ class LocalExecutor:
                 self._revoke(credentials)
             return  # a replay of a batch already started
         # Owner-only: the items carry the batch's credentials.
-        write_private(directory / files.BATCH_ITEMS, json.dumps(self._items(claimed, credentials)))
+        write_private(directory / files.BATCH_ITEMS, json.dumps(self._items(dealt, credentials)))
         env = (
-            self._stage_env(first)
+            self._stage_env(first, len(lanes))
             | _env_of(credentials)
             | {contract.ENV_BATCH_FILE: str(directory / files.BATCH_ITEMS)}
         )
@@ -380,6 +436,10 @@ class LocalExecutor:
             env[contract.ENV_BATCH_MORE] = str(directory / files.MORE)
             env[contract.ENV_BATCH_LINGER] = str(linger)
         child = self._start_runner(directory, env, credentials)
+        for lane, _ in lanes[1:]:
+            # Every batch the store records has its folder: the others' are this one.
+            with contextlib.suppress(FileExistsError):
+                (self.root / "batches" / lane).symlink_to(batch, target_is_directory=True)
         if first.accelerator == "gpu":
             self._on_gpu.append(child)
         for launch in claimed:
@@ -387,17 +447,18 @@ class LocalExecutor:
                 self._children[member.attempt_id] = child
         if linger > 0:
             members = [self.root / m.attempt_id for launch in claimed for m in launch.members]
-            self._warm[key] = _Warm(batch, directory, child, members)
+            self._warm[key] = _Warm(batch, directory, child, members, [b for b, _ in lanes])
         log.info(
-            "batch %s: %d clips of stage%s %s in one process",
+            "batch %s: %d clips of stage%s %s in one process%s",
             batch,
             len(claimed),
             "s" if first.chain else "",
             ", ".join(m.stage for m in first.members),
+            f", on {len(lanes)} threads" if len(lanes) > 1 else "",
         )
 
     def _items(
-        self, launches: list[StageLaunch], credentials: StageCredentials | None
+        self, dealt: list[tuple[str, StageLaunch]], credentials: StageCredentials | None
     ) -> list[dict[str, Any]]:
         # Each clip's stderr goes to its own attempt's log as well as the batch's.
         def item(launch: StageLaunch) -> dict[str, Any]:
@@ -408,19 +469,24 @@ class LocalExecutor:
             }
 
         return [
-            {contract.CHAIN: [item(m) | {"module": m.command[2]} for m in launch.members]}
-            if launch.chain
-            else item(launch)
-            for launch in launches
+            (
+                {contract.CHAIN: [item(m) | {"module": m.command[2]} for m in launch.members]}
+                if launch.chain
+                else item(launch)
+            )
+            | {contract.LANE: lane}
+            for lane, launch in dealt
         ]
 
-    def _add_to_warm(self, warm: _Warm, claimed: list[StageLaunch]) -> bool:
+    def _add_to_warm(self, warm: _Warm, lanes: Lanes) -> bool:
         """Hands the clips to a warm process of their stage if it is alive, open and
         idle (every clip it had is reported: a busy one would queue them behind its
-        own while a slot may be free). False: start a process for them instead."""
+        own while a slot may be free) and has a lane for each of their batches. False:
+        start a process for them instead."""
         more = warm.directory / files.MORE
         if (
-            len(warm.members) >= WARM_MAX_CLIPS
+            len(lanes) > len(warm.lanes)
+            or len(warm.members) >= WARM_MAX_CLIPS
             or warm.child.poll() is not None
             or (more / contract.BATCH_CLOSED).exists()
             or not all((member / files.STATUS).exists() for member in warm.members)
@@ -429,6 +495,10 @@ class LocalExecutor:
         runner = json.loads((warm.directory / files.RUNNER).read_text())
         # Minted before any clip points at that process: a failure leaves none of them
         # waiting on a process that never heard of it.
+        dealt = _interleaved(
+            [(lane, launches) for lane, (_, launches) in zip(warm.lanes, lanes, strict=False)]
+        )
+        claimed = [launch for _, launch in dealt]
         credentials = self._issue(claimed)
         added = [member for launch in claimed for member in launch.members]
         for launch in added:
@@ -438,7 +508,7 @@ class LocalExecutor:
                 (folder / files.STDOUT).symlink_to(warm.directory / files.STDOUT)
             write_json_atomic(folder / files.RUNNER, runner | {"batch": warm.batch})
         name = f"{time.time_ns():020d}-{os.getpid()}.json"
-        write_private(more / name, json.dumps(self._items(claimed, credentials)))
+        write_private(more / name, json.dumps(self._items(dealt, credentials)))
         if credentials is not None:
             self._issued.append((warm.child, credentials))
         if (more / contract.BATCH_CLOSED).exists():

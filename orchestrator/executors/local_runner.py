@@ -200,7 +200,12 @@ def supervise(directory: Path) -> int:
                 with contextlib.suppress(FileExistsError):
                     (folder / STDERR).symlink_to(directory / STDERR)
             began = (folder / contract.BATCH_STARTED).exists()
-            ended = _unreported(status, folder == overran or not per_clip, began)
+            ended = _unreported(
+                status,
+                folder == overran or not per_clip,
+                began,
+                cancelled=(folder / contract.BATCH_CANCELLED).exists() or not per_clip,
+            )
             write_json_atomic(folder / STATUS, ended)
     write_json_atomic(directory / STATUS, status)
     return 0
@@ -234,11 +239,21 @@ def _overrunning(members: list[Path], per_clip: float) -> Path | None:
     return None
 
 
-def _unreported(batch: dict, overran: bool = True, started: bool = True) -> dict:
+def _unreported(
+    batch: dict, overran: bool = True, started: bool = True, cancelled: bool = True
+) -> dict:
     """A clip of a batch that ended before the stage reported it. Its reason never
     quotes the batch's log, whose last line is another clip's. Only the clip that ran
-    past its timeout timed out; the ones after it never started."""
+    past its timeout timed out, and only the one cancelled was: the others (after it,
+    or beside it on another thread) are retried."""
     batch = {k: v for k, v in batch.items() if k != "manifest"}
+    if batch["cancelled"] and not cancelled:
+        return batch | {
+            "exit_code": 1,
+            "cancelled": False,
+            "reason": "its batch was stopped (another clip was cancelled) before this "
+            f"clip {'was done' if started else 'started'}; retried on its own",
+        }
     if batch["timed_out"] and not overran:
         return batch | {
             "exit_code": 1,
