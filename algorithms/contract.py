@@ -41,6 +41,10 @@ BATCH_CLOSED = "closed"
 #: process never keeps more cores busy than the slots it was counted for.
 ENV_BATCH_THREADS = "CAMFLOW_BATCH_THREADS"
 LANE = "lane"
+#: Set by a local executor on a process it starts before its batch exists (a spare,
+#: ``python -m algorithms.spare``): the file where it then finds what to run, as
+#: ``{"module": M, "cwd": DIR, "env": {...}}``, the environment added to its own.
+ENV_SPARE = "CAMFLOW_SPARE"
 #: Beside an item's report: written when the program starts that clip (its timeout
 #: counts from then, not from the batch's start), and by the executor to cancel a clip
 #: that has not started (the program then reports it cancelled and skips it).

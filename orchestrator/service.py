@@ -187,12 +187,14 @@ def open_runtime(
         cwd=PROJECT_ROOT,
         batch_linger_seconds=settings.local.batch_linger_seconds,
         broker=broker,
+        spare=settings.local.spare_process,
     )
     try:
         queue = event_queue(
             settings, access, s3, embedded is not None, trigger_buckets(catalog, settings)
         )
     except Exception:
+        executor.close()  # its spare process, say
         store.close()
         if embedded:
             embedded.stop()

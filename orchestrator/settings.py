@@ -156,6 +156,11 @@ class LocalExecutorSettings(_Group):
     #: clip, warm, and takes the next clips of the same stage without starting again
     #: (interpreter, imports, model). 0: each batch is a process of its own.
     batch_linger_seconds: float = Field(default=2, ge=0)
+    #: Keeps one stage process started ahead, idle with its interpreter and the common
+    #: imports (numpy, OpenCV, onnxruntime, boto3) done, for the next batch of an SDK
+    #: stage on CPU: that batch starts about 0.4 s sooner. It is started again once the
+    #: machine is idle. False: each batch process starts from nothing.
+    spare_process: bool = True
 
 
 class GpuNodes(_Group):

@@ -4,19 +4,25 @@ own log, and the local executor starting the batches of one tick as one process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 
 from algorithms import contract
 from algorithms.sdk import _clip_stderr, _serve
+from orchestrator.errors import ExecutorError
 from orchestrator.executors.base import ExecState, StageLaunch
 from orchestrator.executors.local import LocalExecutor
+from orchestrator.settings import PROJECT_ROOT
 
 
 class _Recorder:
@@ -110,26 +116,6 @@ def test_each_thread_s_clip_keeps_its_own_log_and_reason(tmp_path: Path) -> None
 
 # --- the local executor -------------------------------------------------------------------
 
-#: A stage whose main(ctx) notes which process and thread ran each clip, and how many
-#: clips of its process ran at that moment.
-THREADED_STAGE = """
-import os, threading, time
-from algorithms.sdk import StageReport, run_stage
-running = []
-lock = threading.Lock()
-def main(ctx):
-    with lock:
-        running.append(ctx.run_id)
-        beside = len(running) - 1
-    time.sleep(float(os.environ.get('THREADED_SLEEP', '0.3')))
-    with lock:
-        running.remove(ctx.run_id)
-    return StageReport(metrics={"pid": os.getpid(), "beside": beside,
-                                "cpus": ctx.cpus, "thread": threading.get_ident()})
-if __name__ == "__main__":
-    run_stage(main)
-"""
-
 
 def _launch(n: int, command: list[str], batch: str, thread_safe: bool = True) -> StageLaunch:
     return StageLaunch(
@@ -167,21 +153,15 @@ def _run_to_end(executor: LocalExecutor, handles: list[str]) -> dict:  # type: i
         time.sleep(0.05)
 
 
-def _threaded_stage(folder: Path) -> list[str]:
-    script = folder / "threaded_stage.py"
-    # The manifest goes nowhere (no S3 here): the report carries it.
-    script.write_text(
-        "import algorithms.sdk as sdk\n"
-        "sdk._write_manifest = lambda ctx, report, started: dict(report.metrics)\n" + THREADED_STAGE
-    )
-    return [sys.executable, str(script)]
+#: A stage (see the module) that notes which process and thread ran each clip.
+THREADED_STAGE = ["python", "-m", "tests.threaded_stage"]
 
 
 def test_batches_of_a_thread_safe_stage_that_start_together_share_one_process(
     tmp_path: Path,
 ) -> None:
-    command = _threaded_stage(tmp_path)
-    executor = LocalExecutor(tmp_path / "attempts", max_parallel=2)
+    command = THREADED_STAGE
+    executor = LocalExecutor(tmp_path / "attempts", max_parallel=2, cwd=PROJECT_ROOT)
     launches = [_launch(n, command, "b-one" if n % 2 == 0 else "b-two") for n in range(4)]
     submitted = executor.submit(launches)
     # Each clip is counted in its own batch's slot, as the engine planned them.
@@ -199,9 +179,11 @@ def test_batches_of_a_thread_safe_stage_that_start_together_share_one_process(
     assert len({r["pid"] for r in reports}) == 1  # one process
     assert len({r["thread"] for r in reports}) == 2  # two threads
     assert max(r["beside"] for r in reports) == 1  # two clips at once
-    # Its share of the cores is both slots'.
-    assert {r["cpus"] for r in reports} == {2 * max(1, (os.cpu_count() or 1) // 2)}
-    assert len(list((tmp_path / "attempts" / "batches").iterdir())) == 1
+    # Each clip's share of the cores is a slot's (the process's, both slots').
+    assert {r["cpus"] for r in reports} == {max(1, (os.cpu_count() or 1) // 2)}
+    # One process folder; the second batch's name points at it.
+    batches = tmp_path / "attempts" / "batches"
+    assert (batches / "b-two").resolve() == (batches / "b-one").resolve()
     assert all(s.state == ExecState.SUCCEEDED for s in statuses.values())
 
     # A stage that does not say it is thread-safe: a process per batch, as before.
@@ -219,19 +201,118 @@ def test_cancelling_a_clip_retries_the_one_running_beside_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("THREADED_SLEEP", "30")
-    executor = LocalExecutor(tmp_path / "attempts", max_parallel=2, kill_grace_seconds=1)
-    command = _threaded_stage(tmp_path)
+    executor = LocalExecutor(
+        tmp_path / "attempts", max_parallel=2, kill_grace_seconds=1, cwd=PROJECT_ROOT
+    )
+    command = THREADED_STAGE
     executor.submit([_launch(0, command, "b-one"), _launch(1, command, "b-two")])
     deadline = time.monotonic() + 30
     while {s.state for s in executor.poll(["a0", "a1"]).values()} != {ExecState.RUNNING}:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     executor.cancel(["a0"])
-    while not all(s.state == ExecState.FAILED for s in executor.poll(["a0", "a1"]).values()):
+    ended = (ExecState.FAILED, ExecState.SKIPPED, ExecState.SUCCEEDED)
+    while not all(s.state in ended for s in executor.poll(["a0", "a1"]).values()):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     statuses = executor.poll(["a0", "a1"])
-    assert statuses["a0"].reason == "cancelled"
-    # Stopped with the process, it was not itself cancelled: the engine runs it again.
-    assert "another clip was cancelled" in (statuses["a1"].reason or ""), statuses["a1"]
-    assert statuses["a1"].exit_code == 1
+    assert (statuses["a0"].state, statuses["a0"].reason) == (ExecState.FAILED, "cancelled")
+    # Stopped with the process, it did nothing wrong: skipped, it runs again without
+    # using one of its retries.
+    assert statuses["a1"].state == ExecState.SKIPPED, statuses["a1"]
+    assert "another clip was cancelled" in (statuses["a1"].reason or "")
+
+
+# --- the spare process --------------------------------------------------------------------
+
+
+def _until(condition: Callable[[], bool], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_batch_goes_to_the_spare_started_ahead_and_another_is_kept_when_idle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("THREADED_SLEEP", "0.05")
+    root = tmp_path / "attempts"
+    executor = LocalExecutor(root, max_parallel=2, cwd=PROJECT_ROOT, spare=True)
+    _until(executor.spare_ready)
+    [first] = list((root / "spares").iterdir())
+    submitted = executor.submit([_launch(n, THREADED_STAGE, "b-one") for n in range(3)])
+    _run_to_end(executor, list(submitted))
+    # The batch ran in the spare's process, from its folder.
+    assert (root / "batches" / "b-one").resolve() == first.resolve()
+    reports = [json.loads((root / h / "status.json").read_text())["manifest"] for h in submitted]
+    assert {r["cwd"] for r in reports} == {str(PROJECT_ROOT)}
+    assert {r["cpus"] for r in reports} == {max(1, (os.cpu_count() or 1) // 2)}
+    assert not (first / "order.json").exists()  # the batch's credentials do not stay
+    # Idle again: a new spare is started for the next batch.
+    _until(lambda: executor.poll([]) == {} and executor.spare_ready())
+    [second] = [f for f in (root / "spares").iterdir() if f != first]
+    executor.close()
+    # Closed: the spare's runner stops it and leaves nothing behind.
+    _until(lambda: not second.exists())
+
+
+#: Starts an executor with a spare, says the spare runner's pid once it is ready, and
+#: dies without closing it (an orchestrator killed -9).
+ORPHANING = """
+import os, sys, time
+from pathlib import Path
+from orchestrator.executors.local import LocalExecutor
+executor = LocalExecutor(Path(sys.argv[1]), spare=True)
+while not executor.spare_ready():
+    time.sleep(0.02)
+print(executor._spare.child.pid, flush=True)
+os._exit(9)
+"""
+
+
+def test_a_spare_whose_orchestrator_died_ends_and_takes_no_batch(tmp_path: Path) -> None:
+    root = tmp_path / "attempts"
+    done = subprocess.run(
+        [sys.executable, "-c", ORPHANING, str(root)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    with contextlib.suppress(psutil.NoSuchProcess):  # gone already
+        psutil.Process(int(done.stdout.strip())).wait(timeout=10)  # it saw its orchestrator gone
+    assert list((root / "spares").iterdir()) == []
+    # Another orchestrator on the same folders starts its batches afresh.
+    executor = LocalExecutor(root, cwd=PROJECT_ROOT)
+    submitted = executor.submit([_launch(0, THREADED_STAGE, "b-later")])
+    _run_to_end(executor, list(submitted))
+    assert not (root / "batches" / "b-later").is_symlink()
+
+
+def test_a_spare_claimed_but_never_given_its_order_touches_no_clip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.executors import local as local_module
+
+    monkeypatch.setattr(local_module.files, "SPARE_ORDER_WAIT_SECONDS", 0.5)
+    root = tmp_path / "attempts"
+    executor = LocalExecutor(root, max_parallel=2, cwd=PROJECT_ROOT, spare=True)
+    _until(executor.spare_ready)
+    spare = executor._spare
+    assert spare is not None
+    real = local_module.write_private
+
+    def no_order(path: Path, data: str | bytes) -> None:
+        if path.name == "order.json":
+            raise OSError(28, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(local_module, "write_private", no_order)
+    with pytest.raises(ExecutorError, match="No space left"):
+        executor.submit([_launch(0, THREADED_STAGE, "b-one")])
+    spare.child.wait(timeout=10)  # its runner gave up waiting for the order
+    assert not (root / "a0" / "runner.json").exists()
+    assert not (root / "a0" / "launch.json").exists()  # unclaimed: it can start again
+    monkeypatch.setattr(local_module, "write_private", real)
+    _run_to_end(executor, list(executor.submit([_launch(0, THREADED_STAGE, "b-again")])))

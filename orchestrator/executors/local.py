@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +25,7 @@ from typing import Any
 import psutil
 
 from algorithms import contract
+from algorithms.spare import READY
 from orchestrator.errors import CamflowError, ExecutorError
 from orchestrator.executors import local_runner as files
 from orchestrator.executors.base import (
@@ -133,6 +135,18 @@ class _Warm:
     lanes: list[str]
 
 
+@dataclass
+class _Spare:
+    """A stage process started ahead, idle until a batch is given to it."""
+
+    folder: Path
+    child: subprocess.Popen
+
+
+def _str(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
+
+
 def _env_of(credentials: StageCredentials | None) -> dict[str, str]:
     return credentials.env() if credentials is not None else {}
 
@@ -197,6 +211,7 @@ class LocalExecutor:
         cwd: Path | None = None,
         batch_linger_seconds: float = 0.0,
         broker: Broker | None = None,
+        spare: bool = False,
     ) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
@@ -221,6 +236,10 @@ class LocalExecutor:
         #: still run CPU stages that joined it (placement.join_gpu), holding the GPU's
         #: memory, while the engine's count of GPU attempts already says it is free.
         self._on_gpu: list[subprocess.Popen] = []
+        #: Keep a stage process started ahead for the next batch (see _keep_spare).
+        self.spare = spare
+        self._spare: _Spare | None = None
+        self._keep_spare()
 
     def capacity(self) -> Capacity:
         return Capacity(slots=self.max_parallel, gpu_slots=min(self.gpus, self.max_parallel))
@@ -272,7 +291,14 @@ class LocalExecutor:
         self._unfinished += [self.root / s.handle / files.STATUS for s in handles.values()]
         return handles
 
-    def _stage_env(self, launch: StageLaunch, lanes: int = 1) -> dict[str, str]:
+    @property
+    def _share(self) -> int:
+        """A slot's share of the cores."""
+        return max(1, (os.cpu_count() or 1) // self.max_parallel)
+
+    def _base_env(self, accelerator: str) -> dict[str, str]:
+        """What every stage process on ``accelerator`` gets, whatever it runs (a spare
+        starts with it)."""
         # The orchestrator's own settings (a database URL with its password, say)
         # are none of a stage's business.
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("CAMFLOW_")}
@@ -280,21 +306,24 @@ class LocalExecutor:
         if self.broker is not None:
             # Nor are the orchestrator's keys: each process gets its own, minted below.
             env = without_credentials(env)
-        workdirs = list(dict.fromkeys(m.workdir for m in launch.members if m.workdir))
-        if workdirs:
-            # A registered algorithm's own modules import from its folder's parent.
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (*workdirs, env.get("PYTHONPATH")) if p)
-        if launch.accelerator == "cpu":
+        if accelerator == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""
-        # Its share of the cores: a slot's (per lane), so that stages side by side do
-        # not each start a thread per core and fight over them.
-        share = max(1, (os.cpu_count() or 1) // self.max_parallel)
-        env[contract.ENV_CPUS] = str(share * lanes)
         # numpy's BLAS starts a thread per core at import, which spin while the stage
         # goes on importing: 0.2 s of CPU per process here. A clip's BLAS calls come
         # from its own thread, so a slot's share each (unless the environment says).
         for pool in BLAS_THREADS:
-            env.setdefault(pool, str(share))
+            env.setdefault(pool, str(self._share))
+        return env
+
+    def _stage_env(self, launch: StageLaunch, lanes: int = 1) -> dict[str, str]:
+        env = self._base_env(launch.accelerator)
+        workdirs = list(dict.fromkeys(m.workdir for m in launch.members if m.workdir))
+        if workdirs:
+            # A registered algorithm's own modules import from its folder's parent.
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (*workdirs, env.get("PYTHONPATH")) if p)
+        # Its share of the cores: a slot's (per lane), so that stages side by side do
+        # not each start a thread per core and fight over them.
+        env[contract.ENV_CPUS] = str(self._share * lanes)
         if lanes > 1:
             env[contract.ENV_BATCH_THREADS] = str(lanes)
         return env
@@ -396,7 +425,6 @@ class LocalExecutor:
     def _start_batch_process(self, lanes: Lanes, key: tuple[str, ...]) -> None:
         batch = lanes[0][0]
         directory = self.root / "batches" / batch
-        directory.mkdir(parents=True, exist_ok=True)
         dealt = _interleaved(lanes)
         claimed = [launch for _, launch in dealt]
         first = claimed[0]
@@ -417,12 +445,6 @@ class LocalExecutor:
             return  # a replay of a batch already started
         # Minted before the batch is claimed: a failure leaves no claim that never ran.
         credentials = self._issue(claimed)
-        if not files.create_json_exclusive(directory / files.LAUNCH, spec):
-            if credentials is not None:
-                self._revoke(credentials)
-            return  # a replay of a batch already started
-        # Owner-only: the items carry the batch's credentials.
-        write_private(directory / files.BATCH_ITEMS, json.dumps(self._items(dealt, credentials)))
         env = (
             self._stage_env(first, len(lanes))
             | _env_of(credentials)
@@ -432,10 +454,21 @@ class LocalExecutor:
         # but would hold its GPU's memory while another stage is given that GPU.
         linger = self.batch_linger_seconds if first.accelerator == "cpu" else 0.0
         if linger > 0:
-            (directory / files.MORE).mkdir(exist_ok=True)
             env[contract.ENV_BATCH_MORE] = str(directory / files.MORE)
             env[contract.ENV_BATCH_LINGER] = str(linger)
-        child = self._start_runner(directory, env, credentials)
+        # Owner-only: the items carry the batch's credentials.
+        items = json.dumps(self._items(dealt, credentials))
+        child = self._give_to_spare(directory, claimed, spec, env, items, credentials)
+        if child is None:
+            directory.mkdir(parents=True, exist_ok=True)
+            if not files.create_json_exclusive(directory / files.LAUNCH, spec):
+                if credentials is not None:
+                    self._revoke(credentials)
+                return  # a replay of a batch already started
+            write_private(directory / files.BATCH_ITEMS, items)
+            if linger > 0:
+                (directory / files.MORE).mkdir(exist_ok=True)
+            child = self._start_runner(directory, env, credentials)
         for lane, _ in lanes[1:]:
             # Every batch the store records has its folder: the others' are this one.
             with contextlib.suppress(FileExistsError):
@@ -457,13 +490,101 @@ class LocalExecutor:
             f", on {len(lanes)} threads" if len(lanes) > 1 else "",
         )
 
+    def _give_to_spare(
+        self,
+        directory: Path,
+        claimed: list[StageLaunch],
+        spec: dict[str, Any],
+        env: dict[str, str],
+        items: str,
+        credentials: StageCredentials | None,
+    ) -> subprocess.Popen | None:
+        """Gives the batch to the spare process if one is ready and the batch is an SDK
+        stage's ``python -m MODULE`` on CPU whose code is where the spare started (it
+        has imported from there already): its folder becomes the batch's. None: start
+        a process for it instead."""
+        spare = self._spare
+        command = spec["command"]
+        workdirs = {m.workdir for launch in claimed for m in launch.members} - {None}
+        if (
+            spare is None
+            or spec.get("cwd") != _str(self.cwd)
+            or not workdirs <= {spec.get("cwd")}
+            or env.get("CUDA_VISIBLE_DEVICES") != ""  # the spare sees no GPU
+            or command[:2] != [sys.executable, "-m"]
+            or len(command) != 3
+            or directory.exists()
+            or directory.is_symlink()
+        ):
+            return None
+        self._spare = None
+        if spare.child.poll() is not None:
+            return None
+        if not files.create_json_exclusive(spare.folder / files.LAUNCH, spec):
+            return None  # it gave up meanwhile (its process died, say)
+        try:
+            write_private(spare.folder / files.BATCH_ITEMS, items)
+            if contract.ENV_BATCH_MORE in env:
+                (spare.folder / files.MORE).mkdir(exist_ok=True)
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            directory.symlink_to(spare.folder, target_is_directory=True)
+            # Last: the spare starts on it. Owner-only: it carries the batch's credentials.
+            order = {"module": command[2], "cwd": spec.get("cwd"), "env": env}
+            write_private(spare.folder / files.SPARE_ORDER, json.dumps(order))
+        except OSError:
+            # No order, no start: its runner gives up waiting and touches no clip.
+            with contextlib.suppress(OSError):
+                directory.unlink(missing_ok=True)
+            if credentials is not None:
+                self._revoke(credentials)
+            raise
+        if credentials is not None:
+            self._issued.append((spare.child, credentials))
+        log.info("batch %s: given to the spare process started ahead", directory.name)
+        return spare.child
+
+    def _keep_spare(self) -> None:
+        """Starts a spare process if none is ready, while this machine runs no stage:
+        its imports would take CPU from the stages running, and a batch that comes
+        meanwhile would find a warm process or a slot anyway."""
+        if not self.spare or (self._spare is not None and self._spare.child.poll() is None):
+            return
+        if any(child.poll() is None for child in self._children.values()):
+            return
+        folder = self.root / "spares" / uuid.uuid4().hex
+        folder.mkdir(parents=True)
+        spare_command = [sys.executable, "-m", "algorithms.spare"]
+        write_json_atomic(
+            folder / files.SPARE,
+            {
+                "command": spare_command,
+                "cwd": _str(self.cwd),
+                "order_wait_seconds": files.SPARE_ORDER_WAIT_SECONDS,
+            },
+        )
+        env = self._base_env("cpu") | {contract.ENV_SPARE: str(folder / files.SPARE_ORDER)}
+        try:
+            child = self._popen(folder, env, "--spare")
+        except ExecutorError as exc:
+            log.warning("could not start a spare stage process: %s", exc)
+            self.spare = False
+            return
+        self._spare = _Spare(folder, child)
+
+    def spare_ready(self) -> bool:
+        """A spare process is waiting with its imports done."""
+        spare = self._spare
+        return spare is not None and spare.child.poll() is None and (spare.folder / READY).exists()
+
     def _items(
         self, dealt: list[tuple[str, StageLaunch]], credentials: StageCredentials | None
     ) -> list[dict[str, Any]]:
         # Each clip's stderr goes to its own attempt's log as well as the batch's.
         def item(launch: StageLaunch) -> dict[str, Any]:
             return {
-                "env": launch.env | _env_of(credentials),
+                # A clip's share of the cores is a slot's: clips side by side on threads
+                # each keep one slot's worth busy, and one alone no more than its slot.
+                "env": launch.env | {contract.ENV_CPUS: str(self._share)} | _env_of(credentials),
                 "report": str(self.root / launch.attempt_id / files.STATUS),
                 "log": str(self.root / launch.attempt_id / files.STDERR),
             }
@@ -563,11 +684,12 @@ class LocalExecutor:
             self._issued.append((child, credentials))
         return child
 
-    def _popen(self, directory: Path, env: dict[str, str]) -> subprocess.Popen:
+    def _popen(self, directory: Path, env: dict[str, str], *mode: str) -> subprocess.Popen:
+        runner = [sys.executable, "-m", "orchestrator.executors.local_runner", *mode]
         try:
             with (directory / "runner.log").open("ab") as runner_log:
                 return subprocess.Popen(
-                    [sys.executable, "-m", "orchestrator.executors.local_runner", str(directory)],
+                    [*runner, str(directory)],
                     env=env,
                     stdin=subprocess.DEVNULL,
                     stdout=runner_log,
@@ -594,6 +716,7 @@ class LocalExecutor:
 
     def poll(self, handles: Sequence[str]) -> dict[str, ExecStatus]:
         self._reap()
+        self._keep_spare()
         statuses = {handle: self._status(handle) for handle in handles}
         self._unfinished = [
             self.root / handle / files.STATUS
@@ -722,3 +845,7 @@ class LocalExecutor:
 
     def close(self) -> None:
         self._reap()
+        if self._spare is not None:
+            # Claimed as abandoned: its runner stops it, and no batch can go to it.
+            files.create_json_exclusive(self._spare.folder / files.LAUNCH, {"abandoned": True})
+            self._spare = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,6 +42,14 @@ MORE = "more"
 WITHDRAWN = ".withdrawn"
 RETURNED = ".returned"
 MAX_MANIFEST_COPY_BYTES = 2**20
+#: A spare's folder: what it runs until a batch is given to it, and that batch's order.
+SPARE = "spare.json"
+SPARE_ORDER = "order.json"
+SPARE_POLL_SECONDS = 0.05
+#: Left by the spare once it has read its order (and deleted it).
+SPARE_TAKEN = "taken"
+#: How long a claimed spare waits for its order.
+SPARE_ORDER_WAIT_SECONDS = 10.0
 
 
 def _now() -> str:
@@ -87,20 +96,58 @@ def _stop(process: subprocess.Popen, grace: float) -> None:
         process.wait()
 
 
-def supervise(directory: Path) -> int:
+def _start(command: list[str], directory: Path, cwd: str | None) -> subprocess.Popen:
+    with (directory / STDOUT).open("ab") as out, (directory / STDERR).open("ab") as err:
+        return subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd or None,
+            start_new_session=True,
+        )
+
+
+def spare(directory: Path) -> int:
+    """A stage process started ahead (``python -m algorithms.spare``), supervised once
+    the executor claims this folder for a batch (launch.json), as any other. Until
+    then, if the executor is gone or the stage process died, it claims the folder
+    itself, as abandoned, so that no batch is ever given to it, and ends."""
+    spec = json.loads((directory / SPARE).read_text())
+    process = _start(spec["command"], directory, spec.get("cwd"))
+    parent = os.getppid()
+    while not (directory / LAUNCH).exists():
+        if (os.getppid() != parent or process.poll() is not None) and create_json_exclusive(
+            directory / LAUNCH, {"abandoned": True}
+        ):
+            break
+        time.sleep(SPARE_POLL_SECONDS)
+    if json.loads((directory / LAUNCH).read_text()).get("abandoned"):
+        _stop(process, 1.0)
+        shutil.rmtree(directory, ignore_errors=True)  # no batch's: nothing to keep
+        return 0
+    # Claimed: the executor writes the order next. If it never comes (the executor died
+    # in between, or could not write it), this batch never began here: nothing of its
+    # clips is touched, and they read as lost and start again elsewhere.
+    deadline = time.monotonic() + float(spec.get("order_wait_seconds", SPARE_ORDER_WAIT_SECONDS))
+    while not (directory / SPARE_TAKEN).exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            _stop(process, 1.0)
+            (directory / SPARE_ORDER).unlink(missing_ok=True)  # it carries credentials
+            return 0
+        time.sleep(0.01)
+    return supervise(directory, process)
+
+
+def supervise(directory: Path, process: subprocess.Popen | None = None) -> int:
+    """Runs the stage ``launch.json`` describes (or ``process``, a spare given this
+    batch) to its end and leaves its status.json, and each unreported clip's."""
     launch = json.loads((directory / LAUNCH).read_text())
     timeout = float(launch["timeout_seconds"])
     grace = float(launch.get("kill_grace_seconds", 5))
     started = _now()
-    with (directory / STDOUT).open("ab") as out, (directory / STDERR).open("ab") as err:
-        process = subprocess.Popen(
-            launch["command"],
-            stdout=out,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-            cwd=launch.get("cwd") or None,
-            start_new_session=True,
-        )
+    if process is None:
+        process = _start(launch["command"], directory, launch.get("cwd"))
     runner = {
         "pid": os.getpid(),
         # With the pid, names this process and no later one that reuses the pid.
@@ -247,19 +294,21 @@ def _unreported(
     past its timeout timed out, and only the one cancelled was: the others (after it,
     or beside it on another thread) are retried."""
     batch = {k: v for k, v in batch.items() if k != "manifest"}
+    why = None
     if batch["cancelled"] and not cancelled:
+        why = "another clip was cancelled"
+    elif batch["timed_out"] and not overran:
+        why = "another clip ran past its timeout"
+    if why is not None:
+        # Nothing of its own doing: skipped, so it starts again without using a retry
+        # (and alone: a retry never shares a process).
         return batch | {
-            "exit_code": 1,
-            "cancelled": False,
-            "reason": "its batch was stopped (another clip was cancelled) before this "
-            f"clip {'was done' if started else 'started'}; retried on its own",
-        }
-    if batch["timed_out"] and not overran:
-        return batch | {
-            "exit_code": 1,
+            "exit_code": None,
             "timed_out": False,
-            "reason": "its batch was stopped (another clip ran past its timeout) before "
-            f"this clip {'was done' if started else 'started'}; retried on its own",
+            "cancelled": False,
+            "skipped": True,
+            "reason": f"its batch was stopped ({why}) before this clip "
+            f"{'was done' if started else 'started'}; run again on its own",
         }
     if batch["timed_out"] or batch["cancelled"]:
         return batch
@@ -276,4 +325,6 @@ def _unreported(
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "--spare":
+        sys.exit(spare(Path(sys.argv[2])))
     sys.exit(supervise(Path(sys.argv[1])))
