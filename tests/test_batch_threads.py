@@ -23,6 +23,7 @@ from orchestrator.errors import ExecutorError
 from orchestrator.executors.base import ExecState, StageLaunch
 from orchestrator.executors.local import LocalExecutor
 from orchestrator.settings import PROJECT_ROOT
+from tests.test_batching import _launch as _plain_launch
 
 
 class _Recorder:
@@ -118,27 +119,10 @@ def test_each_thread_s_clip_keeps_its_own_log_and_reason(tmp_path: Path) -> None
 
 
 def _launch(n: int, command: list[str], batch: str, thread_safe: bool = True) -> StageLaunch:
-    return StageLaunch(
-        attempt_id=f"a{n}",
-        run_id=f"r{n}",
-        stage="s",
-        pipeline="p",
-        tenant="t",
-        clip_id=f"c{n}",
-        algorithm="x@1.0.0",
-        image="x",
-        command=command,
-        env={
-            contract.ENV_RUN_ID: f"r{n}",
-            contract.ENV_INPUTS: "{}",
-            contract.ENV_OUTPUT: f"s3://results/r{n}/s",
-        },
-        accelerator="cpu",
-        resources={"cpu": "1", "memory": "1Gi"},  # type: ignore[arg-type]
-        timeout_seconds=30,
-        batch=batch,
-        thread_safe=thread_safe,
-    )
+    """test_batching's launch, of an SDK stage (it needs its input and output named)."""
+    launch = _plain_launch(n, command, batch)
+    env = launch.env | {contract.ENV_INPUTS: "{}", contract.ENV_OUTPUT: f"s3://results/r{n}/s"}
+    return launch.model_copy(update={"env": env, "thread_safe": thread_safe})
 
 
 def _run_to_end(executor: LocalExecutor, handles: list[str]) -> dict:  # type: ignore[type-arg]

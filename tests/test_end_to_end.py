@@ -31,8 +31,10 @@ def executor(
     if request.param == "local":
 
         def local_runs() -> list[int]:
-            # One folder per attempt handed to a process (batches keep theirs apart).
-            return [1 for p in (settings.home / "attempts").iterdir() if p.name != "batches"]
+            # One folder per attempt handed to a process (batches, and the spare
+            # processes started ahead, keep theirs apart).
+            apart = ("batches", "spares")
+            return [1 for p in (settings.home / "attempts").iterdir() if p.name not in apart]
 
         yield settings, local_runs
         return
