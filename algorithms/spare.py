@@ -10,6 +10,7 @@ executor writes only once the batch is this process's, then becomes that batch's
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import json
 import os
@@ -20,23 +21,33 @@ from pathlib import Path
 
 from algorithms import contract
 
-#: What most stages import: done while no batch waits for them. A module not installed
-#: here is left to the stage, which says so if it needs it.
-PRELOAD = ("numpy", "cv2", "onnxruntime", "boto3", "algorithms.sdk")
+#: What most stages import, in the order a batch needs them (its first clip's S3 client
+#: and decoding first, a model later): done while no batch waits for them. A module not
+#: installed here is left to the stage, which says so if it needs it.
+PRELOAD = ("numpy", "cv2", "boto3", "algorithms.sdk", "onnxruntime")
 POLL_SECONDS = 0.01
-#: Left beside the order file once the imports are done, and once the order is read.
+#: Left beside the order file once it no longer imports ahead (all done, or an order
+#: came), and once the order is read.
 READY = "ready"
 TAKEN = "taken"
 
 
-def _preload() -> None:
-    for name in PRELOAD:
-        with contextlib.suppress(Exception):
-            importlib.import_module(name)
-    with contextlib.suppress(Exception):
-        from algorithms.sdk import prewarm_s3
+def _prewarm_s3() -> None:
+    from algorithms.sdk import prewarm_s3
 
-        prewarm_s3()
+    prewarm_s3()
+
+
+def _preload(order: Path) -> None:
+    """The imports, one after another, until a batch's order comes: the batch then
+    starts at once and its stages import the rest as they reach them."""
+    steps = [functools.partial(importlib.import_module, name) for name in PRELOAD]
+    steps.insert(PRELOAD.index("algorithms.sdk") + 1, _prewarm_s3)
+    for step in steps:
+        if order.exists():
+            return
+        with contextlib.suppress(Exception):
+            step()
 
 
 def _wait_for(order: Path) -> dict | None:
@@ -66,7 +77,7 @@ def _become(order: dict) -> None:
 
 def main() -> None:
     order_file = Path(os.environ.pop(contract.ENV_SPARE))
-    _preload()
+    _preload(order_file)
     # For whoever waits to measure a warm start (the bench); nothing depends on it.
     (order_file.parent / READY).touch()
     order = _wait_for(order_file)
