@@ -45,6 +45,9 @@ LANE = "lane"
 #: ``python -m algorithms.spare``): the file where it then finds what to run, as
 #: ``{"module": M, "cwd": DIR, "env": {...}}``, the environment added to its own.
 ENV_SPARE = "CAMFLOW_SPARE"
+#: The pid of the runner that supervises the spare: one whose parent is another (the
+#: runner died, even before the spare began) ends rather than run a batch unsupervised.
+ENV_SPARE_RUNNER = "CAMFLOW_SPARE_RUNNER"
 #: Beside an item's report: written when the program starts that clip (its timeout
 #: counts from then, not from the batch's start), and by the executor to cancel a clip
 #: that has not started (the program then reports it cancelled and skips it).

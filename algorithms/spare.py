@@ -17,6 +17,7 @@ import os
 import runpy
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from algorithms import contract
@@ -38,27 +39,43 @@ def _prewarm_s3() -> None:
     prewarm_s3()
 
 
+def _forget(name: str) -> None:
+    """A module whose import failed, as if never tried: the stage that needs it then
+    fails with the import's own error (OpenCV's loader, half done, would otherwise say
+    "recursion is detected" instead)."""
+    for loaded in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        del sys.modules[loaded]
+    with contextlib.suppress(AttributeError):
+        delattr(sys, "OpenCV_LOADER")
+
+
 def _preload(order: Path) -> None:
     """The imports, one after another, until a batch's order comes: the batch then
     starts at once and its stages import the rest as they reach them."""
-    steps = [functools.partial(importlib.import_module, name) for name in PRELOAD]
-    steps.insert(PRELOAD.index("algorithms.sdk") + 1, _prewarm_s3)
-    for step in steps:
+    steps: list[tuple[str, Callable[[], object]]] = [
+        (name, functools.partial(importlib.import_module, name)) for name in PRELOAD
+    ]
+    steps.insert(PRELOAD.index("algorithms.sdk") + 1, ("boto3", _prewarm_s3))
+    for name, step in steps:
         if order.exists():
             return
-        with contextlib.suppress(Exception):
+        try:
             step()
+        except Exception:
+            _forget(name)
 
 
-def _wait_for(order: Path) -> dict | None:
-    """The batch's order, or None once the process that started this one is gone."""
-    parent = os.getppid()
+def _wait_for(order: Path, parent: int) -> dict | None:
+    """The batch's order, or None once ``parent`` (its runner) is gone: no batch then
+    runs here unsupervised."""
     while not order.exists():
         if os.getppid() != parent:
             return None
         time.sleep(POLL_SECONDS)
     payload = json.loads(order.read_text())
     order.unlink()  # it carries the batch's credentials
+    if os.getppid() != parent:
+        return None
     (order.parent / TAKEN).touch()  # its runner now supervises it
     return payload
 
@@ -77,10 +94,12 @@ def _become(order: dict) -> None:
 
 def main() -> None:
     order_file = Path(os.environ.pop(contract.ENV_SPARE))
+    # Its runner, as it said: it may have died even before this process began.
+    parent = int(os.environ.pop(contract.ENV_SPARE_RUNNER, "0")) or os.getppid()
     _preload(order_file)
     # For whoever waits to measure a warm start (the bench); nothing depends on it.
     (order_file.parent / READY).touch()
-    order = _wait_for(order_file)
+    order = _wait_for(order_file, parent)
     if order is None:
         sys.exit(0)
     _become(order)

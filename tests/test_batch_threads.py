@@ -4,7 +4,6 @@ own log, and the local executor starting the batches of one tick as one process.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -217,6 +216,14 @@ def _until(condition: Callable[[], bool], seconds: float = 30) -> None:
         time.sleep(0.02)
 
 
+def _ended(process: psutil.Process) -> bool:
+    """Gone, or a zombie whoever adopted it has not reaped yet."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def test_a_batch_goes_to_the_spare_started_ahead_and_another_is_kept_when_idle(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -264,9 +271,13 @@ def test_a_spare_whose_orchestrator_died_ends_and_takes_no_batch(tmp_path: Path)
         text=True,
         timeout=60,
     )
-    with contextlib.suppress(psutil.NoSuchProcess):  # gone already
-        psutil.Process(int(done.stdout.strip())).wait(timeout=10)  # it saw its orchestrator gone
-    assert list((root / "spares").iterdir()) == []
+    try:
+        runner = psutil.Process(int(done.stdout.strip()))
+    except psutil.NoSuchProcess:
+        pass  # gone already
+    else:
+        _until(lambda: _ended(runner), 10)  # it saw its orchestrator gone
+    _until(lambda: list((root / "spares").iterdir()) == [], 10)
     # Another orchestrator on the same folders starts its batches afresh.
     executor = LocalExecutor(root, cwd=PROJECT_ROOT)
     submitted = executor.submit([_launch(0, THREADED_STAGE, "b-later")])
@@ -300,3 +311,46 @@ def test_a_spare_claimed_but_never_given_its_order_touches_no_clip(
     assert not (root / "a0" / "launch.json").exists()  # unclaimed: it can start again
     monkeypatch.setattr(local_module, "write_private", real)
     _run_to_end(executor, list(executor.submit([_launch(0, THREADED_STAGE, "b-again")])))
+
+
+def test_a_batch_past_its_own_deadline_times_its_clips_out_rather_than_skipping_them(
+    tmp_path: Path,
+) -> None:
+    # No clip began (none ran past its own timeout, none was cancelled): no other clip is
+    # to blame, so each uses a retry, and a stage that hangs cannot come back for ever.
+    executor = LocalExecutor(tmp_path / "attempts", kill_grace_seconds=0.2)
+    hang = [sys.executable, "-c", "import time; time.sleep(60)"]
+    launches = [
+        _launch(n, hang, "b-hang").model_copy(update={"timeout_seconds": 1}) for n in (0, 1)
+    ]
+    handles = list(executor.submit(launches))
+    deadline = time.monotonic() + 30
+    while any(
+        s.state in (ExecState.QUEUED, ExecState.RUNNING) for s in executor.poll(handles).values()
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    statuses = executor.poll(handles)
+    assert {s.state for s in statuses.values()} == {ExecState.FAILED}, statuses
+    assert all(s.timed_out for s in statuses.values())
+
+
+def test_a_spare_whose_process_died_is_closed_quietly_and_one_whose_runner_died_ends(
+    tmp_path: Path,
+) -> None:
+    executor = LocalExecutor(tmp_path / "attempts", cwd=PROJECT_ROOT, spare=True)
+    _until(executor.spare_ready)
+    assert executor._spare is not None
+    runner = psutil.Process(executor._spare.child.pid)
+    [stage] = runner.children()
+    stage.kill()
+    executor._spare.child.wait(timeout=10)  # its runner saw it die, and removed its folder
+    executor.close()  # nothing to claim: no error
+    # A runner killed while its spare still imports: the spare does not outlive it.
+    other = LocalExecutor(tmp_path / "other", cwd=PROJECT_ROOT, spare=True)
+    assert other._spare is not None
+    runner = psutil.Process(other._spare.child.pid)
+    _until(lambda: bool(runner.children()), 10)
+    [stage] = runner.children()
+    runner.kill()
+    _until(lambda: _ended(stage), 10)

@@ -141,6 +141,8 @@ class _Spare:
 
     folder: Path
     child: subprocess.Popen
+    #: What it was started with (a batch's order carries only what differs).
+    env: dict[str, str]
 
 
 def _str(path: Path | None) -> str | None:
@@ -522,19 +524,24 @@ class LocalExecutor:
             return None
         if not files.create_json_exclusive(spare.folder / files.LAUNCH, spec):
             return None  # it gave up meanwhile (its process died, say)
+        linked = False
         try:
             write_private(spare.folder / files.BATCH_ITEMS, items)
             if contract.ENV_BATCH_MORE in env:
                 (spare.folder / files.MORE).mkdir(exist_ok=True)
             directory.parent.mkdir(parents=True, exist_ok=True)
             directory.symlink_to(spare.folder, target_is_directory=True)
-            # Last: the spare starts on it. Owner-only: it carries the batch's credentials.
-            order = {"module": command[2], "cwd": spec.get("cwd"), "env": env}
+            linked = True
+            # Last: the spare starts on it. Owner-only, and only what the spare's own
+            # environment lacks: the batch's variables and credentials.
+            extra = {k: v for k, v in env.items() if spare.env.get(k) != v}
+            order = {"module": command[2], "cwd": spec.get("cwd"), "env": extra}
             write_private(spare.folder / files.SPARE_ORDER, json.dumps(order))
         except OSError:
             # No order, no start: its runner gives up waiting and touches no clip.
-            with contextlib.suppress(OSError):
-                directory.unlink(missing_ok=True)
+            if linked:
+                with contextlib.suppress(OSError):
+                    directory.unlink()
             if credentials is not None:
                 self._revoke(credentials)
             raise
@@ -569,7 +576,7 @@ class LocalExecutor:
             log.warning("could not start a spare stage process: %s", exc)
             self.spare = False
             return
-        self._spare = _Spare(folder, child)
+        self._spare = _Spare(folder, child, env)
 
     def spare_ready(self) -> bool:
         """A spare process is waiting with its imports done."""
@@ -846,6 +853,8 @@ class LocalExecutor:
     def close(self) -> None:
         self._reap()
         if self._spare is not None:
-            # Claimed as abandoned: its runner stops it, and no batch can go to it.
-            files.create_json_exclusive(self._spare.folder / files.LAUNCH, {"abandoned": True})
+            # Claimed as abandoned: its runner stops it, and no batch can go to it. Its
+            # folder is gone if its runner ended it already.
+            with contextlib.suppress(OSError):
+                files.create_json_exclusive(self._spare.folder / files.LAUNCH, {"abandoned": True})
             self._spare = None

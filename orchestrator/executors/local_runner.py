@@ -96,7 +96,9 @@ def _stop(process: subprocess.Popen, grace: float) -> None:
         process.wait()
 
 
-def _start(command: list[str], directory: Path, cwd: str | None) -> subprocess.Popen:
+def _start(
+    command: list[str], directory: Path, cwd: str | None, env: dict[str, str] | None = None
+) -> subprocess.Popen:
     with (directory / STDOUT).open("ab") as out, (directory / STDERR).open("ab") as err:
         return subprocess.Popen(
             command,
@@ -105,6 +107,7 @@ def _start(command: list[str], directory: Path, cwd: str | None) -> subprocess.P
             stdin=subprocess.DEVNULL,
             cwd=cwd or None,
             start_new_session=True,
+            env=env,
         )
 
 
@@ -114,7 +117,8 @@ def spare(directory: Path) -> int:
     then, if the executor is gone or the stage process died, it claims the folder
     itself, as abandoned, so that no batch is ever given to it, and ends."""
     spec = json.loads((directory / SPARE).read_text())
-    process = _start(spec["command"], directory, spec.get("cwd"))
+    runner = {contract.ENV_SPARE_RUNNER: str(os.getpid())}
+    process = _start(spec["command"], directory, spec.get("cwd"), os.environ | runner)
     parent = os.getppid()
     while not (directory / LAUNCH).exists():
         if (os.getppid() != parent or process.poll() is not None) and create_json_exclusive(
@@ -133,7 +137,8 @@ def spare(directory: Path) -> int:
     while not (directory / SPARE_TAKEN).exists():
         if process.poll() is not None or time.monotonic() > deadline:
             _stop(process, 1.0)
-            (directory / SPARE_ORDER).unlink(missing_ok=True)  # it carries credentials
+            # Its items and any late order carry credentials; no clip's folder points here.
+            shutil.rmtree(directory, ignore_errors=True)
             return 0
         time.sleep(0.01)
     return supervise(directory, process)
@@ -239,6 +244,10 @@ def supervise(directory: Path, process: subprocess.Popen | None = None) -> int:
             with contextlib.suppress(FileNotFoundError):
                 path.rename(path.with_name(path.name + WITHDRAWN))
         members += [Path(report).parent for report in _more_reports(more)]
+    # A clip is stopped by another's doing only where that other is known: the clip
+    # that ran past its own timeout, or one cancelled. Otherwise (the batch's own
+    # deadline, a SIGTERM from elsewhere) each clip ends as the batch did, using a retry.
+    some_cancelled = any((folder / contract.BATCH_CANCELLED).exists() for folder in members)
     for folder in members:
         # The stage reported the clips it finished; the others end as the batch did,
         # with the batch's log (where the crash is) as theirs.
@@ -249,9 +258,11 @@ def supervise(directory: Path, process: subprocess.Popen | None = None) -> int:
             began = (folder / contract.BATCH_STARTED).exists()
             ended = _unreported(
                 status,
-                folder == overran or not per_clip,
+                folder == overran or overran is None or not per_clip,
                 began,
-                cancelled=(folder / contract.BATCH_CANCELLED).exists() or not per_clip,
+                cancelled=(folder / contract.BATCH_CANCELLED).exists()
+                or not some_cancelled
+                or not per_clip,
             )
             write_json_atomic(folder / STATUS, ended)
     write_json_atomic(directory / STATUS, status)
