@@ -770,14 +770,9 @@ def _run_batch_item(
             # Cancelled before its turn: it never runs.
             _write_report(report, {"exit_code": 143, "reason": "cancelled", "started_at": None})
             return 143
-    # The process's own CAMFLOW_ variables name the batch, not this clip; its share of
-    # the cores (CAMFLOW_CPUS) is the process's, so it stays.
-    inherited = {
-        k: v
-        for k, v in os.environ.items()
-        if k == contract.ENV_CPUS or not k.startswith("CAMFLOW_")
-    }
-    env = {**inherited, **item["env"]}
+    # The process's own CAMFLOW_ variables name the batch, not this clip (the item
+    # carries the clip's, its share of the cores included).
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CAMFLOW_")}, **item["env"]}
     code, reason, manifest = _run_item(
         main, env, clients.for_env(env), item.get("log"), position, handoff
     )

@@ -55,14 +55,14 @@ def _preload(order: Path) -> None:
     steps: list[tuple[str, Callable[[], object]]] = [
         (name, functools.partial(importlib.import_module, name)) for name in PRELOAD
     ]
-    steps.insert(PRELOAD.index("algorithms.sdk") + 1, ("boto3", _prewarm_s3))
+    steps.insert(PRELOAD.index("algorithms.sdk") + 1, ("S3 model", _prewarm_s3))
     for name, step in steps:
         if order.exists():
             return
         try:
             step()
         except Exception:
-            _forget(name)
+            _forget(name)  # a name no module has (the S3 model) forgets nothing
 
 
 def _wait_for(order: Path, parent: int) -> dict | None:

@@ -11,10 +11,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator.domain.algorithm import Resources
 from orchestrator.executors import local_runner as files
 from orchestrator.executors.base import ExecState, StageLaunch
 from orchestrator.executors.local import LocalExecutor
+from tests.test_batching import _launch as batch_launch
 
 
 @pytest.fixture
@@ -35,21 +35,9 @@ def _record(executor: LocalExecutor, handle: str, runner: dict[str, object]) -> 
 
 def _launch(attempt: str, accelerator: str, command: list[str]) -> StageLaunch:
     """A lone launch of ``command`` (any program: the runner only runs it)."""
-    return StageLaunch(
-        attempt_id=attempt,
-        run_id=f"r-{attempt}",
-        stage="s",
-        pipeline="p",
-        tenant="t",
-        clip_id=f"c-{attempt}",
-        algorithm="probe@1.0.0",
-        image="probe",
-        command=command,
-        env={},
-        accelerator=accelerator,  # type: ignore[arg-type]
-        resources=Resources(),
-        timeout_seconds=60,
-    )
+    launch = batch_launch(0, command, batch=None)
+    update = {"attempt_id": attempt, "run_id": f"r-{attempt}", "accelerator": accelerator}
+    return launch.model_copy(update=update | {"timeout_seconds": 60})
 
 
 def _still_running(process: subprocess.Popen[bytes]) -> bool:

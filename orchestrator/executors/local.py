@@ -512,7 +512,7 @@ class LocalExecutor:
             spare is None
             or spec.get("cwd") != _str(self.cwd)
             or not workdirs <= {spec.get("cwd")}
-            or env.get("CUDA_VISIBLE_DEVICES") != ""  # the spare sees no GPU
+            or claimed[0].accelerator != "cpu"  # the spare sees no GPU
             or command[:2] != [sys.executable, "-m"]
             or len(command) != 3
             or directory.exists()

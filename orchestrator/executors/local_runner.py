@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 
 from algorithms import contract
+from algorithms import spare as spare_stage
 from orchestrator.fileio import write_json_atomic
 
 LAUNCH = "launch.json"
@@ -46,8 +47,6 @@ MAX_MANIFEST_COPY_BYTES = 2**20
 SPARE = "spare.json"
 SPARE_ORDER = "order.json"
 SPARE_POLL_SECONDS = 0.05
-#: Left by the spare once it has read its order (and deleted it).
-SPARE_TAKEN = "taken"
 #: How long a claimed spare waits for its order.
 SPARE_ORDER_WAIT_SECONDS = 10.0
 
@@ -134,7 +133,7 @@ def spare(directory: Path) -> int:
     # in between, or could not write it), this batch never began here: nothing of its
     # clips is touched, and they read as lost and start again elsewhere.
     deadline = time.monotonic() + float(spec.get("order_wait_seconds", SPARE_ORDER_WAIT_SECONDS))
-    while not (directory / SPARE_TAKEN).exists():
+    while not (directory / spare_stage.TAKEN).exists():
         if process.poll() is not None or time.monotonic() > deadline:
             _stop(process, 1.0)
             # Its items and any late order carry credentials; no clip's folder points here.
