@@ -182,6 +182,10 @@ class StageContext:
     keep_local: bool = False
     #: CPUs it may keep busy (CAMFLOW_CPUS); 0: not said, use the library's default.
     cpus: int = 0
+    #: CPUs the whole process may keep busy: with clips on threads side by side (a
+    #: thread_safe batch), every clip's share. Size a pool shared by the process's
+    #: clips (a model loaded once) to it: when one clip is left, it gets them all.
+    process_cpus: int = 0
     _s3: Any = field(default=None, repr=False)
     _handoff: Handoff | None = field(default=None, repr=False)
 
@@ -215,6 +219,9 @@ class StageContext:
             clip=json.loads(env.get(contract.ENV_CLIP) or "{}"),
             keep_local=env.get(contract.ENV_KEEP_LOCAL) == "1",
             cpus=int(env.get(contract.ENV_CPUS) or 0),
+            # A batch item's environment carries the clip's share; the process's own
+            # is the batch's, all its lanes'.
+            process_cpus=int(os.environ.get(contract.ENV_CPUS) or env.get(contract.ENV_CPUS) or 0),
             _handoff=(
                 Handoff(Path(env[contract.ENV_HANDOFF_DIR]))
                 if env.get(contract.ENV_HANDOFF_DIR)

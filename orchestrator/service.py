@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +31,13 @@ from orchestrator.registry import CatalogCache, Registry
 from orchestrator.settings import PROJECT_ROOT, Settings
 from orchestrator.storage import S3Access, S3Gateway
 from orchestrator.store import Store
-from orchestrator.store.models import RunStatus
 from orchestrator.watcher import Watcher
 from orchestrator.webhooks.delivery import DeliveryWorker
 
 log = logging.getLogger("camflow.service")
+
+#: How often `serve` deletes stage credentials whose time is up.
+CREDENTIAL_SWEEP_SECONDS = 60
 
 
 @dataclass
@@ -228,7 +230,21 @@ def open_runtime(
         fuse_stages=settings.engine.fuse_stages,
     )
     gc_tuning.tune_for_service()
+    if broker is not None:
+        # Now, beside the command's start: credentials a crash left end here, and the
+        # first stage's minting does not wait for IAM's first answer (the embedded
+        # one builds its backend then: 0.1 s).
+        threading.Thread(
+            target=_sweep_credentials, args=(broker,), name="camflow-credentials", daemon=True
+        ).start()
     return Runtime(settings, catalogs, store, s3, executor, watcher, reconciler, embedded, broker)
+
+
+def _sweep_credentials(broker: Broker) -> None:
+    try:
+        broker.sweep()
+    except Exception:
+        log.warning("sweeping expired stage credentials failed; next time, then", exc_info=True)
 
 
 def _guarded(name: str, job: Callable[[], object]) -> Callable[[], None]:
@@ -281,11 +297,12 @@ class Service:
         )
         if self.runtime.broker is not None:
             # Stage credentials left by a crash, or outliving their stage, end here.
+            # (The first at open_runtime.)
             self.scheduler.add_job(
                 _guarded("credentials", self.runtime.broker.sweep),
                 "interval",
-                seconds=60,
-                next_run_time=now,
+                seconds=CREDENTIAL_SWEEP_SECONDS,
+                next_run_time=now + timedelta(seconds=CREDENTIAL_SWEEP_SECONDS),
                 id="credentials",
             )
         self.scheduler.add_job(
@@ -452,9 +469,7 @@ def drive(
     deadline = time.monotonic() + timeout
     while pending:
         report = runtime.reconciler.tick(only=pending)
-        pending = {
-            rid for rid in pending if not RunStatus(runtime.store.get_run(rid).status).terminal
-        }
+        pending = runtime.store.unfinished_runs(pending)
         if on_tick:
             on_tick(report, len(pending))
         if not pending:

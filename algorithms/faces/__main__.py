@@ -88,7 +88,7 @@ def main(ctx: StageContext) -> StageReport:
     for file, image in images.items():
         if image is None:
             raise BadInput(f"frame {file} of {frames_prefix} is not a readable JPEG")
-    detector = _detector(ctx.accelerator, ctx.cpus)
+    detector = _detector(ctx.accelerator, ctx.process_cpus)
     started = time.monotonic()
     batch = GPU_FRAMES_PER_RUN if detector.provider == "CUDAExecutionProvider" else 1
     detected = detector.detect_many(

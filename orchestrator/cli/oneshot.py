@@ -7,6 +7,7 @@ import json
 import re
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from orchestrator.errors import StorageError
 from orchestrator.service import Runtime, drive, open_runtime
 from orchestrator.settings import Settings
 from orchestrator.storage import S3Gateway
-from orchestrator.store import Run
+from orchestrator.store import Clip, Run
 from orchestrator.store.models import AttemptState, RunStatus
 from orchestrator.watcher import to_clip
 
@@ -59,40 +60,60 @@ def run_files(
     """Uploads ``files`` and drives ``pipeline`` on each until done: (file name, run)."""
     bucket = pipeline.spec.trigger.bucket or runtime.settings.s3.ingest_bucket
     now = datetime.now(UTC)
-    runs: list[tuple[str, str]] = []
+    clips: list[Clip] = []
     for n, path in enumerate(files):
         suffix = path.suffix.lower() or ".bin"
         key = upload_key(tenant, camera, now, suffix, n + 1)
         key = key.removesuffix(suffix) + f"-{_safe_stem(path)}{suffix}"
         # Recorded, planned and owned by us *before* the upload exists: a `serve` on
         # the same store that hears of it at once finds it known and leaves it to us.
-        expected = FoundObject(bucket, key, _md5(path), path.stat().st_size, now)
-        clip = to_clip(expected, "upload")
+        clip = to_clip(FoundObject(bucket, key, _md5(path), path.stat().st_size, now), "upload")
         if clip is None:  # cannot happen: the key has tenant and camera
             raise ValueError(f"bad key {key}")
         clip.planned = True
-        runtime.store.record_clips([clip])
-        run = runtime.reconciler.plan_run(clip, pipeline)
-        uploaded = runtime.s3.put_file(path, bucket, key)
-        if uploaded.etag != expected.etag:
-            raise StorageError(
-                f"S3 gave s3://{bucket}/{key} the ETag {uploaded.etag}, not the MD5 of its "
-                "bytes (server-side encryption with KMS?): `camflow process` needs an S3 "
-                "whose single-PUT ETags are MD5s; upload to the watched bucket instead"
-            )
-        runs.append((path.name, run.id))
-    total = len(runs)
+        clips.append(clip)
+    # In one transaction each, not one per file: the engine's clock starts with them.
+    runtime.store.record_clips(clips)
+    runs = runtime.reconciler.plan_runs(clips, pipeline)
+    run_ids = [run.id for run in runs]
     try:
+        _upload(runtime.s3, list(zip(files, clips, strict=True)))
         drive(
             runtime,
-            [rid for _, rid in runs],
+            run_ids,
             timeout,
-            on_tick=(lambda _r, pending: on_progress(total - pending)) if on_progress else None,
+            on_tick=(
+                (lambda _r, pending: on_progress(len(run_ids) - pending)) if on_progress else None
+            ),
         )
     except BaseException as exc:
-        _give_up(runtime, [rid for _, rid in runs], exc)
+        _give_up(runtime, run_ids, exc)
         raise
-    return [(name, runtime.store.get_run(rid)) for name, rid in runs]
+    runs_by_file = [(path.name, run.id) for path, run in zip(files, runs, strict=True)]
+    return [(name, runtime.store.get_run(rid)) for name, rid in runs_by_file]
+
+
+#: Uploads at once: S3 answers each PUT in a round trip of its own.
+UPLOAD_THREADS = 8
+
+
+def _upload(s3: S3Gateway, uploads: list[tuple[Path, Clip]]) -> None:
+    """PUTs each file as its clip's object, several at once, checking that S3 gave it
+    the ETag the clip was recorded with."""
+
+    def put(upload: tuple[Path, Clip]) -> None:
+        path, clip = upload
+        etag = s3.put_file(path, clip.bucket, clip.key).etag
+        if etag != clip.etag:
+            raise StorageError(
+                f"S3 gave s3://{clip.bucket}/{clip.key} the ETag {etag}, not the MD5 of its bytes "
+                "(server-side encryption with KMS?): `camflow process` needs an S3 whose "
+                "single-PUT ETags are MD5s; upload to the watched bucket instead"
+            )
+
+    with ThreadPoolExecutor(max_workers=min(UPLOAD_THREADS, len(uploads) or 1)) as pool:
+        # list(): the first failure raises here.
+        list(pool.map(put, uploads))
 
 
 def _md5(path: Path) -> str:

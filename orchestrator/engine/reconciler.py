@@ -318,17 +318,21 @@ class Reconciler:
                 "clip %s: no pipeline's trigger matches it", _clip_name(clip), extra=about(clip.id)
             )
 
-    def plan_run(self, clip: Clip, pipeline: Pipeline) -> Run:
-        """Creates one run of ``pipeline`` for ``clip`` (the one-shot ``process`` path)."""
-        run = Run(
-            id=run_id(clip.id, pipeline.name),
-            clip_id=clip.id,
-            pipeline=pipeline.name,
-            algorithms=pipeline.pins,
-            owner=self.owner,
-        )
-        self.store.plan(clip.id, [run])
-        return run
+    def plan_runs(self, clips: Sequence[Clip], pipeline: Pipeline) -> list[Run]:
+        """Creates a run of ``pipeline`` for each of ``clips``, in one transaction (the
+        one-shot ``process`` path)."""
+        runs = [
+            Run(
+                id=run_id(clip.id, pipeline.name),
+                clip_id=clip.id,
+                pipeline=pipeline.name,
+                algorithms=pipeline.pins,
+                owner=self.owner,
+            )
+            for clip in clips
+        ]
+        self.store.plan_many([ClipPlan(run.clip_id, [run], []) for run in runs])
+        return runs
 
     def pipeline_of(self, run: Run) -> Pipeline | None:
         """The pipeline as this run was created: with the algorithm versions it pinned."""
@@ -721,10 +725,12 @@ class Reconciler:
                 trouble,
                 report,
             )
-        free = capacity.slots - self.store.count_attempts(self.executor.name, None, self.owner)
-        free_gpu = capacity.gpu_slots - self.store.count_attempts(
-            self.executor.name, "gpu", self.owner
-        )
+        free = free_gpu = 0
+        if starts:  # most ticks only record outcomes: the slots in use need not be counted
+            free = capacity.slots - self.store.count_attempts(self.executor.name, None, self.owner)
+            free_gpu = capacity.gpu_slots - self.store.count_attempts(
+                self.executor.name, "gpu", self.owner
+            )
         # An executor that places each batch by what was submitted before it (the
         # Kubernetes budgets) gets its batches one by one; another, together.
         together = not getattr(self.executor, "durable_before_submit", True)

@@ -226,6 +226,10 @@ class LocalExecutor:
         self._children: dict[str, subprocess.Popen] = {}
         #: status.json of the attempts the last poll saw queued or running.
         self._unfinished: list[Path] = []
+        #: Fused stages with a stage after them in their process: their finish frees no
+        #: slot and ends no run, so it does not wake wait() (a tick for each stage of
+        #: each clip would cost the engine's CPU, which the stages share).
+        self._quiet: set[str] = set()
         self.batch_linger_seconds = batch_linger_seconds
         #: Batch processes this executor started that may take more clips, by what
         #: they run (a restart forgets them: they then run out their linger alone).
@@ -289,8 +293,10 @@ class LocalExecutor:
             processes.setdefault(key, []).append((batch, members))
         for lanes in processes.values():
             handles.update(self._submit_lanes(lanes))
+        self._quiet.update(m.attempt_id for launch in launches for m in launch.members[:-1])
         # Watched by wait() from now on, not only from the next poll.
-        self._unfinished += [self.root / s.handle / files.STATUS for s in handles.values()]
+        watched = [s.handle for s in handles.values() if s.handle not in self._quiet]
+        self._unfinished += [self.root / handle / files.STATUS for handle in watched]
         return handles
 
     @property
@@ -725,10 +731,14 @@ class LocalExecutor:
         self._reap()
         self._keep_spare()
         statuses = {handle: self._status(handle) for handle in handles}
-        self._unfinished = [
-            self.root / handle / files.STATUS
+        unfinished = {
+            handle
             for handle, status in statuses.items()
             if status.state in (ExecState.QUEUED, ExecState.RUNNING)
+        }
+        self._quiet -= set(handles) - unfinished
+        self._unfinished = [
+            self.root / handle / files.STATUS for handle in unfinished - self._quiet
         ]
         return statuses
 

@@ -1184,6 +1184,17 @@ class Store:
                     attempts[attempt.run_id].append(attempt)
         return attempts
 
+    def unfinished_runs(self, run_ids: Iterable[str]) -> set[str]:
+        """Those of ``run_ids`` that exist and have not finished, in one query (or one
+        per 500 on SQLite)."""
+        terminal = [status for status in RunStatus if status.terminal]
+        unfinished: set[str] = set()
+        with self.session() as session:
+            for among in self._among(col(Run.id), list(run_ids)):
+                query = select(Run.id).where(among, col(Run.status).not_in(terminal))
+                unfinished.update(session.exec(query).all())
+        return unfinished
+
     def get_run(self, run_id: str) -> Run:
         with self.session() as session:
             run = session.get(Run, run_id)
