@@ -38,6 +38,8 @@ log = logging.getLogger("camflow.service")
 
 #: How often `serve` deletes stage credentials whose time is up.
 CREDENTIAL_SWEEP_SECONDS = 60
+#: How long closing waits for the opening's sweep of credentials.
+SWEEP_JOIN_SECONDS = 5.0
 
 
 @dataclass
@@ -53,6 +55,8 @@ class Runtime:
     #: Mints stages' storage credentials; None where the executor gets none (a
     #: Kubernetes executor whose clusters name an S3 Secret of their own).
     broker: Broker | None = None
+    #: The opening's sweep of stale credentials, while it runs.
+    sweeping: threading.Thread | None = None
 
     @property
     def catalog(self) -> Catalog:
@@ -63,6 +67,10 @@ class Runtime:
         return self.catalogs.registry
 
     def close(self) -> None:
+        if self.sweeping is not None:
+            # Before the embedded S3 and IAM stop under it (a short command); a slow
+            # IAM is left to finish on its own (the thread is a daemon).
+            self.sweeping.join(timeout=SWEEP_JOIN_SECONDS)
         self.executor.close()
         self.store.close()
         if self.embedded is not None:
@@ -230,14 +238,18 @@ def open_runtime(
         fuse_stages=settings.engine.fuse_stages,
     )
     gc_tuning.tune_for_service()
+    sweeping = None
     if broker is not None:
         # Now, beside the command's start: credentials a crash left end here, and the
         # first stage's minting does not wait for IAM's first answer (the embedded
         # one builds its backend then: 0.1 s).
-        threading.Thread(
+        sweeping = threading.Thread(
             target=_sweep_credentials, args=(broker,), name="camflow-credentials", daemon=True
-        ).start()
-    return Runtime(settings, catalogs, store, s3, executor, watcher, reconciler, embedded, broker)
+        )
+        sweeping.start()
+    return Runtime(
+        settings, catalogs, store, s3, executor, watcher, reconciler, embedded, broker, sweeping
+    )
 
 
 def _sweep_credentials(broker: Broker) -> None:

@@ -214,6 +214,9 @@ class S3Gateway:
             reply = self._call("put", self.client.put_object, Bucket=bucket, Key=key, Body=body)
         return ObjectInfo(key, reply["ETag"].strip('"'), path.stat().st_size, None)
 
+    def delete(self, bucket: str, key: str) -> None:
+        self._call("delete", self.client.delete_object, Bucket=bucket, Key=key)
+
     def download_file(self, bucket: str, key: str, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._call(

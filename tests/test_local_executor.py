@@ -117,3 +117,29 @@ def test_a_gpu_is_placed_again_only_once_the_process_that_held_it_has_exited(
         assert time.monotonic() < deadline, "the GPU was never given again"
         time.sleep(0.05)
     executor.close()
+
+
+def test_a_fused_stage_wakes_the_engine_unless_every_reader_runs_after_it() -> None:
+    from orchestrator.domain.catalog import load_catalog
+    from orchestrator.executors.local import _followed
+    from orchestrator.settings import PROJECT_ROOT
+    from tests.kube_fixtures import launch_for
+
+    faces = load_catalog([PROJECT_ROOT / "algorithms"], [PROJECT_ROOT / "pipelines"]).pipeline(
+        "faces"
+    )
+    decode, detect, thumbnails, publish = (
+        launch_for(faces, stage, "cpu") for stage in ["decode", "faces", "thumbnails", "publish"]
+    )
+    assert decode.readers == ["faces", "thumbnails", "publish"]
+    assert publish.readers == []
+    # The whole pipeline in one process: only its last stage's finish wakes the engine.
+    whole = decode.model_copy(update={"chain": [detect, thumbnails, publish]})
+    assert _followed(whole) == [decode.attempt_id, detect.attempt_id, thumbnails.attempt_id]
+    # thumbnails and publish run apart (not fused): decode's and faces' finishes ready
+    # them, so each wakes the engine.
+    split = decode.model_copy(update={"chain": [detect]})
+    assert _followed(split) == []
+    # decode's readers do not all follow it either when publish runs apart.
+    most = decode.model_copy(update={"chain": [detect, thumbnails]})
+    assert _followed(most) == []

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -99,21 +100,30 @@ UPLOAD_THREADS = 8
 
 def _upload(s3: S3Gateway, uploads: list[tuple[Path, Clip]]) -> None:
     """PUTs each file as its clip's object, several at once, checking that S3 gave it
-    the ETag the clip was recorded with."""
+    the ETag the clip was recorded with. The first failure stops the uploads not begun
+    yet: each would be one more object the command then gives up on."""
 
     def put(upload: tuple[Path, Clip]) -> None:
         path, clip = upload
         etag = s3.put_file(path, clip.bucket, clip.key).etag
         if etag != clip.etag:
+            # Under another ETag it is another clip to a `serve` watching the bucket:
+            # the key is ours alone, so it goes rather than being run behind our back.
+            with contextlib.suppress(StorageError):
+                s3.delete(clip.bucket, clip.key)
             raise StorageError(
                 f"S3 gave s3://{clip.bucket}/{clip.key} the ETag {etag}, not the MD5 of its bytes "
                 "(server-side encryption with KMS?): `camflow process` needs an S3 whose "
                 "single-PUT ETags are MD5s; upload to the watched bucket instead"
             )
 
-    with ThreadPoolExecutor(max_workers=min(UPLOAD_THREADS, len(uploads) or 1)) as pool:
-        # list(): the first failure raises here.
-        list(pool.map(put, uploads))
+    pool = ThreadPoolExecutor(max_workers=min(UPLOAD_THREADS, len(uploads) or 1))
+    try:
+        for future in as_completed([pool.submit(put, upload) for upload in uploads]):
+            future.result()
+    finally:
+        # On a failure (or Ctrl-C) the queued uploads are dropped; those in flight end.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _md5(path: Path) -> str:

@@ -66,6 +66,9 @@ class StageLaunch(BaseModel):
     #: in the same execution (one process, one pod), in order; each has its own attempt,
     #: handle and outcome. Only for an executor that ``fuses``.
     chain: list[StageLaunch] = Field(default_factory=list)
+    #: The pipeline's stages that read its outputs or wait for it: when all of them
+    #: run after it in its execution, its finish readies nothing the engine starts.
+    readers: list[str] = Field(default_factory=list)
 
     @property
     def members(self) -> list[StageLaunch]:

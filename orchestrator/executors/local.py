@@ -173,6 +173,16 @@ def _shares_threads(launch: StageLaunch) -> bool:
     return launch.accelerator == "cpu" and all(m.thread_safe for m in launch.members)
 
 
+def _followed(launch: StageLaunch) -> list[str]:
+    """The attempts of a fused execution whose every reader runs after them in it."""
+    stages = [member.stage for member in launch.members]
+    return [
+        member.attempt_id
+        for n, member in enumerate(launch.members[:-1])
+        if set(member.readers) <= set(stages[n + 1 :])
+    ]
+
+
 def _warm_key(launch: StageLaunch) -> tuple[str, ...]:
     """What a warm process runs: launches that share it may join it (never another
     tenant's: one process, one tenant). Fused stages: what each of them runs."""
@@ -226,9 +236,10 @@ class LocalExecutor:
         self._children: dict[str, subprocess.Popen] = {}
         #: status.json of the attempts the last poll saw queued or running.
         self._unfinished: list[Path] = []
-        #: Fused stages with a stage after them in their process: their finish frees no
-        #: slot and ends no run, so it does not wake wait() (a tick for each stage of
-        #: each clip would cost the engine's CPU, which the stages share).
+        #: Fused stages whose every reader runs after them in their process: their
+        #: finish frees no slot, ends no run and readies no stage the engine starts, so
+        #: it does not wake wait() (a tick for each stage of each clip would cost the
+        #: engine's CPU, which the stages share).
         self._quiet: set[str] = set()
         self.batch_linger_seconds = batch_linger_seconds
         #: Batch processes this executor started that may take more clips, by what
@@ -293,7 +304,7 @@ class LocalExecutor:
             processes.setdefault(key, []).append((batch, members))
         for lanes in processes.values():
             handles.update(self._submit_lanes(lanes))
-        self._quiet.update(m.attempt_id for launch in launches for m in launch.members[:-1])
+        self._quiet.update(attempt for launch in launches for attempt in _followed(launch))
         # Watched by wait() from now on, not only from the next poll.
         watched = [s.handle for s in handles.values() if s.handle not in self._quiet]
         self._unfinished += [self.root / handle / files.STATUS for handle in watched]
@@ -828,6 +839,7 @@ class LocalExecutor:
         return bool(pointer and pointer.get("fused"))
 
     def cancel(self, handles: Sequence[str]) -> None:
+        self._quiet -= set(handles)
         for handle in handles:
             runner_file = self.root / handle / files.RUNNER
             if not runner_file.exists():
