@@ -152,63 +152,50 @@ def open_catalogs(store: Store, settings: Settings) -> CatalogCache:
 def open_runtime(
     settings: Settings, executor: Executor | None = None, durable_s3: bool = False
 ) -> Runtime:
-    """Opens the store, registers the configured algorithm folders, loads the pipelines
-    against the registry, and connects S3 (embedded if none is configured)."""
-    store = Store(settings.store_url)
-    try:
+    """Connects S3 (embedded if none is configured), opens the store, registers the
+    configured algorithm folders and loads the pipelines against the registry."""
+    with contextlib.ExitStack() as undo:  # what is open so far, closed if a step fails
+        access, embedded = s3_access(settings, durable_s3)
+        if embedded is not None:
+            undo.callback(embedded.stop)
+        # Only an executor camflow makes here runs stages that need credentials; one
+        # handed in (a test's, the bench's instant one) brings its own arrangement.
+        broker = broker_for(settings, access) if executor is None else None
+        if executor is None and settings.executor != "kubernetes":
+            # First: its spare stage process imports while the rest opens, and is
+            # ready when the first batch comes.
+            executor = LocalExecutor(
+                settings.home / "attempts",
+                max_parallel=settings.local.max_parallel,
+                gpus=settings.local.gpus,
+                kill_grace_seconds=settings.local.kill_grace_seconds,
+                base_env=access.stage_env(),
+                cwd=PROJECT_ROOT,
+                batch_linger_seconds=settings.local.batch_linger_seconds,
+                broker=broker,
+                spare=settings.local.spare_process,
+            )
+            undo.callback(executor.close)
+        store = Store(settings.store_url)
+        undo.callback(store.close)
         catalogs = open_catalogs(store, settings)
         catalog = catalogs.current()
-    except Exception:
-        store.close()
-        raise
-    access, embedded = s3_access(settings, durable_s3)
-    try:
         s3 = S3Gateway(access)
         buckets = {settings.s3.results_bucket, settings.s3.ingest_bucket}
         for bucket in sorted(buckets | trigger_buckets(catalog, settings)):
             s3.ensure_bucket(bucket)
-    except Exception:
-        store.close()
-        if embedded:
-            embedded.stop()
-        raise
-    try:
-        # Only an executor camflow makes here runs stages that need credentials; one
-        # handed in (a test's, the bench's instant one) brings its own arrangement.
-        broker = broker_for(settings, access) if executor is None else None
-    except Exception:
-        store.close()
-        if embedded:
-            embedded.stop()
-        raise
-    if executor is None and settings.executor == "kubernetes":
-        from orchestrator.kube.actions import StoreActionLog
-        from orchestrator.kube.executor import KubernetesExecutor
+        if executor is None:
+            from orchestrator.kube.actions import StoreActionLog
+            from orchestrator.kube.executor import KubernetesExecutor
 
-        executor = KubernetesExecutor(
-            settings.kubernetes.clusters, actions=StoreActionLog(store), broker=broker
-        )
-    executor = executor or LocalExecutor(
-        settings.home / "attempts",
-        max_parallel=settings.local.max_parallel,
-        gpus=settings.local.gpus,
-        kill_grace_seconds=settings.local.kill_grace_seconds,
-        base_env=access.stage_env(),
-        cwd=PROJECT_ROOT,
-        batch_linger_seconds=settings.local.batch_linger_seconds,
-        broker=broker,
-        spare=settings.local.spare_process,
-    )
-    try:
+            executor = KubernetesExecutor(
+                settings.kubernetes.clusters, actions=StoreActionLog(store), broker=broker
+            )
+            undo.callback(executor.close)
         queue = event_queue(
             settings, access, s3, embedded is not None, trigger_buckets(catalog, settings)
         )
-    except Exception:
-        executor.close()  # its spare process, say
-        store.close()
-        if embedded:
-            embedded.stop()
-        raise
+        undo.pop_all()
     watcher = Watcher(
         store,
         s3,

@@ -173,11 +173,23 @@ def process_files(
     with open_runtime(settings) as runtime:
         runtime.reconciler.owner = one_shot_owner()
         pipeline = runtime.catalog.pipeline(pipeline_name)
-        results = []
-        for name, run in run_files(runtime, pipeline, files, tenant, camera, timeout, on_progress):
-            result = {"clip": name, **(run.result or {"status": str(run.status)})}
-            if out_dir is not None and run.result:
-                folder = save_outputs(runtime.s3, run.result, out_dir / run.result["clip_id"])
+        done = run_files(runtime, pipeline, files, tenant, camera, timeout, on_progress)
+        results = [
+            {"clip": name, **(run.result or {"status": str(run.status)})} for name, run in done
+        ]
+        if out_dir is not None:
+            saved = [
+                (result, run.result)
+                for result, (_, run) in zip(results, done, strict=True)
+                if run.result
+            ]
+
+            def save(item: tuple[dict[str, Any], dict[str, Any]]) -> None:
+                result, stored = item
+                folder = save_outputs(runtime.s3, stored, out_dir / stored["clip_id"])
                 result["saved_to"] = str(folder)
-            results.append(result)
+
+            # Side by side, as the uploads: each artifact is a round trip of its own.
+            with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
+                list(pool.map(save, saved))
         return results
