@@ -195,48 +195,48 @@ def open_runtime(
         queue = event_queue(
             settings, access, s3, embedded is not None, trigger_buckets(catalog, settings)
         )
-        undo.pop_all()
-    watcher = Watcher(
-        store,
-        s3,
-        [p.spec.trigger for p in catalog.pipelines.values()],
-        settings.s3.ingest_bucket,
-        settings.s3.results_bucket,
-        queue,
-        page_size=settings.watcher.page_size,
-        pages_per_pass=settings.watcher.reconcile_pages,
-    )
-    reconciler = Reconciler(
-        store,
-        catalogs.current,
-        executor,
-        s3,
-        settings.s3.results_bucket,
-        settings.s3.ingest_bucket,
-        RetryPolicy(
-            backoff_seconds=settings.engine.retry_backoff_seconds,
-            backoff_max_seconds=settings.engine.retry_backoff_max_seconds,
-        ),
-        max_result_bytes=settings.engine.max_result_bytes,
-        max_manifest_bytes=settings.engine.max_manifest_bytes,
-        max_erroring_ticks=settings.engine.max_erroring_ticks,
-        batch_max_size=settings.engine.batch_max_size,
-        batch_max_wait_seconds=settings.engine.batch_max_wait_seconds,
-        fuse_stages=settings.engine.fuse_stages,
-    )
-    gc_tuning.tune_for_service()
-    sweeping = None
-    if broker is not None:
-        # Now, beside the command's start: credentials a crash left end here, and the
-        # first stage's minting does not wait for IAM's first answer (the embedded
-        # one builds its backend then: 0.1 s).
-        sweeping = threading.Thread(
-            target=_sweep_credentials, args=(broker,), name="camflow-credentials", daemon=True
+        watcher = Watcher(
+            store,
+            s3,
+            [p.spec.trigger for p in catalog.pipelines.values()],
+            settings.s3.ingest_bucket,
+            settings.s3.results_bucket,
+            queue,
+            page_size=settings.watcher.page_size,
+            pages_per_pass=settings.watcher.reconcile_pages,
         )
-        sweeping.start()
-    return Runtime(
-        settings, catalogs, store, s3, executor, watcher, reconciler, embedded, broker, sweeping
-    )
+        reconciler = Reconciler(
+            store,
+            catalogs.current,
+            executor,
+            s3,
+            settings.s3.results_bucket,
+            settings.s3.ingest_bucket,
+            RetryPolicy(
+                backoff_seconds=settings.engine.retry_backoff_seconds,
+                backoff_max_seconds=settings.engine.retry_backoff_max_seconds,
+            ),
+            max_result_bytes=settings.engine.max_result_bytes,
+            max_manifest_bytes=settings.engine.max_manifest_bytes,
+            max_erroring_ticks=settings.engine.max_erroring_ticks,
+            batch_max_size=settings.engine.batch_max_size,
+            batch_max_wait_seconds=settings.engine.batch_max_wait_seconds,
+            fuse_stages=settings.engine.fuse_stages,
+        )
+        gc_tuning.tune_for_service()
+        sweeping = None
+        if broker is not None:
+            # Now, beside the command's start: credentials a crash left end here, and the
+            # first stage's minting does not wait for IAM's first answer (the embedded
+            # one builds its backend then: 0.1 s).
+            sweeping = threading.Thread(
+                target=_sweep_credentials, args=(broker,), name="camflow-credentials", daemon=True
+            )
+            sweeping.start()
+        undo.pop_all()  # open: Runtime.close() closes them from now on
+        return Runtime(
+            settings, catalogs, store, s3, executor, watcher, reconciler, embedded, broker, sweeping
+        )
 
 
 def _sweep_credentials(broker: Broker) -> None:

@@ -13,11 +13,22 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    IncompleteReadError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
 
 from orchestrator.errors import ContentError, ObjectMissing, ObjectTooLarge, StorageError
 
 log = logging.getLogger("camflow.s3")
+
+#: A download whose body broke off is fetched again, this many times in all.
+DOWNLOAD_TRIES = 3
+BROKEN_OFF = (ReadTimeoutError, IncompleteReadError, ResponseStreamingError, ConnectionClosedError)
 
 
 def _not_json_constant(name: str) -> Any:
@@ -218,17 +229,29 @@ class S3Gateway:
         self._call("delete", self.client.delete_object, Bucket=bucket, Key=key)
 
     def download_file(self, bucket: str, key: str, path: Path) -> None:
-        """One streamed GET into ``path`` (whole or not at all). Not boto3's transfer
+        """A streamed GET into ``path`` (whole or not at all). Not boto3's transfer
         manager: for the thumbnails and results saved here it costs a HEAD, threads and
-        a second request each, a third of a second for a clip's thumbnails."""
+        a second request each, a third of a second for a clip's thumbnails. A body cut
+        off midway is fetched again from its start, as the transfer manager does
+        (botocore retries a request, not the reading of its body)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".part")
         try:
             with self._errors("download"):
-                body = self.client.get_object(Bucket=bucket, Key=key)["Body"]
-                with partial.open("wb") as out:
-                    for chunk in body.iter_chunks(1 << 20):
-                        out.write(chunk)
+                for tries_left in reversed(range(DOWNLOAD_TRIES)):
+                    try:
+                        self._get_into(bucket, key, partial)
+                        break
+                    except BROKEN_OFF as exc:
+                        if tries_left == 0:
+                            raise
+                        log.info("download of s3://%s/%s broke off (%s); again", bucket, key, exc)
             partial.replace(path)
         finally:
             partial.unlink(missing_ok=True)
+
+    def _get_into(self, bucket: str, key: str, path: Path) -> None:
+        reply = self.client.get_object(Bucket=bucket, Key=key)
+        with contextlib.closing(reply["Body"]) as body, path.open("wb") as out:
+            for chunk in body.iter_chunks(1 << 20):
+                out.write(chunk)

@@ -220,6 +220,11 @@ NOT_A_QUANTITY = "is not a Kubernetes quantity"
         ("{memory: 2gi}", "accelerators.cpu.memory", f"'2gi' {NOT_A_QUANTITY}"),
         ("{memory: ''}", "accelerators.cpu.memory", f"'' {NOT_A_QUANTITY}"),
         ("{memory: '0'}", "accelerators.cpu.memory", "'0' must be more than zero"),
+        # The API server would wrap a scale past 32 bits into another amount.
+        ("{memory: 1e2147483648}", "accelerators.cpu.memory", f"'1e2147483648' {NOT_A_QUANTITY}"),
+        ("{memory: '1e-99999999999'}", "accelerators.cpu.memory", NOT_A_QUANTITY),
+        # Digits other than ASCII ones are digits to Python's \\d, not to Kubernetes.
+        ("{cpu: '\u0665'}", "accelerators.cpu.cpu", NOT_A_QUANTITY),
     ],
 )
 def test_a_resource_that_is_not_a_kubernetes_quantity_is_refused(

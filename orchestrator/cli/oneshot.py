@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from orchestrator.domain.catalog import Pipeline
 from orchestrator.domain.discovery import FoundObject
@@ -94,8 +94,10 @@ def run_files(
     return [(name, runtime.store.get_run(rid)) for name, rid in runs_by_file]
 
 
-#: Uploads at once: S3 answers each PUT in a round trip of its own.
-UPLOAD_THREADS = 8
+T = TypeVar("T")
+
+#: Transfers at once: S3 answers each request in a round trip of its own.
+TRANSFER_THREADS = 8
 
 
 def _upload(s3: S3Gateway, uploads: list[tuple[Path, Clip]]) -> None:
@@ -117,12 +119,17 @@ def _upload(s3: S3Gateway, uploads: list[tuple[Path, Clip]]) -> None:
                 "single-PUT ETags are MD5s; upload to the watched bucket instead"
             )
 
-    pool = ThreadPoolExecutor(max_workers=min(UPLOAD_THREADS, len(uploads) or 1))
+    _side_by_side(put, uploads)
+
+
+def _side_by_side(work: Callable[[T], None], items: Sequence[T]) -> None:
+    """``work`` on each item, TRANSFER_THREADS at once. The first failure (or Ctrl-C)
+    drops the items not begun and is raised once those in flight end."""
+    pool = ThreadPoolExecutor(max_workers=min(TRANSFER_THREADS, len(items) or 1))
     try:
-        for future in as_completed([pool.submit(put, upload) for upload in uploads]):
+        for future in as_completed([pool.submit(work, item) for item in items]):
             future.result()
     finally:
-        # On a failure (or Ctrl-C) the queued uploads are dropped; those in flight end.
         pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -190,6 +197,5 @@ def process_files(
                 result["saved_to"] = str(folder)
 
             # Side by side, as the uploads: each artifact is a round trip of its own.
-            with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
-                list(pool.map(save, saved))
+            _side_by_side(save, saved)
         return results

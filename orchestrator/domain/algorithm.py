@@ -26,10 +26,14 @@ from orchestrator.errors import ParamsError
 Accelerator = Literal["cpu", "gpu"]
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,39}$"
 #: The quantity grammar of Kubernetes' resource.Quantity (number, then a binary SI,
-#: decimal SI or exponent suffix).
+#: decimal SI or exponent suffix), in ASCII digits.
 QUANTITY_PATTERN = re.compile(
-    r"(?P<number>[+-]?(?:\d+\.?\d*|\.\d+))(?:[KMGTPE]i|[mkMGTPE]|[eE][+-]?\d+)?"
+    r"(?P<number>[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+))"
+    r"(?:[KMGTPE]i|[mkMGTPE]|[eE](?P<exponent>[+-]?[0-9]+))?"
 )
+#: The API server keeps an exponent as a 32-bit scale (apimachinery's suffix.go parses
+#: 64 bits and truncates): one outside it would mean another amount than written.
+EXPONENT_BOUND = 2**31
 
 
 def _quantity(value: object) -> object:
@@ -47,7 +51,8 @@ def _positive_quantity(value: str) -> str:
     second (the whole client). Every suffix multiplies by a positive factor, so the
     number before it gives the sign."""
     match = QUANTITY_PATTERN.fullmatch(value)
-    if match is None:
+    exponent = match and match["exponent"]
+    if match is None or (exponent and not -EXPONENT_BOUND <= int(exponent) < EXPONENT_BOUND):
         raise ValueError(
             f"{value!r} is not a Kubernetes quantity: write e.g. 500m or 2 (cpu), "
             "512Mi or 2Gi (memory)"
