@@ -180,6 +180,11 @@ def test_rbac_refusals_hold_the_work_and_keep_the_cluster(
     settings: Settings, made: list[Cluster], tmp_path: Path, s3_server: EmbeddedS3
 ) -> None:
     dev = _make(made, tmp_path, s3_server, "dev")
+    # Its pod may start before the Job's own Secret is made, just after the Job, and
+    # waits for the kubelet's next try: under load that outlasted the half second of
+    # grace the other tests give a pod that cannot start, failing the clip. Were the
+    # Secret never made, the drive below would time out instead.
+    dev.settings = dev.settings.model_copy(update={"stuck_grace_seconds": 30})
     with open_runtime(_probe_settings(settings, [dev])) as runtime:
         run_id = _upload(runtime, "ok")
         dev.emulator.rules = [PUBLIC_INFO]  # the Role is missing
