@@ -230,20 +230,15 @@ def open_runtime(
             # first stage's minting does not wait for IAM's first answer (the embedded
             # one builds its backend then: 0.1 s).
             sweeping = threading.Thread(
-                target=_sweep_credentials, args=(broker,), name="camflow-credentials", daemon=True
+                target=_guarded("opening credentials sweep", broker.sweep),
+                name="camflow-credentials",
+                daemon=True,
             )
             sweeping.start()
         undo.pop_all()  # open: Runtime.close() closes them from now on
         return Runtime(
             settings, catalogs, store, s3, executor, watcher, reconciler, embedded, broker, sweeping
         )
-
-
-def _sweep_credentials(broker: Broker) -> None:
-    try:
-        broker.sweep()
-    except Exception:
-        log.warning("sweeping expired stage credentials failed; next time, then", exc_info=True)
 
 
 def _guarded(name: str, job: Callable[[], object]) -> Callable[[], None]:

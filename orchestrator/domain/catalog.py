@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -99,6 +100,14 @@ class Pipeline:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @cached_property
+    def readers(self) -> dict[str, list[str]]:
+        """stage -> the stages that read its outputs (or wait for it), in order."""
+        return {
+            name: [other for other, s in self.stages.items() if name in s.spec.depends_on]
+            for name in self.stages
+        }
 
     @property
     def pins(self) -> dict[str, str]:

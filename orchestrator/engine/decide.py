@@ -182,21 +182,13 @@ def _fail(run: Run, attempts: Sequence[StageAttempt], error: str) -> list[Action
     return [*actions, FinishRun(run.id, RunStatus.FAILED, error)]
 
 
-def _consumers(pipeline: Pipeline) -> dict[str, list[str]]:
-    """stage -> the stages that read its outputs (or wait for it)."""
-    return {
-        name: [other for other, s in pipeline.stages.items() if name in s.spec.depends_on]
-        for name in pipeline.stages
-    }
-
-
 def _done(
     pipeline: Pipeline, latest: dict[str, StageAttempt], now: datetime
 ) -> dict[str, datetime]:
     """The stages whose work is done, with when: succeeded, and, for one that kept its
     outputs in its process (fused), every stage reading them done too. If one of those
     must run again, the outputs it needs are gone with that process: so must this one."""
-    consumers = _consumers(pipeline)
+    consumers = pipeline.readers
     done_at: dict[str, datetime] = {}
     for name in reversed(pipeline.stages):  # consumers come after what they read
         attempt = latest.get(name)
@@ -297,7 +289,7 @@ def decide(
         return decision
 
     in_flight = bool(_in_flight(attempts))
-    consumers = _consumers(pipeline)
+    consumers = pipeline.readers
     for name, stage in pipeline.stages.items():
         if name in done_at:
             continue
@@ -377,7 +369,7 @@ def fused(
     done. A fused stage
     that only feeds stages of the same execution, and whose algorithm says its outputs
     are ``intermediate``, keeps them there: they never go to S3."""
-    consumers = _consumers(pipeline)
+    consumers = pipeline.readers
     order = list(pipeline.stages)
     chosen: list[StartAttempt] = []
     taken: set[str] = set()

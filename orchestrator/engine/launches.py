@@ -120,7 +120,7 @@ def build_launch(
         fallback=fallback,  # type: ignore[arg-type]
         queued_fallback=placement.fallback if accelerator == "gpu" else None,
         fallback_after_seconds=placement.fallback_after_seconds if accelerator == "gpu" else None,
-        readers=[name for name, s in pipeline.stages.items() if stage in s.spec.depends_on],
+        readers=pipeline.readers[stage],
     )
 
 
